@@ -1,0 +1,479 @@
+//! Raw FFI for the Kamailio 5.6 core, written by hand: `#[repr(C)]` layouts,
+//! the core's exported functions and data, and the version strings of the
+//! Kamailio this crate was built against. No logic lives here.
+//!
+//! Every layout was measured for x86_64 Kamailio 5.6.3 (a C probe over the
+//! core headers) and is pinned by the `const` size/offset assertions at the
+//! end of the file. Types that Rust code only passes back to the core
+//! (`sip_msg`, `fparam_t`, `action`, ...) are opaque.
+#![allow(non_camel_case_types)]
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+
+/// `SER_FULL_VERSION` of the target Kamailio, e.g. `kamailio 5.6.3 (x86_64/linux)`.
+pub const MODULE_VERSION: &CStr =
+    match CStr::from_bytes_with_nul(concat!(env!("KAMAILIO_MODULE_VERSION"), "\0").as_bytes()) {
+        Ok(s) => s,
+        Err(_) => panic!("KAMAILIO_MODULE_VERSION contains a NUL byte"),
+    };
+
+/// `SER_COMPILE_FLAGS` of the target Kamailio (the `flags:` line of `kamailio -v`).
+pub const MODULE_FLAGS: &CStr =
+    match CStr::from_bytes_with_nul(concat!(env!("KAMAILIO_MODULE_FLAGS"), "\0").as_bytes()) {
+        Ok(s) => s,
+        Err(_) => panic!("KAMAILIO_MODULE_FLAGS contains a NUL byte"),
+    };
+
+/// Kamailio's `str`: a pointer and a length, not NUL-terminated in general.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct str_ {
+    pub s: *mut c_char,
+    pub len: c_int,
+}
+
+impl str_ {
+    pub const NULL: str_ = str_ {
+        s: std::ptr::null_mut(),
+        len: 0,
+    };
+
+    /// A `str` over static bytes (the core never writes through these).
+    pub const fn from_static(bytes: &'static [u8]) -> str_ {
+        str_ {
+            s: bytes.as_ptr() as *mut c_char,
+            len: bytes.len() as c_int,
+        }
+    }
+}
+
+/// Opaque `struct sip_msg`.
+#[repr(C)]
+pub struct sip_msg {
+    _private: [u8; 0],
+}
+
+/// Opaque `struct action` (a compiled route body).
+#[repr(C)]
+pub struct action {
+    _private: [u8; 0],
+}
+
+/// Opaque `fparam_t` (the result of the core's fixups).
+#[repr(C)]
+pub struct fparam_t {
+    _private: [u8; 0],
+}
+
+/// Opaque `pv_elem_t` (a parsed format string).
+#[repr(C)]
+pub struct pv_elem_t {
+    _private: [u8; 0],
+}
+
+/// Opaque `struct run_act_ctx`; allocate [`RUN_ACT_CTX_SIZE`] zeroed bytes.
+#[repr(C)]
+pub struct run_act_ctx {
+    _private: [u8; 0],
+}
+
+/// Size of `struct run_act_ctx` (3 ints + padding + glibc `jmp_buf`).
+pub const RUN_ACT_CTX_SIZE: usize = 216;
+/// Offset of `run_flags` in `struct run_act_ctx`.
+pub const RUN_ACT_CTX_RUN_FLAGS: usize = 4;
+/// `run_flags` bit set by `drop`.
+pub const DROP_R_F: c_int = 8;
+
+pub type cmd_function = unsafe extern "C" fn(*mut sip_msg, *mut c_char, *mut c_char) -> c_int;
+pub type fixup_function = unsafe extern "C" fn(*mut *mut c_void, c_int) -> c_int;
+pub type free_fixup_function = fixup_function;
+pub type init_function = unsafe extern "C" fn() -> c_int;
+pub type child_init_function = unsafe extern "C" fn(c_int) -> c_int;
+pub type destroy_function = unsafe extern "C" fn();
+pub type response_function = unsafe extern "C" fn(*mut sip_msg) -> c_int;
+pub type param_func_t = unsafe extern "C" fn(modparam_t, *mut c_void) -> c_int;
+pub type modparam_t = c_uint;
+
+/// One script function (`cmd_export_t`, 48 bytes).
+///
+/// `function` is typed for two parameters, as in the C header; the core casts
+/// it to the arity given by `param_no`, so functions of other arities are
+/// stored here through a pointer cast.
+#[repr(C)]
+pub struct cmd_export_t {
+    pub name: *const c_char,
+    pub function: *const c_void,
+    pub param_no: c_int,
+    pub fixup: Option<fixup_function>,
+    pub free_fixup: Option<free_fixup_function>,
+    pub flags: c_uint,
+}
+
+// SAFETY: export tables are immutable statics; the core only reads them.
+unsafe impl Sync for cmd_export_t {}
+
+/// One module parameter (`param_export_t`, 24 bytes).
+#[repr(C)]
+pub struct param_export_t {
+    pub name: *const c_char,
+    pub type_: modparam_t,
+    pub param_pointer: *mut c_void,
+}
+
+// SAFETY: export tables are immutable statics; the core only reads them.
+unsafe impl Sync for param_export_t {}
+
+pub const PARAM_STRING: modparam_t = 1;
+pub const PARAM_INT: modparam_t = 2;
+pub const PARAM_STR: modparam_t = 4;
+pub const PARAM_USE_FUNC: modparam_t = 0x8000_0000;
+
+/// Route masks for `cmd_export_t.flags`.
+pub const REQUEST_ROUTE: c_int = 1;
+pub const EVENT_ROUTE: c_int = 1 | 512;
+pub const ANY_ROUTE: c_uint = 0xFFFF_FFFF;
+
+/// Process ranks passed to `child_init` and `fork_process`.
+pub const PROC_MAIN: c_int = 0;
+pub const PROC_INIT: c_int = -127;
+pub const PROC_NOCHLDINIT: c_int = -128;
+pub const PROC_XWORKER: c_int = 127;
+
+/// `pv_value_t` of Kamailio 5.6 (24 bytes; 5.7 widened `ri` to `long`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct pv_value_t {
+    pub rs: str_,
+    pub ri: c_int,
+    pub flags: c_int,
+}
+
+pub const PV_VAL_NONE: c_int = 0;
+pub const PV_VAL_NULL: c_int = 1;
+pub const PV_VAL_EMPTY: c_int = 2;
+pub const PV_VAL_STR: c_int = 4;
+pub const PV_VAL_INT: c_int = 8;
+pub const PV_TYPE_INT: c_int = 16;
+pub const PV_VAL_PKG: c_int = 32;
+pub const PV_VAL_SHM: c_int = 64;
+
+/// Assignment operator for `pv_set_spec_value` (`EQ_T`).
+pub const EQ_T: c_int = 254;
+
+/// `pv_type_t` values the module needs.
+pub const PVT_AVP: c_int = 4;
+pub const PVT_OTHER: c_int = 22;
+
+/// Opaque `pv_param_t` (56 bytes).
+#[repr(C)]
+pub struct pv_param_t {
+    _private: [u8; 0],
+}
+
+pub type pv_getf_t = unsafe extern "C" fn(*mut sip_msg, *mut pv_param_t, *mut pv_value_t) -> c_int;
+pub type pv_setf_t =
+    unsafe extern "C" fn(*mut sip_msg, *mut pv_param_t, c_int, *mut pv_value_t) -> c_int;
+
+/// `pv_spec_t` (88 bytes): only the head is named; `pvp` and `trans` are opaque.
+#[repr(C)]
+pub struct pv_spec_t {
+    pub type_: c_int,
+    pub getf: Option<pv_getf_t>,
+    pub setf: Option<pv_setf_t>,
+    pub pvp: [u8; 56],
+    pub trans: *mut c_void,
+}
+
+/// One pseudo-variable class (`pv_export_t`, 72 bytes).
+#[repr(C)]
+pub struct pv_export_t {
+    pub name: str_,
+    pub type_: c_int,
+    pub getf: Option<pv_getf_t>,
+    pub setf: Option<pv_setf_t>,
+    pub parse_name: *const c_void,
+    pub parse_index: *const c_void,
+    pub init_param: *const c_void,
+    pub iparam: c_int,
+}
+
+// SAFETY: export tables are immutable statics; the core copies the entries.
+unsafe impl Sync for pv_export_t {}
+
+/// `tr_param_t` (32 bytes). The module never hands the core any of these
+/// (its transformations keep their parameters on the Rust side).
+#[repr(C)]
+pub struct tr_param_t {
+    _private: [u8; 0],
+}
+
+pub type tr_func_t =
+    unsafe extern "C" fn(*mut sip_msg, *mut tr_param_t, c_int, *mut pv_value_t) -> c_int;
+
+/// `trans_t` (48 bytes), allocated by the core and filled by `tparse`.
+#[repr(C)]
+pub struct trans_t {
+    pub name: str_,
+    pub type_: c_int,
+    pub subtype: c_int,
+    pub trf: Option<tr_func_t>,
+    pub params: *mut tr_param_t,
+    pub next: *mut trans_t,
+}
+
+pub type tr_parsef_t = unsafe extern "C" fn(*mut str_, *mut trans_t) -> *mut c_char;
+
+/// One transformation class (`tr_export_t`, 24 bytes).
+#[repr(C)]
+pub struct tr_export_t {
+    pub tclass: str_,
+    pub tparse: Option<tr_parsef_t>,
+}
+
+// SAFETY: export tables are immutable statics; the core copies the entries.
+unsafe impl Sync for tr_export_t {}
+
+/// One KEMI export (`sr_kemi_t`, 72 bytes).
+#[repr(C)]
+pub struct sr_kemi_t {
+    pub mname: str_,
+    pub fname: str_,
+    pub rtype: c_int,
+    pub func: *const c_void,
+    pub ptypes: [c_int; 6],
+}
+
+// SAFETY: export tables are immutable statics; the core only reads them.
+unsafe impl Sync for sr_kemi_t {}
+
+pub const SR_KEMIP_NONE: c_int = 0;
+pub const SR_KEMIP_INT: c_int = 1;
+pub const SR_KEMIP_STR: c_int = 2;
+
+/// Opaque KEMI engine (`sr_kemi_eng_t`).
+#[repr(C)]
+pub struct sr_kemi_eng_t {
+    _private: [u8; 0],
+}
+
+/// `struct route_list` (32 bytes): only `rlist` is read.
+#[repr(C)]
+pub struct route_list {
+    pub rlist: *mut *mut action,
+    pub idx: c_int,
+    pub entries: c_int,
+    pub names: [u8; 16],
+}
+
+/// `struct module_exports` (80 bytes).
+#[repr(C)]
+pub struct module_exports {
+    pub name: *const c_char,
+    pub dlflags: c_uint,
+    pub cmds: *const cmd_export_t,
+    pub params: *const param_export_t,
+    pub rpc_methods: *const c_void,
+    pub pv_items: *const pv_export_t,
+    pub response_f: Option<response_function>,
+    pub init_mod_f: Option<init_function>,
+    pub init_child_f: Option<child_init_function>,
+    pub destroy_mod_f: Option<destroy_function>,
+}
+
+// SAFETY: the exports table is an immutable static; the core only reads it.
+unsafe impl Sync for module_exports {}
+
+/// Head of `sr_pkg_api_t` / `sr_shm_api_t` as far as the module uses it.
+///
+/// With `DBG_SR_MEMORY` (present in Debian's build) the allocators take the
+/// caller's file, function, line and module name after their own arguments.
+#[repr(C)]
+pub struct sr_pkg_api_t {
+    pub mname: *mut c_char,
+    pub mem_pool: *mut c_void,
+    pub mem_block: *mut c_void,
+    pub xmalloc: Option<
+        unsafe extern "C" fn(
+            *mut c_void,
+            usize,
+            *const c_char,
+            *const c_char,
+            c_uint,
+            *const c_char,
+        ) -> *mut c_void,
+    >,
+    pub xmallocxz: *const c_void,
+    pub xrealloc: *const c_void,
+    pub xreallocxf: *const c_void,
+    pub xfree: Option<
+        unsafe extern "C" fn(
+            *mut c_void,
+            *mut c_void,
+            *const c_char,
+            *const c_char,
+            c_uint,
+            *const c_char,
+        ),
+    >,
+}
+
+/// Head of `sr_shm_api_t` (free is at offset 72 here, unlike pkg).
+#[repr(C)]
+pub struct sr_shm_api_t {
+    pub mname: *mut c_char,
+    pub mem_pool: *mut c_void,
+    pub mem_block: *mut c_void,
+    pub xmalloc: *const c_void,
+    pub xmallocxz: *const c_void,
+    pub xmalloc_unsafe: *const c_void,
+    pub xrealloc: *const c_void,
+    pub xreallocxf: *const c_void,
+    pub xresize: *const c_void,
+    pub xfree: Option<
+        unsafe extern "C" fn(
+            *mut c_void,
+            *mut c_void,
+            *const c_char,
+            *const c_char,
+            c_uint,
+            *const c_char,
+        ),
+    >,
+}
+
+/// One row of the core's `log_level_info` table (16 bytes).
+#[repr(C)]
+pub struct log_level_info_t {
+    pub name: *const c_char,
+    pub syslog_level: c_int,
+}
+
+/// `ksr_logdata_t` (64 bytes), handed to the structured logger.
+#[repr(C)]
+pub struct ksr_logdata_t {
+    pub v_facility: c_int,
+    pub v_level: c_int,
+    pub v_lname: *const c_char,
+    pub v_fname: *const c_char,
+    pub v_fline: c_int,
+    pub v_mname: *const c_char,
+    pub v_func: *const c_char,
+    pub v_locinfo: *const c_char,
+    pub v_pid: c_int,
+    pub v_pidx: c_int,
+}
+
+/// Log levels (`L_*`).
+pub const L_ALERT: c_int = -5;
+pub const L_BUG: c_int = -4;
+pub const L_CRIT: c_int = -2;
+pub const L_ERR: c_int = -1;
+pub const L_WARN: c_int = 0;
+pub const L_NOTICE: c_int = 1;
+pub const L_INFO: c_int = 2;
+pub const L_DBG: c_int = 3;
+
+pub type km_log_func_t = unsafe extern "C" fn(c_int, *const c_char, ...);
+pub type ksr_slog_func_t = unsafe extern "C" fn(*mut ksr_logdata_t, *const c_char, ...);
+
+extern "C" {
+    // --- script parameters and fixups
+    pub fn fixup_spve_null(param: *mut *mut c_void, param_no: c_int) -> c_int;
+    pub fn fixup_free_spve_null(param: *mut *mut c_void, param_no: c_int) -> c_int;
+    pub fn fixup_pvar_null(param: *mut *mut c_void, param_no: c_int) -> c_int;
+    pub fn fixup_free_pvar_null(param: *mut *mut c_void, param_no: c_int) -> c_int;
+    pub fn get_str_fparam(dst: *mut str_, msg: *mut sip_msg, param: *mut fparam_t) -> c_int;
+
+    // --- pseudo-variables and transformations
+    pub fn pv_get_spec_value(
+        msg: *mut sip_msg,
+        sp: *mut pv_spec_t,
+        value: *mut pv_value_t,
+    ) -> c_int;
+    pub fn pv_set_spec_value(
+        msg: *mut sip_msg,
+        sp: *mut pv_spec_t,
+        op: c_int,
+        value: *mut pv_value_t,
+    ) -> c_int;
+    pub fn pv_get_null(msg: *mut sip_msg, param: *mut pv_param_t, res: *mut pv_value_t) -> c_int;
+    pub fn pv_get_strval(
+        msg: *mut sip_msg,
+        param: *mut pv_param_t,
+        res: *mut pv_value_t,
+        sval: *mut str_,
+    ) -> c_int;
+    pub fn pv_parse_spec2(input: *mut str_, sp: *mut pv_spec_t, silent: c_int) -> *mut c_char;
+    pub fn pv_parse_format(input: *mut str_, el: *mut *mut pv_elem_t) -> c_int;
+    pub fn pv_printf_s(msg: *mut sip_msg, list: *mut pv_elem_t, s: *mut str_) -> c_int;
+    pub fn register_trans_mod(mod_name: *mut c_char, items: *const tr_export_t) -> c_int;
+
+    // --- routes
+    pub static mut event_rt: route_list;
+    pub static mut route_type: c_int;
+    pub fn route_lookup(rt: *mut route_list, name: *mut c_char) -> c_int;
+    pub fn run_top_route(a: *mut action, msg: *mut sip_msg, c: *mut run_act_ctx) -> c_int;
+    pub fn faked_msg_init() -> c_int;
+    pub fn faked_msg_next() -> *mut sip_msg;
+    pub fn exec_pre_script_cb(msg: *mut sip_msg, type_: c_int) -> c_int;
+    pub fn exec_post_script_cb(msg: *mut sip_msg, type_: c_int) -> c_int;
+    pub fn ksr_msg_env_reset();
+
+    // --- KEMI
+    pub fn sr_kemi_modules_add(klist: *const sr_kemi_t) -> c_int;
+    pub fn sr_kemi_eng_get() -> *mut sr_kemi_eng_t;
+    pub fn sr_kemi_route(
+        keng: *mut sr_kemi_eng_t,
+        msg: *mut sip_msg,
+        rtype: c_int,
+        ename: *mut str_,
+        edata: *mut str_,
+    ) -> c_int;
+
+    // --- memory
+    pub static mut _pkg_root: sr_pkg_api_t;
+    pub static mut _shm_root: sr_shm_api_t;
+
+    // --- logging
+    pub static mut dprint_crit: c_int;
+    pub static mut log_stderr: c_int;
+    pub static mut process_no: c_int;
+    pub static log_level_info: [log_level_info_t; 9];
+    pub static mut _km_log_func: Option<km_log_func_t>;
+    pub static mut _ksr_slog_func: Option<ksr_slog_func_t>;
+    pub fn get_debug_level(mname: *const c_char, mnlen: c_int) -> c_int;
+    pub fn get_debug_facility(mname: *const c_char, mnlen: c_int) -> c_int;
+    pub fn my_pid() -> c_int;
+
+    // --- version data of the running core
+    pub static ver_version: [c_char; 0];
+}
+
+// Layout pins (x86_64, Kamailio 5.6.3). A change here is an ABI break.
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<str_>() == 16);
+    assert!(size_of::<cmd_export_t>() == 48);
+    assert!(offset_of!(cmd_export_t, param_no) == 16);
+    assert!(offset_of!(cmd_export_t, flags) == 40);
+    assert!(size_of::<param_export_t>() == 24);
+    assert!(size_of::<module_exports>() == 80);
+    assert!(offset_of!(module_exports, pv_items) == 40);
+    assert!(offset_of!(module_exports, destroy_mod_f) == 72);
+    assert!(size_of::<pv_value_t>() == 24);
+    assert!(offset_of!(pv_value_t, flags) == 20);
+    assert!(size_of::<pv_spec_t>() == 88);
+    assert!(offset_of!(pv_spec_t, setf) == 16);
+    assert!(size_of::<pv_export_t>() == 72);
+    assert!(offset_of!(pv_export_t, iparam) == 64);
+    assert!(size_of::<trans_t>() == 48);
+    assert!(offset_of!(trans_t, trf) == 24);
+    assert!(size_of::<tr_export_t>() == 24);
+    assert!(size_of::<sr_kemi_t>() == 72);
+    assert!(offset_of!(sr_kemi_t, ptypes) == 48);
+    assert!(size_of::<route_list>() == 32);
+    assert!(offset_of!(sr_pkg_api_t, xfree) == 56);
+    assert!(offset_of!(sr_shm_api_t, xfree) == 72);
+    assert!(size_of::<log_level_info_t>() == 16);
+    assert!(size_of::<ksr_logdata_t>() == 64);
+};

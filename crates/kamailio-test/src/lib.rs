@@ -1,0 +1,41 @@
+//! End-to-end test harness for the kazoo module: runs a real Kamailio with a
+//! test config, talks SIP to it, and provides RabbitMQ brokers.
+//!
+//! - [`Kamailio`]: starts `kamailio` from config text with placeholders
+//!   (`{{PORT}}`, `{{MODULE}}`, `{{RUNDIR}}`, `{{MPATH}}`; see [`Kamailio`]),
+//!   waits until it answers SIP, exposes its log, stops it on drop and prints the
+//!   log tail if the test panicked. [`check_config`] runs `kamailio -c`.
+//! - [`SipClient`] / [`SipReply`]: one request, its final reply; a
+//!   [`HarnessError::Timeout`] means the script did not reply.
+//! - [`hex_encode`] / [`hex_decode`]: carry arbitrary bytes in headers, matching
+//!   Kamailio's `{s.encode.hexa}` (lowercase) and `{s.decode.hexa}` (either case).
+//! - [`RabbitNode`]: a private broker that a test may stop and restart;
+//!   [`system_broker_url`] / [`system_rabbitmqctl`] for the shared one.
+//! - [`unique_name`]: per-test exchange, queue and key names.
+//!
+//! Everything is safe to use from tests running in parallel, in threads or in
+//! processes: ports are reserved machine-wide, directories are fresh temporary
+//! ones, and only processes the harness started are ever signalled. All waits
+//! are bounded.
+//!
+//! Environment variables read: `KAMAILIO_BIN`, `KAMAILIO_MODULES_DIR`,
+//! `KAZOO_MODULE`, `CARGO_TARGET_DIR`, `KAMAILIO_TEST_KEEP`, `RABBITMQ_SERVER`,
+//! `RABBITMQCTL`, `AMQP_URL`.
+
+mod error;
+mod hex;
+mod kamailio;
+mod names;
+mod ports;
+mod process;
+mod rabbit;
+mod sip;
+
+pub use error::HarnessError;
+pub use hex::{hex_decode, hex_encode};
+pub use kamailio::{
+    check_config, module_path, try_module_path, CheckResult, Kamailio, KamailioBuilder,
+};
+pub use names::unique_name;
+pub use rabbit::{system_broker_url, system_rabbitmqctl, RabbitNode};
+pub use sip::{SipClient, SipReply};

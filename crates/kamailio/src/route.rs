@@ -1,0 +1,110 @@
+//! Running `event_route[...]` blocks and KEMI event callbacks from module
+//! code, on the faked SIP message the core keeps for that purpose.
+use std::ffi::{c_int, CStr};
+
+use crate::sys;
+
+/// What happened when an event route was asked to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteOutcome {
+    /// No such route in the configuration.
+    Missing,
+    /// The route ran to its end (or `exit`/`return`).
+    Ran,
+    /// The route executed `drop`.
+    Dropped,
+}
+
+/// Prepares the faked message (call once in `mod_init`).
+pub fn init_faked_msg() -> bool {
+    // SAFETY: plain core call, made on the host thread during start-up.
+    unsafe { sys::faked_msg_init() == 0 }
+}
+
+/// Whether `event_route[name]` exists in the configuration.
+pub fn event_route_exists(name: &CStr) -> bool {
+    lookup(name).is_some()
+}
+
+fn lookup(name: &CStr) -> Option<*mut sys::action> {
+    // SAFETY: `event_rt` is the core's route table; `route_lookup` only reads
+    // it and never creates entries (unlike `route_get`).
+    unsafe {
+        let table = std::ptr::addr_of_mut!(sys::event_rt);
+        let idx = sys::route_lookup(table, name.as_ptr() as *mut _);
+        if idx < 0 || (*table).rlist.is_null() {
+            return None;
+        }
+        let actions = *(*table).rlist.add(idx as usize);
+        (!actions.is_null()).then_some(actions)
+    }
+}
+
+/// Runs `event_route[name]` as a request route on a fresh faked message,
+/// with the pre/post script callbacks, and resets AVPs/XAVPs afterwards.
+pub fn run_event_route(name: &CStr) -> RouteOutcome {
+    let Some(actions) = lookup(name) else {
+        return RouteOutcome::Missing;
+    };
+    let mut ctx = RunActCtx([0; sys::RUN_ACT_CTX_SIZE / 4]);
+    let ctx_ptr = std::ptr::addr_of_mut!(ctx) as *mut sys::run_act_ctx;
+    // SAFETY: the faked message was initialised in mod_init; route_type is a
+    // plain int of the core saved and restored around the run; the context
+    // is zeroed storage of the core's size (what `init_run_actions_ctx` does).
+    unsafe {
+        let msg = sys::faked_msg_next();
+        let saved = sys::route_type;
+        sys::route_type = sys::REQUEST_ROUTE;
+        if sys::exec_pre_script_cb(msg, 1) != 0 {
+            sys::run_top_route(actions, msg, ctx_ptr);
+            sys::exec_post_script_cb(msg, 1);
+        }
+        sys::ksr_msg_env_reset();
+        sys::route_type = saved;
+    }
+    if ctx.0[sys::RUN_ACT_CTX_RUN_FLAGS / 4] & sys::DROP_R_F != 0 {
+        RouteOutcome::Dropped
+    } else {
+        RouteOutcome::Ran
+    }
+}
+
+/// Storage for the core's `struct run_act_ctx` (its `jmp_buf` wants 8-byte
+/// alignment).
+#[repr(C, align(8))]
+struct RunActCtx([c_int; sys::RUN_ACT_CTX_SIZE / 4]);
+
+/// Whether a KEMI scripting engine (`cfgengine` other than native) runs.
+pub fn kemi_engine_present() -> bool {
+    // SAFETY: plain core getter.
+    !unsafe { sys::sr_kemi_eng_get() }.is_null()
+}
+
+/// Calls the KEMI function `callback` with `event` as its argument, on a
+/// faked message, as an event route. Returns false when no engine runs.
+pub fn run_kemi_event(callback: &[u8], event: &[u8]) -> bool {
+    // SAFETY: plain core getter.
+    let engine = unsafe { sys::sr_kemi_eng_get() };
+    if engine.is_null() {
+        return false;
+    }
+    let mut name = sys::str_ {
+        s: callback.as_ptr() as *mut _,
+        len: callback.len() as c_int,
+    };
+    let mut data = sys::str_ {
+        s: event.as_ptr() as *mut _,
+        len: event.len() as c_int,
+    };
+    // SAFETY: the engine is live, the strs view buffers that outlive the
+    // call, and route_type is saved and restored as the core requires.
+    unsafe {
+        let msg = sys::faked_msg_next();
+        let saved = sys::route_type;
+        sys::route_type = sys::EVENT_ROUTE;
+        sys::sr_kemi_route(engine, msg, sys::EVENT_ROUTE, &mut name, &mut data);
+        sys::ksr_msg_env_reset();
+        sys::route_type = saved;
+    }
+    true
+}

@@ -1,0 +1,183 @@
+//! Start-up events and subscriptions: `event_route[kazoo:mod-init]` (or the
+//! KEMI `event_callback`), `kazoo_subscribe`, and the per-process values
+//! behind `$kzR`, `$kzE` and `$kzRK`.
+//!
+//! `kazoo:mod-init` runs once in the main process before Kamailio forks
+//! (child_init with PROC_INIT); subscriptions made there are recorded and
+//! inherited by every process. A subscription made anywhere else is refused
+//! with -1: in the C module it is silently ignored or corrupts memory.
+use std::cell::Cell;
+use std::sync::Mutex;
+
+use kamailio::pv::ByteSlot;
+use kamailio::route::{self, RouteOutcome};
+use kamailio::script::SpveArg;
+use kamailio::SipMsg;
+use kazoo_engine::json::{self, Value};
+
+use crate::params::config;
+
+/// `$kzR`: the last query result of this process.
+pub static QUERY_RESULT: ByteSlot = ByteSlot::new();
+/// `$kzE`: the payload of the event being handled.
+pub static EVENT_PAYLOAD: ByteSlot = ByteSlot::new();
+/// `$kzRK`: the routing key of the event being handled.
+pub static EVENT_ROUTING_KEY: ByteSlot = ByteSlot::new();
+
+/// A subscription as the script declared it.
+#[derive(Debug, Clone)]
+pub enum Subscription {
+    /// `kazoo_subscribe(json)`: the parsed description (an object).
+    Description(Value),
+    /// `kazoo_subscribe(exchange, type, queue, routing_key)`.
+    Simple {
+        exchange: Vec<u8>,
+        exchange_type: Vec<u8>,
+        queue: Vec<u8>,
+        routing_key: Vec<u8>,
+    },
+}
+
+/// Subscriptions recorded during `kazoo:mod-init`.
+static SUBSCRIPTIONS: Mutex<Vec<Subscription>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// Whether `kazoo:mod-init` is running (subscriptions are accepted).
+    static IN_MOD_INIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Why `kazoo_subscribe` refused a subscription.
+#[derive(Debug)]
+pub enum SubscribeError {
+    NotInModInit,
+    Arg(kamailio::script::ArgError),
+    Invalid(String),
+}
+
+impl std::fmt::Display for SubscribeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubscribeError::NotInModInit => f.write_str(
+                "subscriptions must be made in event_route[kazoo:mod-init] (or the KEMI \
+                 event_callback for \"kazoo:mod-init\")",
+            ),
+            SubscribeError::Arg(e) => write!(f, "{e}"),
+            SubscribeError::Invalid(reason) => write!(f, "invalid subscription: {reason}"),
+        }
+    }
+}
+
+impl From<kamailio::script::ArgError> for SubscribeError {
+    fn from(e: kamailio::script::ArgError) -> Self {
+        SubscribeError::Arg(e)
+    }
+}
+
+impl Subscription {
+    /// One line describing the subscription, for the start-up log.
+    fn summary(&self) -> String {
+        match self {
+            Subscription::Description(value) => {
+                String::from_utf8_lossy(&json::to_json(value)).into_owned()
+            }
+            Subscription::Simple {
+                exchange,
+                exchange_type,
+                queue,
+                routing_key,
+            } => format!(
+                "exchange \"{}\" ({}), queue \"{}\", routing key \"{}\"",
+                String::from_utf8_lossy(exchange),
+                String::from_utf8_lossy(exchange_type),
+                String::from_utf8_lossy(queue),
+                String::from_utf8_lossy(routing_key)
+            ),
+        }
+    }
+}
+
+fn record(subscription: Subscription) -> Result<i32, SubscribeError> {
+    if !IN_MOD_INIT.get() {
+        return Err(SubscribeError::NotInModInit);
+    }
+    let mut list = SUBSCRIPTIONS.lock().unwrap_or_else(|e| e.into_inner());
+    kamailio::info!(
+        "subscription {} recorded: {}",
+        list.len() + 1,
+        subscription.summary()
+    );
+    list.push(subscription);
+    Ok(1)
+}
+
+fn describe(text: &[u8]) -> Result<i32, SubscribeError> {
+    let value = json::parse(text).map_err(|e| SubscribeError::Invalid(e.to_string()))?;
+    if !matches!(value, Value::Object(_)) {
+        return Err(SubscribeError::Invalid(
+            "the description must be a JSON object".into(),
+        ));
+    }
+    record(Subscription::Description(value))
+}
+
+/// `kazoo_subscribe(json_description)`.
+pub fn subscribe_json(msg: &mut SipMsg, args: &[SpveArg; 1]) -> Result<i32, SubscribeError> {
+    describe(&args[0].value(msg)?)
+}
+
+/// `KSR.kazoo.kazoo_subscribe(json_description)`.
+pub fn subscribe_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, SubscribeError> {
+    describe(args[0])
+}
+
+/// `kazoo_subscribe(exchange, exchange_type, queue, routing_key)`.
+pub fn subscribe_simple(msg: &mut SipMsg, args: &[SpveArg; 4]) -> Result<i32, SubscribeError> {
+    let subscription = Subscription::Simple {
+        exchange: args[0].value(msg)?,
+        exchange_type: args[1].value(msg)?,
+        queue: args[2].value(msg)?,
+        routing_key: args[3].value(msg)?,
+    };
+    record(subscription)
+}
+
+/// How many subscriptions were recorded (used by the AMQP processes).
+pub fn subscription_count() -> usize {
+    SUBSCRIPTIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .len()
+}
+
+/// `child_init`: runs `kazoo:mod-init` once, in the main process before the
+/// fork of the SIP workers.
+pub fn child_init(rank: i32) -> Result<(), String> {
+    if rank == kamailio::sys::PROC_INIT {
+        run_mod_init();
+        kamailio::info!(
+            "{} subscription(s) recorded at start-up",
+            subscription_count()
+        );
+    }
+    Ok(())
+}
+
+fn run_mod_init() {
+    IN_MOD_INIT.set(true);
+    match &config().params.event_callback {
+        Some(callback) => {
+            if !route::run_kemi_event(callback.as_bytes(), b"kazoo:mod-init") {
+                kamailio::error!(
+                    "event_callback \"{callback}\" is set but no KEMI engine runs: \
+                     kazoo:mod-init not delivered"
+                );
+            }
+        }
+        None => {
+            if route::run_event_route(c"kazoo:mod-init") == RouteOutcome::Dropped {
+                kamailio::error!("event_route[kazoo:mod-init] executed drop; start-up continues");
+            }
+        }
+    }
+    IN_MOD_INIT.set(false);
+}

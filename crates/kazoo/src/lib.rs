@@ -1,0 +1,167 @@
+//! Kamailio's `kazoo` module as a drop-in `kazoo.so`: the exported tables
+//! (functions, parameters, pseudo-variables, the `kz` transformations, KEMI)
+//! and the start-up hooks. Script concerns live one per file:
+//! - [`params`]: `modparam` setters and the frozen configuration;
+//! - [`json`]: `kazoo_json`, `kazoo_json_keys`, `kazoo_encode`;
+//! - [`trans`]: `{kz.json,...}`, `{kz.json.count,...}`, `{kz.encode}`;
+//! - [`events`]: `event_route[kazoo:mod-init]`, the KEMI event callback,
+//!   `kazoo_subscribe` and the `$kzR` / `$kzE` / `$kzRK` values;
+//! - [`amqp`]: `kazoo_publish`, `kazoo_query`, `kazoo_async_query` and the
+//!   `kazoo_pua_*` functions, whose engine is not in this build yet.
+#![deny(unsafe_code)]
+
+mod amqp;
+mod events;
+mod json;
+mod params;
+mod trans;
+
+use kamailio::export::{CMD_END, KEMI_END, PARAM_END, PV_END, TRANS_END};
+use kamailio::sys::{cmd_export_t, param_export_t, pv_export_t, sr_kemi_t, tr_export_t};
+use kamailio::{cmd, kemi, param, pv, trans_class};
+
+static CMDS: [cmd_export_t; 19] = [
+    cmd!("kazoo_publish", spve(exchange, routing_key, payload) => amqp::publish),
+    cmd!("kazoo_publish", spve(exchange, routing_key, payload, headers) => amqp::publish),
+    cmd!("kazoo_query", spve(exchange, routing_key, payload) => amqp::query),
+    cmd!("kazoo_query", spve(exchange, routing_key, payload, target) => amqp::query),
+    cmd!("kazoo_query", spve(exchange, routing_key, payload, target, headers) => amqp::query),
+    cmd!("kazoo_async_query", spve(exchange, routing_key, payload, ok_route, err_route) => amqp::async_query),
+    cmd!("kazoo_async_query", spve(exchange, routing_key, payload, ok_route, err_route, flags) => amqp::async_query),
+    cmd!("kazoo_query_async", spve(exchange, routing_key, payload, ok_route, err_route) => amqp::async_query),
+    cmd!("kazoo_query_async", spve(exchange, routing_key, payload, ok_route, err_route, flags) => amqp::async_query),
+    cmd!("kazoo_subscribe", spve(description) => events::subscribe_json),
+    cmd!("kazoo_subscribe", spve(exchange, exchange_type, queue, routing_key) => events::subscribe_simple),
+    cmd!("kazoo_json", spve_pv<3>(json, path; target) => json::kazoo_json),
+    cmd!("kazoo_json_keys", spve_pv<3>(json, path; target) => json::kazoo_json_keys),
+    cmd!("kazoo_encode", spve_pv<2>(input; target) => json::kazoo_encode),
+    cmd!("kazoo_pua_publish", raw(payload) => amqp::pua_publish),
+    cmd!("kazoo_pua_publish_mwi", raw(payload) => amqp::pua_publish),
+    cmd!("kazoo_pua_publish_presence", raw(payload) => amqp::pua_publish),
+    cmd!("kazoo_pua_publish_dialoginfo", raw(payload) => amqp::pua_publish),
+    CMD_END,
+];
+
+static PARAMS: [param_export_t; 46] = [
+    param!("node_hostname", Str, params::set),
+    param!("amqp_connection", Str, params::set),
+    param!("amqp_max_channels", Int, params::set),
+    param!("amqp_consumer_processes", Int, params::set),
+    param!("amqp_consumer_workers", Int, params::set),
+    param!("amqp_consumer_event_key", Str, params::set),
+    param!("amqp_consumer_event_subkey", Str, params::set),
+    param!("amqp_query_timeout_sec", Int, params::set),
+    param!("amqp_query_timeout_micro", Int, params::set),
+    param!("amqp_query_timeout_avp", Str, params::set),
+    param!("amqp_result_avp", Str, params::set),
+    param!("amqp_heartbeats", Int, params::set),
+    param!("amqp_primary_zone", Str, params::set),
+    param!("amqp_command_hashtable_size", Int, params::set),
+    param!("amqp_connect_timeout_sec", Int, params::set),
+    param!("amqp_connect_timeout_micro", Int, params::set),
+    param!("amqps_ca_cert", Str, params::set),
+    param!("amqps_cert", Str, params::set),
+    param!("amqps_key", Str, params::set),
+    param!("amqps_verify_peer", Int, params::set),
+    param!("amqps_verify_hostname", Int, params::set),
+    param!("app_name", Str, params::set),
+    param!("json_escape_char", Str, params::set),
+    param!("event_callback", Str, params::set),
+    param!("db_url", Str, params::set),
+    param!("presentity_table", Str, params::set),
+    param!("pua_mode", Int, params::set),
+    param!("pua_include_entity", Int, params::set),
+    param!("pua_lock_type", Int, params::set),
+    param!("presence_use_full_entity", Int, params::set),
+    param!("amqp_consumer_ack_timeout_sec", Int, params::set),
+    param!("amqp_consumer_ack_timeout_micro", Int, params::set),
+    param!("amqp_interprocess_timeout_sec", Int, params::set),
+    param!("amqp_interprocess_timeout_micro", Int, params::set),
+    param!("amqp_waitframe_timeout_sec", Int, params::set),
+    param!("amqp_waitframe_timeout_micro", Int, params::set),
+    param!("amqp_internal_loop_count", Int, params::set),
+    param!("amqp_consumer_loop_count", Int, params::set),
+    param!("amqp_consumer_ack_loop_count", Int, params::set),
+    param!("single_consumer_on_reconnect", Int, params::set),
+    param!("consume_messages_on_reconnect", Int, params::set),
+    param!("use_federated_exchange", Int, params::set),
+    param!("federated_exchange", Str, params::set),
+    param!("amqp_timer_process_interval", Int, params::set),
+    param!("amqp_timmer_process_interval", Int, params::set),
+    PARAM_END,
+];
+
+static PVS: [pv_export_t; 4] = [
+    pv!("kzR", events::QUERY_RESULT),
+    pv!("kzE", events::EVENT_PAYLOAD),
+    pv!("kzRK", events::EVENT_ROUTING_KEY),
+    PV_END,
+];
+
+static TRANSFORMATIONS: [tr_export_t; 2] =
+    [trans_class!("kz", trans::KzTransformations), TRANS_END];
+
+static KEMI: [sr_kemi_t; 3] = [
+    kemi!("kazoo", "kazoo_publish", str(exchange, routing_key, payload) => amqp::publish_kemi),
+    kemi!("kazoo", "kazoo_subscribe", str(description) => events::subscribe_kemi),
+    KEMI_END,
+];
+
+kamailio::module! {
+    name: c"kazoo",
+    cmds: CMDS,
+    params: PARAMS,
+    pvs: PVS,
+    register: register,
+    init: params::mod_init,
+    child_init: events::child_init,
+    destroy: destroy,
+}
+
+/// Registers what later configuration lines may use: the `kz`
+/// transformation class and the KEMI functions.
+fn register(path: &kamailio::export::ModulePath) -> Result<(), String> {
+    if !kamailio::trans::register_class(path, &TRANSFORMATIONS) {
+        return Err("cannot register the kz transformations".into());
+    }
+    if !kamailio::export::register_kemi(&KEMI) {
+        return Err("cannot register the KEMI functions".into());
+    }
+    Ok(())
+}
+
+fn destroy() {}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+
+    use kazoo_engine::config::{ParamType, PARAMS as ENGINE_PARAMS};
+
+    /// The exported parameter table and the engine's list agree on every
+    /// name and type, in both directions.
+    #[test]
+    #[allow(unsafe_code)]
+    fn parameter_table_matches_the_engine() {
+        let exported: Vec<(String, u32)> = super::PARAMS
+            .iter()
+            .take_while(|p| !p.name.is_null())
+            .map(|p| {
+                // SAFETY: the table's names are NUL-terminated literals.
+                let name = unsafe { CStr::from_ptr(p.name) };
+                (name.to_string_lossy().into_owned(), p.type_)
+            })
+            .collect();
+        assert_eq!(exported.len(), ENGINE_PARAMS.len());
+        for (name, ty) in ENGINE_PARAMS {
+            let kind = match ty {
+                ParamType::Int => kamailio::params::ParamKind::Int,
+                ParamType::Str => kamailio::params::ParamKind::Str,
+            };
+            assert!(
+                exported.contains(&(name.to_string(), kind.type_bits())),
+                "{name} missing or mistyped"
+            );
+        }
+    }
+}

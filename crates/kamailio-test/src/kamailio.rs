@@ -106,7 +106,7 @@ impl KamailioBuilder {
 /// | placeholder | replaced by |
 /// |---|---|
 /// | `{{PORT}}` | a free UDP/TCP port on 127.0.0.1 reserved for this instance |
-/// | `{{MODULE}}` | the absolute path of the built kazoo module ([`module_path`]) |
+/// | `{{MODULE}}` | the absolute path of the built kazoo module ([`module_path()`]) |
 /// | `{{RUNDIR}}` | this instance's fresh temporary directory |
 /// | `{{MPATH}}` | Kamailio's module directory: `KAMAILIO_MODULES_DIR`, default `/usr/lib/x86_64-linux-gnu/kamailio/modules` |
 ///
@@ -119,7 +119,7 @@ impl KamailioBuilder {
 ///
 /// Environment: `KAMAILIO_BIN` (binary, default `/usr/sbin/kamailio`, else
 /// `kamailio` on `PATH`), `KAMAILIO_MODULES_DIR`, `KAZOO_MODULE` (see
-/// [`module_path`]), and `KAMAILIO_TEST_KEEP` (non-empty: keep run directories
+/// [`module_path()`]), and `KAMAILIO_TEST_KEEP` (non-empty: keep run directories
 /// and print where they are).
 ///
 /// If the test panics while this is alive, drop prints the log tail to stderr.

@@ -319,7 +319,10 @@ pub unsafe extern "C" fn eval_entry<T: TransClass>(
                 0
             }
             Err(reason) => {
-                crate::error!("transformation failed: {reason}");
+                crate::log::plain(
+                    crate::log::Level::Err,
+                    format_args!("transformation failed: {reason}"),
+                );
                 // SAFETY: the input was released; leave a null value behind.
                 unsafe {
                     *val = sys::pv_value_t {

@@ -16,8 +16,9 @@
 //! key lookup on a non-object yields null, and null stays null.
 //!
 //! The C module aborts or overflows a stack buffer on some paths; here they are [`PathError`]s:
-//! an empty path, any empty segment other than one trailing `.` (`a..b`, `.a`, `.`), and
-//! segments of [`MAX_SEGMENT_LEN`] bytes or more. A first segment starting with `[` reads
+//! an empty path, any empty segment other than one trailing `.` (`a..b`, `.a`, `.`), and a
+//! segment whose name or index text is [`MAX_SEGMENT_LEN`] bytes or more (they are `sscanf`'d into
+//! 250-byte buffers). Text after the closing `]` is never copied, so it may be of any length. A first segment starting with `[` reads
 //! uninitialised stack memory as its name in C; here it has no name and resolves to null, which
 //! is also what the C module was seen to return.
 
@@ -25,8 +26,8 @@ use std::fmt;
 
 use super::Value;
 
-/// Segments this long or longer overflow the C module's 250-byte `sscanf` buffers; they are
-/// rejected.
+/// A segment's name or index text this long or longer overflows the C module's 250-byte `sscanf`
+/// buffers; such a path is rejected.
 pub const MAX_SEGMENT_LEN: usize = 250;
 
 /// Why a path was rejected.
@@ -37,8 +38,8 @@ pub enum PathError {
     /// Segment number `index` (0-based) is empty, e.g. in `a..b`, `.a` or `.` (the C module
     /// aborts).
     EmptySegment { index: usize },
-    /// Segment number `index` is `len` bytes long, at least [`MAX_SEGMENT_LEN`] (the C module
-    /// overflows a stack buffer).
+    /// Segment number `index` has a name or index text of `len` bytes, at least
+    /// [`MAX_SEGMENT_LEN`] (the C module overflows a stack buffer).
     SegmentTooLong { index: usize, len: usize },
 }
 
@@ -51,7 +52,7 @@ impl fmt::Display for PathError {
             }
             PathError::SegmentTooLong { index, len } => write!(
                 f,
-                "segment {} of JSON path is {len} bytes long (limit {})",
+                "segment {} of JSON path has a {len}-byte key or index (limit {})",
                 index + 1,
                 MAX_SEGMENT_LEN - 1
             ),
@@ -95,21 +96,11 @@ pub fn parse_path(path: &[u8], escape_char: u8) -> Result<Path, PathError> {
         if raw.is_empty() {
             return Err(PathError::EmptySegment { index });
         }
-        if raw.len() >= MAX_SEGMENT_LEN {
-            return Err(PathError::SegmentTooLong {
-                index,
-                len: raw.len(),
-            });
-        }
         let text: Vec<u8> = raw
             .iter()
             .map(|&b| if b == escape_char { b'.' } else { b })
             .collect();
-        let segment = match text.iter().position(|&b| b == b'[') {
-            Some(0) => Segment {
-                key: previous_key.clone(),
-                index: None,
-            },
+        let (name, index_text) = match text.iter().position(|&b| b == b'[') {
             Some(open) => {
                 let (name, rest) = text.split_at(open);
                 let index_text = rest.get(1..).unwrap_or_default();
@@ -118,15 +109,28 @@ pub fn parse_path(path: &[u8], escape_char: u8) -> Result<Path, PathError> {
                     .position(|&b| b == b']')
                     .and_then(|close| index_text.get(..close))
                     .unwrap_or(index_text);
-                Segment {
-                    key: Some(name.to_vec()),
-                    index: (!index_text.is_empty()).then(|| c_atoi(index_text)),
-                }
+                (name, index_text)
             }
-            None => Segment {
-                key: Some(text),
+            None => (text.as_slice(), &[][..]),
+        };
+        let longest = name.len().max(index_text.len());
+        if longest >= MAX_SEGMENT_LEN {
+            return Err(PathError::SegmentTooLong {
+                index,
+                len: longest,
+            });
+        }
+        let segment = if name.is_empty() {
+            // sscanf's "%[^[" matched nothing: the previous name stays, and no index is read.
+            Segment {
+                key: previous_key.clone(),
                 index: None,
-            },
+            }
+        } else {
+            Segment {
+                key: Some(name.to_vec()),
+                index: (!index_text.is_empty()).then(|| c_atoi(index_text)),
+            }
         };
         previous_key.clone_from(&segment.key);
         segments.push(segment);
@@ -260,5 +264,18 @@ mod tests {
             })
         );
         assert!(parse_path(&long[1..], b'%').is_ok());
+        let mut index = b"a.b[".to_vec();
+        index.extend_from_slice(&long);
+        assert_eq!(
+            parse_path(&index, b'%'),
+            Err(PathError::SegmentTooLong {
+                index: 1,
+                len: MAX_SEGMENT_LEN
+            })
+        );
+        // The text after ']' is not copied anywhere in C.
+        let mut tail = b"b[1]".to_vec();
+        tail.extend_from_slice(&long);
+        assert!(parse_path(&tail, b'%').is_ok());
     }
 }

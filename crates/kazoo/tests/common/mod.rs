@@ -1,0 +1,195 @@
+//! Shared pieces of the end-to-end tests: the Kamailio configuration they
+//! start from, and helpers to call script functions over SIP.
+//!
+//! Inputs travel hex-encoded in request headers (`X-A`, `X-B`, ...) and are
+//! decoded by the script with `{s.decode.hexa}`, so any byte can be passed;
+//! results come back hex-encoded in reply headers, with a separate `...-Null`
+//! header when a value is `$null`.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use kamailio_test::{hex_decode, hex_encode, Kamailio, SipClient, SipReply};
+
+/// Global part of every test configuration; `{{PARAMS}}` takes extra
+/// modparams and `{{ROUTES}}` the routes.
+pub const BASE_CFG: &str = r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+fork=yes
+children=2
+disable_tcp=yes
+pv_buffer_size=65536
+listen=udp:127.0.0.1:{{PORT}}
+mpath="{{MPATH}}"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "textops.so"
+loadmodule "{{MODULE}}"
+modparam("kazoo", "node_hostname", "kztest.local")
+modparam("kazoo", "pua_mode", 0)
+{{PARAMS}}
+{{ROUTES}}
+"#;
+
+/// A configuration from [`BASE_CFG`].
+pub fn cfg(params: &str, routes: &str) -> String {
+    BASE_CFG
+        .replace("{{PARAMS}}", params)
+        .replace("{{ROUTES}}", routes)
+}
+
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running Kamailio and a client to talk to it.
+pub struct Proxy {
+    pub kamailio: Kamailio,
+    pub client: SipClient,
+}
+
+impl Proxy {
+    pub fn start(cfg: &str) -> Proxy {
+        let kamailio = Kamailio::start(cfg).unwrap_or_else(|e| panic!("kamailio: {e}"));
+        let client = SipClient::new().expect("sip client");
+        Proxy { kamailio, client }
+    }
+
+    /// Sends a MESSAGE to `sip:<user>@...` with the given inputs as hex
+    /// headers `X-A`, `X-B`, ... and returns the final reply.
+    pub fn call(&self, user: &str, inputs: &[&[u8]]) -> SipReply {
+        self.try_call(user, inputs)
+            .unwrap_or_else(|e| panic!("{user}: {e}"))
+    }
+
+    pub fn try_call(
+        &self,
+        user: &str,
+        inputs: &[&[u8]],
+    ) -> Result<SipReply, kamailio_test::HarnessError> {
+        let names = ["X-A", "X-B", "X-C", "X-D"];
+        let values: Vec<String> = inputs.iter().map(|v| hex_encode(v)).collect();
+        let headers: Vec<(&str, &str)> = names
+            .iter()
+            .zip(values.iter())
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        self.client.send_request(
+            self.kamailio.port(),
+            "MESSAGE",
+            user,
+            &headers,
+            b"",
+            TIMEOUT,
+        )
+    }
+
+    /// Kamailio still runs and answers SIP.
+    pub fn assert_alive(&self) {
+        assert!(self.kamailio.is_running(), "Kamailio exited");
+        let reply = self
+            .client
+            .ping(self.kamailio.port(), TIMEOUT)
+            .expect("Kamailio does not answer any more");
+        assert_eq!(reply.code, 200);
+    }
+}
+
+/// A hex result header: `None` when the `<name>-Null` header says `$null`.
+pub fn result(reply: &SipReply, name: &str) -> Option<Vec<u8>> {
+    if reply.header(&format!("{name}-Null")).is_some() {
+        return None;
+    }
+    let value = reply
+        .header(name)
+        .unwrap_or_else(|| panic!("reply has no {name} header: {reply:?}"));
+    Some(hex_decode(value).expect("hex"))
+}
+
+/// An integer result header.
+pub fn int(reply: &SipReply, name: &str) -> i64 {
+    reply
+        .header(name)
+        .unwrap_or_else(|| panic!("reply has no {name} header: {reply:?}"))
+        .parse()
+        .expect("integer header")
+}
+
+/// The vectors captured from the C module (`vectors/` at the workspace root).
+pub fn vector_file(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../vectors")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Decodes one TSV cell (see vectors/README.md §3); `None` for `\N`.
+pub fn tsv_cell(cell: &str) -> Option<Vec<u8>> {
+    if cell == "\\N" {
+        return None;
+    }
+    let bytes = cell.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1) {
+            Some(b'\\') => {
+                out.push(b'\\');
+                i += 2;
+            }
+            Some(b't') => {
+                out.push(b'\t');
+                i += 2;
+            }
+            Some(b'n') => {
+                out.push(b'\n');
+                i += 2;
+            }
+            Some(b'r') => {
+                out.push(b'\r');
+                i += 2;
+            }
+            Some(b'x') => {
+                let hex = std::str::from_utf8(&bytes[i + 2..i + 4]).expect("hex");
+                out.push(u8::from_str_radix(hex, 16).expect("hex"));
+                i += 4;
+            }
+            Some(b'u') => {
+                let hex = std::str::from_utf8(&bytes[i + 2..i + 6]).expect("hex");
+                let c = char::from_u32(u32::from_str_radix(hex, 16).expect("hex")).expect("char");
+                out.extend_from_slice(c.to_string().as_bytes());
+                i += 6;
+            }
+            other => panic!("bad escape {other:?} in {cell}"),
+        }
+    }
+    Some(out)
+}
+
+/// Rows of a TSV vector file as header-name → cell maps.
+pub fn tsv_rows(name: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let text = vector_file(name);
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .expect("header")
+        .split('\t')
+        .map(String::from)
+        .collect();
+    lines
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            header
+                .iter()
+                .cloned()
+                .zip(line.split('\t').map(String::from))
+                .collect()
+        })
+        .collect()
+}

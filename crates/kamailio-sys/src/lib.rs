@@ -38,11 +38,13 @@ impl str_ {
         len: 0,
     };
 
-    /// A `str` over static bytes (the core never writes through these).
-    pub const fn from_static(bytes: &'static [u8]) -> str_ {
+    /// A `str` over a static NUL-terminated string, the terminator not
+    /// counted. Export tables need the terminator: parts of the core print
+    /// these names with `%s`.
+    pub const fn from_static(text: &'static CStr) -> str_ {
         str_ {
-            s: bytes.as_ptr() as *mut c_char,
-            len: bytes.len() as c_int,
+            s: text.as_ptr() as *mut c_char,
+            len: text.count_bytes() as c_int,
         }
     }
 }

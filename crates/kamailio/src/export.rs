@@ -352,7 +352,7 @@ macro_rules! pv {
             })
         }
         $crate::sys::pv_export_t {
-            name: $crate::sys::str_::from_static($name.as_bytes()),
+            name: $crate::sys::str_::from_static($crate::export::cstr(concat!($name, "\0"))),
             type_: $crate::sys::PVT_OTHER,
             getf: Some(get),
             setf: None,
@@ -369,7 +369,7 @@ macro_rules! pv {
 macro_rules! trans_class {
     ($class:literal, $ty:ty) => {
         $crate::sys::tr_export_t {
-            tclass: $crate::sys::str_::from_static($class.as_bytes()),
+            tclass: $crate::sys::str_::from_static($crate::export::cstr(concat!($class, "\0"))),
             tparse: Some($crate::trans::parse_entry::<$ty>),
         }
     };
@@ -398,13 +398,21 @@ macro_rules! kemi {
             })
         }
         $crate::sys::sr_kemi_t {
-            mname: $crate::sys::str_::from_static($module.as_bytes()),
-            fname: $crate::sys::str_::from_static($name.as_bytes()),
+            mname: $crate::sys::str_::from_static($crate::export::cstr(concat!($module, "\0"))),
+            fname: $crate::sys::str_::from_static($crate::export::cstr(concat!($name, "\0"))),
             rtype: $crate::sys::SR_KEMIP_INT,
             func: entry as *const ::std::ffi::c_void,
             ptypes: $crate::export::kemi_str_params($crate::cmd!(@count $($arg),+)),
         }
     }};
+}
+
+/// A NUL-terminated literal as a `CStr`, at compile time.
+pub const fn cstr(text: &'static str) -> &'static CStr {
+    match CStr::from_bytes_with_nul(text.as_bytes()) {
+        Ok(s) => s,
+        Err(_) => panic!("export names must not contain NUL"),
+    }
 }
 
 /// `ptypes` of a KEMI function taking `n` strings.

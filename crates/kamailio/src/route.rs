@@ -80,13 +80,24 @@ pub fn kemi_engine_present() -> bool {
     !unsafe { sys::sr_kemi_eng_get() }.is_null()
 }
 
+/// Why a KEMI event callback did not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KemiError {
+    /// No KEMI engine is configured (`cfgengine` is native).
+    NoEngine,
+    /// The engine refused or failed the call (its own log says why; engines
+    /// initialise their interpreter per process after the fork, so a call
+    /// from the main process before it fails).
+    Failed(c_int),
+}
+
 /// Calls the KEMI function `callback` with `event` as its argument, on a
-/// faked message, as an event route. Returns false when no engine runs.
-pub fn run_kemi_event(callback: &[u8], event: &[u8]) -> bool {
+/// faked message, as an event route.
+pub fn run_kemi_event(callback: &[u8], event: &[u8]) -> Result<(), KemiError> {
     // SAFETY: plain core getter.
     let engine = unsafe { sys::sr_kemi_eng_get() };
     if engine.is_null() {
-        return false;
+        return Err(KemiError::NoEngine);
     }
     let mut name = sys::str_ {
         s: callback.as_ptr() as *mut _,
@@ -98,13 +109,18 @@ pub fn run_kemi_event(callback: &[u8], event: &[u8]) -> bool {
     };
     // SAFETY: the engine is live, the strs view buffers that outlive the
     // call, and route_type is saved and restored as the core requires.
-    unsafe {
+    let rc = unsafe {
         let msg = sys::faked_msg_next();
         let saved = sys::route_type;
         sys::route_type = sys::EVENT_ROUTE;
-        sys::sr_kemi_route(engine, msg, sys::EVENT_ROUTE, &mut name, &mut data);
+        let rc = sys::sr_kemi_route(engine, msg, sys::EVENT_ROUTE, &mut name, &mut data);
         sys::ksr_msg_env_reset();
         sys::route_type = saved;
+        rc
+    };
+    if rc < 0 {
+        Err(KemiError::Failed(rc))
+    } else {
+        Ok(())
     }
-    true
 }

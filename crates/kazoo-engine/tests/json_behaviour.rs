@@ -115,6 +115,29 @@ fn accepted_leniencies() {
 }
 
 #[test]
+fn duplicate_keys_in_large_objects() {
+    // Large objects are indexed while parsed; duplicates must still keep the first position
+    // and the last value (checked against json-c 0.16 with this very input).
+    let mut input: Vec<String> = (0..100).map(|i| format!("\"k{i}\":{i}")).collect();
+    input.extend(
+        [
+            "\"k5\":\"dup\"",
+            "\"k80\":\"dup2\"",
+            "\"new\":1",
+            "\"k5\":\"dup3\"",
+        ]
+        .map(String::from),
+    );
+    let input = format!("{{{}}}", input.join(","));
+    let mut want: Vec<String> = (0..100).map(|i| format!("\"k{i}\": {i}")).collect();
+    want[5] = "\"k5\": \"dup3\"".to_owned();
+    want[80] = "\"k80\": \"dup2\"".to_owned();
+    want.push("\"new\": 1".to_owned());
+    let want = format!("{{ {} }}", want.join(", "));
+    assert_eq!(reserialise(&input), Ok(want));
+}
+
+#[test]
 fn invalid_utf8_passes_through() {
     let Ok(value) = parse(b"{\"a\":\"\xff\xc3(\"}") else {
         panic!("invalid UTF-8 rejected");

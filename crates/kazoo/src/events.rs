@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::sync::Mutex;
 
 use kamailio::pv::ByteSlot;
-use kamailio::route::{self, RouteOutcome};
+use kamailio::route::{self, KemiError, RouteOutcome};
 use kamailio::script::SpveArg;
 use kamailio::SipMsg;
 use kazoo_engine::json::{self, Value};
@@ -165,14 +165,18 @@ pub fn child_init(rank: i32) -> Result<(), String> {
 fn run_mod_init() {
     IN_MOD_INIT.set(true);
     match &config().params.event_callback {
-        Some(callback) => {
-            if !route::run_kemi_event(callback.as_bytes(), b"kazoo:mod-init") {
-                kamailio::error!(
-                    "event_callback \"{callback}\" is set but no KEMI engine runs: \
-                     kazoo:mod-init not delivered"
-                );
-            }
-        }
+        Some(callback) => match route::run_kemi_event(callback.as_bytes(), b"kazoo:mod-init") {
+            Ok(()) => {}
+            Err(KemiError::NoEngine) => kamailio::error!(
+                "event_callback \"{callback}\" is set but no KEMI engine runs (cfgengine): \
+                 kazoo:mod-init not delivered"
+            ),
+            Err(KemiError::Failed(rc)) => kamailio::error!(
+                "event_callback \"{callback}\" failed for kazoo:mod-init (rc {rc}); KEMI \
+                 engines initialise their interpreter after the fork, so the start-up event \
+                 cannot reach them in the main process"
+            ),
+        },
         None => {
             if route::run_event_route(c"kazoo:mod-init") == RouteOutcome::Dropped {
                 kamailio::error!("event_route[kazoo:mod-init] executed drop; start-up continues");

@@ -106,7 +106,7 @@ enum State {
 
 /// Objects with more members than this get a key index while they are parsed, so that
 /// duplicate detection stays linear on large objects.
-const INDEX_THRESHOLD: usize = 16;
+const INDEX_THRESHOLD: usize = 64;
 
 /// One nesting level (json-c's `json_tokener_srec`).
 struct Level {
@@ -117,7 +117,7 @@ struct Level {
     /// The key whose value is being parsed one level down.
     field_name: Option<Vec<u8>>,
     /// Key positions of `current` once it is a large object.
-    index: Option<HashMap<Vec<u8>, usize>>,
+    index: Option<Box<HashMap<Vec<u8>, usize>>>,
 }
 
 impl Level {
@@ -162,7 +162,7 @@ impl Level {
                 .map(|(pos, (k, _))| (k.clone(), pos))
                 .collect();
             index.insert(key.clone(), entries.len());
-            self.index = Some(index);
+            self.index = Some(Box::new(index));
         }
         entries.push((key, value));
     }
@@ -633,41 +633,41 @@ impl<'a> Tokener<'a> {
 
     /// The body of a string or an object key, up to its closing quote or a backslash.
     fn string_chars(&mut self) -> Step {
-        let start = self.pos;
-        loop {
-            let c = self.c;
-            if c == self.quote_char || c == b'\\' || c == 0 {
-                if let Some(run) = self.input.get(start..self.pos) {
-                    self.buf.extend_from_slice(run);
-                }
-            }
-            if c == self.quote_char {
-                if self.top.state == State::ObjectField {
-                    // json-c keeps keys as C strings: a decoded NUL ends the key.
-                    let end = self
-                        .buf
-                        .iter()
-                        .position(|&b| b == 0)
-                        .unwrap_or(self.buf.len());
-                    self.top.field_name = Some(self.buf.get(..end).unwrap_or_default().to_vec());
-                    self.top.saved_state = State::ObjectFieldEnd;
-                    self.top.state = State::Eatws;
-                    return Step::Advance;
-                }
-                let text = std::mem::take(&mut self.buf);
-                self.finish_value(Some(Value::String(text)));
-                return Step::Advance;
-            }
-            if c == b'\\' {
-                self.top.saved_state = self.top.state;
-                self.top.state = State::StringEscape;
-                return Step::Advance;
-            }
-            if c == 0 {
-                return self.out_past_end();
-            }
-            self.advance();
+        let quote = self.quote_char;
+        let rest = self.input.get(self.pos..).unwrap_or_default();
+        let run = rest
+            .iter()
+            .position(|&b| b == quote || b == b'\\' || b == 0)
+            .unwrap_or(rest.len());
+        self.buf
+            .extend_from_slice(rest.get(..run).unwrap_or_default());
+        self.pos += run;
+        self.c = self.char_at(self.pos);
+        if self.c == 0 {
+            return self.out_past_end();
         }
+        if self.c == b'\\' {
+            self.top.saved_state = self.top.state;
+            self.top.state = State::StringEscape;
+            return Step::Advance;
+        }
+        if self.top.state == State::ObjectField {
+            // json-c keeps keys as C strings: a decoded NUL ends the key.
+            let end = self
+                .buf
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(self.buf.len());
+            self.top.field_name = Some(self.buf.get(..end).unwrap_or_default().to_vec());
+            self.top.saved_state = State::ObjectFieldEnd;
+            self.top.state = State::Eatws;
+            return Step::Advance;
+        }
+        // Copied rather than taken, so that the buffer keeps its capacity for the next string
+        // and the value gets an exact-size allocation.
+        let text = self.buf.as_slice().to_vec();
+        self.finish_value(Some(Value::String(text)));
+        Step::Advance
     }
 
     fn string_escape(&mut self, c: u8) -> Step {

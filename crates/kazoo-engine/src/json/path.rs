@@ -113,7 +113,12 @@ pub fn parse_path(path: &[u8], escape_char: u8) -> Result<Path, PathError> {
             }
             None => (text.as_slice(), &[][..]),
         };
-        let longest = name.len().max(index_text.len());
+        // A segment starting with '[' fails sscanf before anything is copied.
+        let longest = if name.is_empty() {
+            0
+        } else {
+            name.len().max(index_text.len())
+        };
         if longest >= MAX_SEGMENT_LEN {
             return Err(PathError::SegmentTooLong {
                 index,

@@ -299,14 +299,16 @@ fn json_keys_vectors() {
         let want = string_array(&cell_bytes(&row[5]));
         let avp_count: usize = row[3].parse().expect("avp_count is an integer");
         let preexisting: usize = row[6].parse().expect("preexisting_avp is 0 or 1");
-        let got = object_keys(&json, &path, ESCAPE_CHAR).unwrap_or_else(|e| {
-            panic!(
+        // The C module adds nothing for a missing/null path and for invalid JSON.
+        let got = match object_keys(&json, &path, ESCAPE_CHAR) {
+            Ok(keys) => keys.unwrap_or_default(),
+            Err(JsonError::InvalidJson(_)) => Vec::new(),
+            Err(e) => panic!(
                 "kazoo_json_keys path {:?} ({}): {e}",
                 String::from_utf8_lossy(&path),
                 row[7]
-            )
-        });
-        let got = got.unwrap_or_default();
+            ),
+        };
         assert_eq!(
             got,
             want,

@@ -117,6 +117,10 @@ struct Level {
     /// The key whose value is being parsed one level down.
     field_name: Option<Vec<u8>>,
     /// Key positions of `current` once it is a large object.
+    #[expect(
+        clippy::box_collection,
+        reason = "a level is moved for every value parsed; boxing keeps it small"
+    )]
     index: Option<Box<HashMap<Vec<u8>, usize>>>,
 }
 
@@ -374,19 +378,15 @@ impl<'a> Tokener<'a> {
                 }
             }
             State::Start => self.start(c),
-            State::Finish => {
-                if self.depth() == 0 {
-                    return Step::Out;
+            State::Finish => match self.stack.pop() {
+                // The top-level value is complete; whatever follows is ignored.
+                None => Step::Out,
+                Some(parent) => {
+                    self.finished = self.top.current.take().unwrap_or(Value::Null);
+                    self.top = parent;
+                    Step::Redo
                 }
-                self.finished = self.top.current.take().unwrap_or(Value::Null);
-                match self.stack.pop() {
-                    Some(parent) => {
-                        self.top = parent;
-                        Step::Redo
-                    }
-                    None => Step::Out,
-                }
-            }
+            },
             State::Inf => self.infinity(),
             State::Null => self.null_or_nan(),
             State::CommentStart => {

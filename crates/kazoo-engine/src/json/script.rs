@@ -98,22 +98,18 @@ pub fn array_len(json: &[u8], path: &[u8], escape_char: u8) -> Result<i64, JsonE
 
 /// `kazoo_json_keys(json, path, avp)`: the keys of the object at the path, in object order.
 ///
-/// `Ok(None)` when nothing is to be added: the path is missing or null, or the JSON text is
-/// invalid (the C module returns 1 without adding anything in all these cases, after logging
-/// "empty or invalid JSON" for the last). A non-object at the path is
-/// [`JsonError::NotAnObject`], a bad path [`JsonError::BadPath`].
+/// `Ok(None)` when nothing is to be added because the path is missing or null. Invalid JSON is
+/// [`JsonError::InvalidJson`], for the log line; the C module then also returns 1 and adds
+/// nothing. A non-object at the path is [`JsonError::NotAnObject`], a bad path
+/// [`JsonError::BadPath`].
 pub fn object_keys(
     json: &[u8],
     path: &[u8],
     escape_char: u8,
 ) -> Result<Option<Vec<Vec<u8>>>, JsonError> {
-    let Ok(root) = parse(json) else {
-        return Ok(None);
-    };
-    let path = parse_path(path, escape_char)?;
-    match path.lookup(&root) {
+    with_node(json, path, escape_char, |node| match node {
         None => Ok(None),
         Some(Value::Object(entries)) => Ok(Some(entries.iter().map(|(k, _)| k.clone()).collect())),
         Some(other) => Err(JsonError::NotAnObject(other.type_name())),
-    }
+    })?
 }

@@ -7,40 +7,57 @@
 //! - [`events`]: `event_route[kazoo:mod-init]`, the KEMI event callback,
 //!   `kazoo_subscribe` and the `$kzR` / `$kzE` / `$kzRK` values;
 //! - [`amqp`]: `kazoo_publish`, `kazoo_query`, `kazoo_async_query` and the
-//!   `kazoo_pua_*` functions, whose engine is not in this build yet.
+//!   `kazoo_pua_*` functions, whose engine is not in this build yet;
+//! - `test_hooks` (feature `test-hooks`, never in release builds): script
+//!   functions that exist only to test the module's safety nets.
 #![deny(unsafe_code)]
 
 mod amqp;
 mod events;
 mod json;
 mod params;
+#[cfg(feature = "test-hooks")]
+mod test_hooks;
 mod trans;
 
 use kamailio::export::{CMD_END, KEMI_END, PARAM_END, PV_END, TRANS_END};
 use kamailio::sys::{cmd_export_t, param_export_t, pv_export_t, sr_kemi_t, tr_export_t};
 use kamailio::{cmd, kemi, param, pv, trans_class};
 
-static CMDS: [cmd_export_t; 19] = [
-    cmd!("kazoo_publish", spve(exchange, routing_key, payload) => amqp::publish),
-    cmd!("kazoo_publish", spve(exchange, routing_key, payload, headers) => amqp::publish),
-    cmd!("kazoo_query", spve(exchange, routing_key, payload) => amqp::query),
-    cmd!("kazoo_query", spve(exchange, routing_key, payload, target) => amqp::query),
-    cmd!("kazoo_query", spve(exchange, routing_key, payload, target, headers) => amqp::query),
-    cmd!("kazoo_async_query", spve(exchange, routing_key, payload, ok_route, err_route) => amqp::async_query),
-    cmd!("kazoo_async_query", spve(exchange, routing_key, payload, ok_route, err_route, flags) => amqp::async_query),
-    cmd!("kazoo_query_async", spve(exchange, routing_key, payload, ok_route, err_route) => amqp::async_query),
-    cmd!("kazoo_query_async", spve(exchange, routing_key, payload, ok_route, err_route, flags) => amqp::async_query),
-    cmd!("kazoo_subscribe", spve(description) => events::subscribe_json),
-    cmd!("kazoo_subscribe", spve(exchange, exchange_type, queue, routing_key) => events::subscribe_simple),
-    cmd!("kazoo_json", spve_pv<3>(json, path; target) => json::kazoo_json),
-    cmd!("kazoo_json_keys", spve_pv<3>(json, path; target) => json::kazoo_json_keys),
-    cmd!("kazoo_encode", spve_pv<2>(input; target) => json::kazoo_encode),
-    cmd!("kazoo_pua_publish", raw(payload) => amqp::pua_publish),
-    cmd!("kazoo_pua_publish_mwi", raw(payload) => amqp::pua_publish),
-    cmd!("kazoo_pua_publish_presence", raw(payload) => amqp::pua_publish),
-    cmd!("kazoo_pua_publish_dialoginfo", raw(payload) => amqp::pua_publish),
-    CMD_END,
-];
+/// The script functions, with room for test-only ones in front.
+macro_rules! command_table {
+    ($($extra:expr,)*) => {
+        [
+            $($extra,)*
+            cmd!("kazoo_publish", spve(exchange, routing_key, payload) => amqp::publish),
+            cmd!("kazoo_publish", spve(exchange, routing_key, payload, headers) => amqp::publish),
+            cmd!("kazoo_query", spve(exchange, routing_key, payload) => amqp::query),
+            cmd!("kazoo_query", spve(exchange, routing_key, payload, target) => amqp::query),
+            cmd!("kazoo_query", spve(exchange, routing_key, payload, target, headers) => amqp::query),
+            cmd!("kazoo_async_query", spve(exchange, routing_key, payload, ok_route, err_route) => amqp::async_query),
+            cmd!("kazoo_async_query", spve(exchange, routing_key, payload, ok_route, err_route, flags) => amqp::async_query),
+            cmd!("kazoo_query_async", spve(exchange, routing_key, payload, ok_route, err_route) => amqp::async_query),
+            cmd!("kazoo_query_async", spve(exchange, routing_key, payload, ok_route, err_route, flags) => amqp::async_query),
+            cmd!("kazoo_subscribe", spve(description) => events::subscribe_json),
+            cmd!("kazoo_subscribe", spve(exchange, exchange_type, queue, routing_key) => events::subscribe_simple),
+            cmd!("kazoo_json", spve_pv<3>(json, path; target) => json::kazoo_json),
+            cmd!("kazoo_json_keys", spve_pv<3>(json, path; target) => json::kazoo_json_keys),
+            cmd!("kazoo_encode", spve_pv<2>(input; target) => json::kazoo_encode),
+            cmd!("kazoo_pua_publish", raw(payload) => amqp::pua_publish),
+            cmd!("kazoo_pua_publish_mwi", raw(payload) => amqp::pua_publish),
+            cmd!("kazoo_pua_publish_presence", raw(payload) => amqp::pua_publish),
+            cmd!("kazoo_pua_publish_dialoginfo", raw(payload) => amqp::pua_publish),
+CMD_END,
+        ]
+    };
+}
+
+#[cfg(not(feature = "test-hooks"))]
+static CMDS: [cmd_export_t; 19] = command_table!();
+
+#[cfg(feature = "test-hooks")]
+static CMDS: [cmd_export_t; 20] =
+    command_table!(cmd!("kazoo_test_panic", spve(reason) => test_hooks::panic),);
 
 static PARAMS: [param_export_t; 46] = [
     param!("node_hostname", Str, params::set),

@@ -1,0 +1,65 @@
+//! A panic inside the module never takes Kamailio down: the panic guard
+//! turns it into a critical log line and -1, and Kamailio keeps answering.
+//!
+//! The panicking function exists only in builds with the `test-hooks`
+//! feature; this test builds that variant into its own target directory
+//! (or takes it from `KAZOO_TEST_HOOKS_MODULE`).
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::{cfg, int, Proxy};
+
+fn hooks_module() -> PathBuf {
+    if let Ok(path) = std::env::var("KAZOO_TEST_HOOKS_MODULE") {
+        return path.into();
+    }
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target = workspace.join("target/test-hooks");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&workspace)
+        .args([
+            "build",
+            "-p",
+            "kazoo",
+            "--features",
+            "test-hooks",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .status()
+        .expect("running cargo build for the test-hooks module");
+    assert!(status.success(), "building the test-hooks module failed");
+    target.join("debug/libkazoo.so")
+}
+
+#[test]
+fn a_panic_is_caught_logged_and_returns_minus_one() {
+    let module = hooks_module();
+    let routes = r#"
+request_route {
+    if (is_method("OPTIONS")) { sl_send_reply("200", "OK"); exit; }
+    kazoo_test_panic("boom $rU");
+    append_to_reply("X-RC: $rc\r\n");
+    sl_send_reply("200", "OK");
+}
+"#;
+    let config = cfg("", routes).replace("{{MODULE}}", module.to_str().unwrap());
+    let proxy = Proxy::start(&config);
+    for round in 0..3 {
+        let reply = proxy.call(&format!("round{round}"), &[]);
+        assert_eq!(int(&reply, "X-RC"), -1, "round {round}");
+        proxy.assert_alive();
+    }
+    let log = proxy.kamailio.log();
+    assert_eq!(
+        log.matches("internal error in kazoo_test_panic (caught, Kamailio keeps running)")
+            .count(),
+        3,
+        "{log}"
+    );
+    assert!(log.contains("test hook: boom round2"), "{log}");
+    assert!(!log.contains("exited by a signal"), "{log}");
+}

@@ -148,37 +148,3 @@ fn register(path: &kamailio::export::ModulePath) -> Result<(), String> {
 }
 
 fn destroy() {}
-
-#[cfg(test)]
-mod tests {
-    use std::ffi::CStr;
-
-    use kazoo_engine::config::{ParamType, PARAMS as ENGINE_PARAMS};
-
-    /// The exported parameter table and the engine's list agree on every
-    /// name and type, in both directions.
-    #[test]
-    #[allow(unsafe_code)]
-    fn parameter_table_matches_the_engine() {
-        let exported: Vec<(String, u32)> = super::PARAMS
-            .iter()
-            .take_while(|p| !p.name.is_null())
-            .map(|p| {
-                // SAFETY: the table's names are NUL-terminated literals.
-                let name = unsafe { CStr::from_ptr(p.name) };
-                (name.to_string_lossy().into_owned(), p.type_)
-            })
-            .collect();
-        assert_eq!(exported.len(), ENGINE_PARAMS.len());
-        for (name, ty) in ENGINE_PARAMS {
-            let kind = match ty {
-                ParamType::Int => kamailio::params::ParamKind::Int,
-                ParamType::Str => kamailio::params::ParamKind::Str,
-            };
-            assert!(
-                exported.contains(&(name.to_string(), kind.type_bits())),
-                "{name} missing or mistyped"
-            );
-        }
-    }
-}

@@ -11,6 +11,7 @@ use kamailio_test::{check_config, unique_name, Kamailio};
 
 /// Every parameter of the C module (both spellings of the timer interval).
 const ALL_PARAMS: &str = r#"
+modparam("kazoo", "node_hostname", "sipproxy.mydomain.com")
 modparam("kazoo", "amqp_connection", "amqp://guest:guest@localhost:5672")
 modparam("kazoo", "amqp_connection", "kazoo://guest:guest@otherhost:5672")
 modparam("kazoo", "amqp_connection", "zone=remote;amqps://user:pass@broker.example.com/%2F")
@@ -168,6 +169,45 @@ fn a_config_using_everything_starts_and_runs() {
     assert!(!log.contains("internal error"), "{log}");
 }
 
+/// The engine's parameter list, the exported table and [`ALL_PARAMS`] agree:
+/// each parameter is accepted with its type and refused with the other.
+#[test]
+fn every_engine_parameter_is_exported_with_its_type() {
+    use kazoo_engine::config::{ParamType, PARAMS};
+    let mut names: Vec<&str> = PARAMS.iter().map(|(name, _)| *name).collect();
+    names.sort_unstable();
+    let mut listed: Vec<&str> = ALL_PARAMS
+        .lines()
+        .filter_map(|l| l.strip_prefix("modparam(\"kazoo\", \""))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    listed.sort_unstable();
+    listed.dedup();
+    assert_eq!(names, listed, "ALL_PARAMS must list every parameter");
+    let route = "request_route { sl_send_reply(\"200\", \"OK\"); }";
+    let value = |name: &str, ty: ParamType| match (name, ty) {
+        ("amqp_connection", ParamType::Str) => "\"amqp://h\"".to_string(),
+        ("json_escape_char", ParamType::Str) => "\"#\"".to_string(),
+        (_, ParamType::Str) => "\"x\"".to_string(),
+        (_, ParamType::Int) => "1".to_string(),
+    };
+    let right: String = PARAMS
+        .iter()
+        .map(|(name, ty)| format!("modparam(\"kazoo\", \"{name}\", {})\n", value(name, *ty)))
+        .collect();
+    let check = check_config(&cfg(&right, route));
+    assert!(check.success, "{}", check.output);
+    for (name, ty) in PARAMS {
+        let other = match ty {
+            ParamType::Int => ParamType::Str,
+            ParamType::Str => ParamType::Int,
+        };
+        let line = format!("modparam(\"kazoo\", \"{name}\", {})", value(name, other));
+        let check = check_config(&cfg(&line, route));
+        assert!(!check.success, "{line} accepted with the wrong type");
+    }
+}
+
 #[test]
 fn bad_parameters_are_refused_with_their_name() {
     for (line, needle) in [
@@ -221,10 +261,10 @@ fn start_up_fails_clearly_without_node_hostname() {
         "kamailio -c does not run mod_init: {}",
         check.output
     );
-    let err = Kamailio::start(&config)
-        .err()
-        .expect("Kamailio must not start without node_hostname")
-        .to_string();
+    let err = match Kamailio::start(&config) {
+        Ok(_) => panic!("Kamailio must not start without node_hostname"),
+        Err(e) => e.to_string(),
+    };
     assert!(err.contains("node_hostname\" is required"), "{err}");
 }
 

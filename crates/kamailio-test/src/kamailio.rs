@@ -2,7 +2,7 @@
 //! and readiness, log access, shutdown, `kamailio -c`, and locating the built
 //! kazoo module.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -59,14 +59,7 @@ impl KamailioBuilder {
         let binary = kamailio_binary()?;
         let instance = Instance::prepare(cfg)?;
         let log_path = instance.dir.path().join("kamailio.log");
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| HarnessError::io(format!("creating {}", log_path.display()), e))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| HarnessError::io("duplicating log file", e))?;
+        let (log, log_err) = process::log_outputs(&log_path)?;
         let mut cmd = Command::new(&binary);
         cmd.arg("-DD")
             .arg("-E")

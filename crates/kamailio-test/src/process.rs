@@ -223,6 +223,20 @@ fn proc_stat(pid: u32) -> Option<(char, u32)> {
 }
 
 /// The last `lines` lines of `text`.
+/// Opens `path` for appending and returns it twice, for a child's stdout
+/// and stderr.
+pub(crate) fn log_outputs(path: &Path) -> Result<(Stdio, Stdio), HarnessError> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| HarnessError::io(format!("creating {}", path.display()), e))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| HarnessError::io("duplicating log file", e))?;
+    Ok((log.into(), log_err.into()))
+}
+
 pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

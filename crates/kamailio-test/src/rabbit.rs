@@ -19,7 +19,7 @@
 //! other user. The harness resolves the wrapper to the real scripts beside it and
 //! runs those directly as the current user.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -222,14 +222,7 @@ impl RabbitNode {
 
     fn spawn(&mut self) -> Result<(), HarnessError> {
         let log_path = self.log_path();
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| HarnessError::io(format!("creating {}", log_path.display()), e))?;
-        let log_err = log
-            .try_clone()
-            .map_err(|e| HarnessError::io("duplicating log file", e))?;
+        let (log, log_err) = process::log_outputs(&log_path)?;
         let mut cmd = Command::new(self.scripts.join("rabbitmq-server"));
         self.configure(&mut cmd);
         cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);

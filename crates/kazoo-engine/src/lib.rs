@@ -6,8 +6,18 @@
 //! - [`encode`]: the routing-key encoder behind `kazoo_encode` and `{kz.encode}`.
 //! - [`config`]: broker URLs (`amqp_connection`), zones and the validation of the
 //!   module's parameters.
+//! - [`payload`]: the wire rules for payloads: fields added on publish, the
+//!   annotation of consumed messages, headers, `consumer://` targets.
+//! - [`routes`]: the event-route names a consumed message may run.
+//! - [`subscription`]: `kazoo_subscribe` descriptions.
+//! - [`broker`]: broker connections over lapin: topology, publisher confirms,
+//!   consumers, reconnect and failover.
 #![forbid(unsafe_code)]
 
+pub mod broker;
 pub mod config;
 pub mod encode;
 pub mod json;
+pub mod payload;
+pub mod routes;
+pub mod subscription;

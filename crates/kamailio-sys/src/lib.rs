@@ -61,10 +61,12 @@ pub struct action {
     _private: [u8; 0],
 }
 
-/// Opaque `fparam_t` (the result of the core's fixups).
+/// `fparam_t` (the result of the core's fixups, 56 bytes): only `orig`, the
+/// parameter's text as written in the configuration, is read.
 #[repr(C)]
 pub struct fparam_t {
-    _private: [u8; 0],
+    pub orig: *mut c_char,
+    _rest: [u8; 48],
 }
 
 /// Opaque `pv_elem_t` (a parsed format string).
@@ -386,7 +388,14 @@ extern "C" {
     pub fn fixup_free_pvar_null(param: *mut *mut c_void, param_no: c_int) -> c_int;
     pub fn get_str_fparam(dst: *mut str_, msg: *mut sip_msg, param: *mut fparam_t) -> c_int;
 
+    // --- processes
+    pub fn register_procs(no: c_int) -> c_int;
+    pub fn cfg_register_child(num: c_int);
+    pub fn cfg_child_init() -> c_int;
+    pub fn fork_process(child_id: c_int, desc: *mut c_char, make_sock: c_int) -> c_int;
+
     // --- pseudo-variables and transformations
+    pub fn pv_cache_get(name: *mut str_) -> *mut pv_spec_t;
     pub fn pv_get_spec_value(
         msg: *mut sip_msg,
         sp: *mut pv_spec_t,
@@ -455,6 +464,7 @@ extern "C" {
 const _: () = {
     use std::mem::{offset_of, size_of};
     assert!(size_of::<str_>() == 16);
+    assert!(size_of::<fparam_t>() == 56);
     assert!(size_of::<cmd_export_t>() == 48);
     assert!(offset_of!(cmd_export_t, param_no) == 16);
     assert!(offset_of!(cmd_export_t, flags) == 40);

@@ -12,6 +12,9 @@
 //! - [`RabbitNode`]: a private broker that a test may stop and restart;
 //!   [`system_broker_url`] / [`system_rabbitmqctl`] for the shared one.
 //! - [`unique_name`]: per-test exchange, queue and key names.
+//! - [`AmqpProbe`]: an independent AMQP client that inspects what reached the
+//!   broker, publishes to subscriptions and answers queries like a Kazoo
+//!   responder.
 //!
 //! Everything is safe to use from tests running in parallel, in threads or in
 //! processes: ports are reserved machine-wide, directories are fresh temporary
@@ -22,6 +25,7 @@
 //! `KAZOO_MODULE`, `CARGO_TARGET_DIR`, `KAMAILIO_TEST_KEEP`, `RABBITMQ_SERVER`,
 //! `RABBITMQCTL`, `AMQP_URL`.
 
+mod amqp;
 mod error;
 mod hex;
 mod kamailio;
@@ -31,6 +35,7 @@ mod process;
 mod rabbit;
 mod sip;
 
+pub use amqp::{msg_id_of, AmqpProbe, ProbeMessage, Responder};
 pub use error::HarnessError;
 pub use hex::{hex_decode, hex_encode};
 pub use kamailio::{

@@ -62,6 +62,14 @@ pub fn system_rabbitmqctl(args: &[&str]) -> Result<String, HarnessError> {
     run_checked(Command::new(ctl).args(args), CTL_TIMEOUT)
 }
 
+/// PEM files of a private node's TLS listener.
+#[derive(Debug)]
+struct TlsFiles<'a> {
+    cacert: &'a Path,
+    cert: &'a Path,
+    key: &'a Path,
+}
+
 /// A private RabbitMQ node on its own ports, stopped and deleted on drop.
 ///
 /// Started from the real `rabbitmq-server` script in the foreground as a child of
@@ -76,6 +84,8 @@ pub struct RabbitNode {
     amqp: PortLease,
     // Reserved so no other test's node takes it while this one is stopped.
     dist: PortLease,
+    // The TLS listener's port, when started with one.
+    amqps: Option<PortLease>,
     // `None` only after Drop decided to keep the directory.
     dir: Option<TempDir>,
     base: PathBuf,
@@ -86,20 +96,42 @@ impl RabbitNode {
     /// Creates the private files and starts the node; returns once
     /// `rabbitmqctl await_startup` succeeds (at most 60 s).
     pub fn start() -> Result<RabbitNode, HarnessError> {
+        Self::start_inner(None)
+    }
+
+    /// Like [`RabbitNode::start`], plus a TLS listener on another loopback
+    /// port ([`RabbitNode::amqps_port`]) with these PEM files
+    /// (`ssl_options.cacertfile`, `certfile`, `keyfile`), `verify_none` and no
+    /// client certificate required.
+    pub fn start_with_tls(
+        cacert: &Path,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<RabbitNode, HarnessError> {
+        Self::start_inner(Some(&TlsFiles { cacert, cert, key }))
+    }
+
+    fn start_inner(tls: Option<&TlsFiles<'_>>) -> Result<RabbitNode, HarnessError> {
         let scripts = rabbit_scripts_dir()?;
         let amqp = reserve_port()?;
         let dist = reserve_port()?;
+        let amqps = match tls {
+            Some(_) => Some(reserve_port()?),
+            None => None,
+        };
         let dir = tempfile::Builder::new()
             .prefix("kztest-rabbit-")
             .tempdir()
             .map_err(|e| HarnessError::io("creating RabbitMQ directory", e))?;
         let base = dir.path().to_owned();
-        write_private_files(&base, amqp.port())?;
+        let tls_listener = tls.zip(amqps.as_ref().map(PortLease::port));
+        write_private_files(&base, amqp.port(), tls_listener)?;
         let mut node = RabbitNode {
             node: format!("kztest-{}@localhost", amqp.port()),
             scripts,
             amqp,
             dist,
+            amqps,
             dir: Some(dir),
             base,
             child: None,
@@ -112,6 +144,12 @@ impl RabbitNode {
     /// The AMQP port on 127.0.0.1.
     pub fn amqp_port(&self) -> u16 {
         self.amqp.port()
+    }
+
+    /// The TLS listener's port on 127.0.0.1, for a node started with
+    /// [`RabbitNode::start_with_tls`].
+    pub fn amqps_port(&self) -> Option<u16> {
+        self.amqps.as_ref().map(PortLease::port)
     }
 
     /// The Erlang node name, `kztest-<amqp port>@localhost`.
@@ -313,23 +351,38 @@ fn rabbit_scripts_dir() -> Result<PathBuf, HarnessError> {
 }
 
 /// Writes the node's config, env file, plugin list and cookie under `base`.
-fn write_private_files(base: &Path, amqp_port: u16) -> Result<(), HarnessError> {
+fn write_private_files(
+    base: &Path,
+    amqp_port: u16,
+    tls: Option<(&TlsFiles<'_>, u16)>,
+) -> Result<(), HarnessError> {
     let write = |name: &str, text: &str| {
         let path = base.join(name);
         fs::write(&path, text)
             .map_err(|e| HarnessError::io(format!("writing {}", path.display()), e))
     };
-    write(
-        "rabbitmq.conf",
-        &format!(
-            "listeners.tcp.local = 127.0.0.1:{amqp_port}\n\
-             loopback_users.guest = true\n\
-             log.console = true\n\
-             log.console.level = info\n\
-             log.console.use_colors = off\n\
-             log.file = false\n"
-        ),
-    )?;
+    let mut conf = format!(
+        "listeners.tcp.local = 127.0.0.1:{amqp_port}\n\
+         loopback_users.guest = true\n\
+         log.console = true\n\
+         log.console.level = info\n\
+         log.console.use_colors = off\n\
+         log.file = false\n"
+    );
+    if let Some((files, port)) = tls {
+        conf.push_str(&format!(
+            "listeners.ssl.local = 127.0.0.1:{port}\n\
+             ssl_options.cacertfile = {}\n\
+             ssl_options.certfile = {}\n\
+             ssl_options.keyfile = {}\n\
+             ssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false\n",
+            files.cacert.display(),
+            files.cert.display(),
+            files.key.display()
+        ));
+    }
+    write("rabbitmq.conf", &conf)?;
     write("rabbitmq-env.conf", "")?;
     write("enabled_plugins", "[].\n")?;
     let home = base.join("home");

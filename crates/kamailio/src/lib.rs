@@ -12,6 +12,7 @@
 //! - [`trans`]: transformation classes (`{class.name,param}`).
 //! - [`route`]: running `event_route[...]` blocks and KEMI event callbacks.
 //! - [`mem`]: the few places where Kamailio's pkg allocator must be used.
+//! - [`process`]: registering and forking module processes.
 //! - [`export`]: the macros that emit a module's exported symbols and tables.
 
 pub mod export;
@@ -20,6 +21,7 @@ pub mod log;
 pub mod mem;
 pub mod msg;
 pub mod params;
+pub mod process;
 pub mod pv;
 pub mod route;
 pub mod script;

@@ -84,6 +84,72 @@ impl ByteSlot {
     }
 }
 
+/// A pseudo-variable named at run time (e.g. `kazoo_query`'s target given
+/// as text), parsed once per process by the core's PV cache.
+pub struct NamedPv {
+    spec: *mut sys::pv_spec_t,
+}
+
+impl NamedPv {
+    /// Looks the variable up; `None` when the name does not parse.
+    pub fn lookup(name: &[u8]) -> Option<NamedPv> {
+        let mut text = sys::str_ {
+            s: name.as_ptr() as *mut c_char,
+            len: c_int::try_from(name.len()).ok()?,
+        };
+        // SAFETY: `text` views `name` for the call; the cache copies it and
+        // keeps the parsed spec for the process lifetime.
+        let spec = unsafe { sys::pv_cache_get(&mut text) };
+        (!spec.is_null()).then_some(NamedPv { spec })
+    }
+
+    /// Whether the variable can be assigned.
+    pub fn is_writable(&self) -> bool {
+        // SAFETY: a spec owned by the core's cache for the process lifetime.
+        unsafe { (*self.spec).setf.is_some() }
+    }
+
+    /// Assigns a string.
+    pub fn set_str(&self, msg: &mut crate::SipMsg, value: &[u8]) -> bool {
+        let Ok(len) = c_int::try_from(value.len()) else {
+            return false;
+        };
+        let mut val = sys::pv_value_t {
+            rs: sys::str_ {
+                s: value.as_ptr() as *mut c_char,
+                len,
+            },
+            ri: 0,
+            flags: sys::PV_VAL_STR,
+        };
+        // SAFETY: a writable spec (checked by callers through is_writable; the
+        // core checks setf again), the current message, and a value the
+        // setter copies.
+        self.is_writable()
+            && unsafe { sys::pv_set_spec_value(msg.as_ptr(), self.spec, sys::EQ_T, &mut val) } >= 0
+    }
+
+    /// The variable's value as an integer, when it holds one.
+    pub fn get_int(&self, msg: &mut crate::SipMsg) -> Option<i32> {
+        let mut val = sys::pv_value_t {
+            rs: sys::str_::NULL,
+            ri: 0,
+            flags: 0,
+        };
+        // SAFETY: a parsed spec, the current message, an output value.
+        let rc = unsafe { sys::pv_get_spec_value(msg.as_ptr(), self.spec, &mut val) };
+        if rc != 0 || val.flags & sys::PV_VAL_NULL != 0 {
+            return None;
+        }
+        if val.flags & sys::PV_VAL_INT != 0 {
+            return Some(val.ri);
+        }
+        // SAFETY: a string value returned by the core.
+        let text = unsafe { crate::script::str_bytes(&val.rs) };
+        std::str::from_utf8(text).ok()?.trim().parse().ok()
+    }
+}
+
 impl Default for ByteSlot {
     fn default() -> Self {
         Self::new()

@@ -51,6 +51,22 @@ impl SpveArg {
         SpveArg { param: raw.cast() }
     }
 
+    /// The argument's text as written in the configuration, before any
+    /// variable is expanded (the C module reads `kazoo_query`'s target
+    /// variable name this way).
+    pub fn literal(&self) -> Vec<u8> {
+        // SAFETY: `param` is a live `fparam_t` made by the core's fixup; `orig`
+        // is its NUL-terminated original text (or null).
+        unsafe {
+            let orig = (*self.param).orig;
+            if orig.is_null() {
+                Vec::new()
+            } else {
+                CStr::from_ptr(orig).to_bytes().to_vec()
+            }
+        }
+    }
+
     /// Evaluates the argument for `msg` and copies the result (the core's
     /// result lives in a static buffer that the next evaluation overwrites).
     pub fn value(&self, msg: &mut SipMsg) -> Result<Vec<u8>, ArgError> {

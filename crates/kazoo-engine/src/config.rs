@@ -72,6 +72,8 @@ pub const PARAMS: &[(&str, ParamType)] = &[
     ("federated_exchange", ParamType::Str),
     ("amqp_timer_process_interval", ParamType::Int),
     ("amqp_timmer_process_interval", ParamType::Int),
+    ("amqp_publish_timeout", ParamType::Int),
+    ("amqp_consumer_prefetch", ParamType::Int),
 ];
 
 /// A parameter value Kamailio must refuse.
@@ -307,6 +309,10 @@ pub struct Params {
     pub pua_mode: i32,
     pub pua_include_entity: bool,
     pub pua_lock_type: i32,
+    /// Longest wait for a broker's publish confirm, in ms (this module's).
+    pub amqp_publish_timeout: i32,
+    /// `basic.qos` prefetch of consumers that ack (this module's; 0 = no limit).
+    pub amqp_consumer_prefetch: i32,
     /// Parameters the C module reads and ignores; kept so configurations
     /// that set them still load (documented as having no effect).
     pub ignored: Vec<String>,
@@ -345,6 +351,8 @@ impl Default for Params {
             pua_mode: 1,
             pua_include_entity: true,
             pua_lock_type: 1,
+            amqp_publish_timeout: 2000,
+            amqp_consumer_prefetch: 64,
             ignored: Vec::new(),
         }
     }
@@ -433,6 +441,13 @@ impl Params {
                     return err("must be 0 (none), 1 (write) or 2 (full)");
                 }
                 self.pua_lock_type = v
+            }
+            ("amqp_publish_timeout", Int(v)) => self.amqp_publish_timeout = at_least_one(v)?,
+            ("amqp_consumer_prefetch", Int(v)) => {
+                if !(0..=i32::from(u16::MAX)).contains(&v) {
+                    return err("must be in 0..65535 (0 = no limit)");
+                }
+                self.amqp_consumer_prefetch = v
             }
             ("amqp_consumer_ack_timeout_micro", Int(v))
             | ("amqp_interprocess_timeout_micro", Int(v))

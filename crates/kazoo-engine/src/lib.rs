@@ -10,6 +10,8 @@
 //!   annotation of consumed messages, headers, `consumer://` targets.
 //! - [`routes`]: the event-route names a consumed message may run.
 //! - [`subscription`]: `kazoo_subscribe` descriptions.
+//! - [`ipc`]: messages between Kamailio's processes and the AMQP process,
+//!   their wire format and the blocking client side.
 //! - [`broker`]: broker connections over lapin: topology, publisher confirms,
 //!   consumers, reconnect and failover.
 #![forbid(unsafe_code)]
@@ -17,7 +19,9 @@
 pub mod broker;
 pub mod config;
 pub mod encode;
+pub mod ipc;
 pub mod json;
 pub mod payload;
 pub mod routes;
+pub mod service;
 pub mod subscription;

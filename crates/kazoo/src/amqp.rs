@@ -1,39 +1,248 @@
-//! The AMQP and presence functions: `kazoo_publish`, `kazoo_query`,
-//! `kazoo_async_query` / `kazoo_query_async` and `kazoo_pua_publish*`.
+//! `kazoo_publish` and `kazoo_query` (and the functions whose engine is not
+//! in this build yet: `kazoo_async_query` / `kazoo_query_async` and
+//! `kazoo_pua_publish*`, which return -1).
 //!
-//! They are registered with the C module's names and argument counts, so
-//! configurations that use them load unchanged, but the AMQP engine and the
-//! presence writer are not part of this build yet: each call logs why and
-//! returns -1 (never 0, which would silently end the script).
-use kamailio::script::SpveArg;
+//! The calling process prepares the payload (the C module's rules, see
+//! `kazoo_engine::payload`) and hands it to the AMQP process, waiting for
+//! the answer with a bound: a publish returns 1 only once the broker has
+//! confirmed it; a query returns 1 with the reply in `$kzR`. Every failure is
+//! -1 with a log line saying why; 0 (which silently stops the script) is
+//! never returned.
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kamailio::pv::NamedPv;
+use kamailio::script::{ArgError, SpveArg};
 use kamailio::SipMsg;
+use kazoo_engine::ipc::{IpcError, Message, Outcome, Outgoing, Target};
+use kazoo_engine::payload::{self, CommonFields, PayloadError, PreparedPublish, PublishTarget};
 
-/// The reason these functions fail in this build.
+use crate::events::{self, QUERY_RESULT};
+use crate::params::config;
+use crate::processes;
+
+/// Longest routing key, as in the C module.
+const MAX_ROUTING_KEY: usize = 255;
+
+/// Extra time a query's caller waits on the socket beyond the query
+/// timeout, for the AMQP process's own timeout answer to arrive.
+const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+
+/// Publishes made during `kazoo:mod-init` (no broker connection exists yet);
+/// the AMQP process inherits them and publishes them once connected.
+static STARTUP_PUBLISHES: Mutex<Vec<Outgoing>> = Mutex::new(Vec::new());
+
+/// Why a publish or query returned -1.
 #[derive(Debug)]
-pub struct NotAvailable;
+pub enum AmqpError {
+    Arg(ArgError),
+    RoutingKeyTooLong(usize),
+    Target(String),
+    Payload(PayloadError),
+    NotInModInit,
+    Ipc(IpcError),
+    Failed(String),
+    Timeout(u32),
+    NotAvailable,
+}
 
-impl std::fmt::Display for NotAvailable {
+impl std::fmt::Display for AmqpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("not available yet in this build of the kazoo module (returns -1)")
+        match self {
+            AmqpError::Arg(e) => write!(f, "{e}"),
+            AmqpError::RoutingKeyTooLong(n) => {
+                write!(f, "routing key is {n} bytes, longer than {MAX_ROUTING_KEY}")
+            }
+            AmqpError::Target(e) => write!(f, "{e}"),
+            AmqpError::Payload(e) => write!(f, "{e}"),
+            AmqpError::NotInModInit => {
+                f.write_str("kazoo_query cannot run in kazoo:mod-init (no broker is connected yet)")
+            }
+            AmqpError::Ipc(e) => write!(f, "{e}"),
+            AmqpError::Failed(reason) => write!(f, "{reason}"),
+            AmqpError::Timeout(ms) => write!(f, "no reply within {ms} ms"),
+            AmqpError::NotAvailable => {
+                f.write_str("not available yet in this build of the kazoo module (returns -1)")
+            }
+        }
     }
 }
 
-pub fn publish(_msg: &mut SipMsg, _args: &[SpveArg]) -> Result<i32, NotAvailable> {
-    Err(NotAvailable)
+impl From<ArgError> for AmqpError {
+    fn from(e: ArgError) -> Self {
+        AmqpError::Arg(e)
+    }
 }
 
-pub fn publish_kemi(_msg: &mut SipMsg, _args: [&[u8]; 3]) -> Result<i32, NotAvailable> {
-    Err(NotAvailable)
+impl From<PayloadError> for AmqpError {
+    fn from(e: PayloadError) -> Self {
+        AmqpError::Payload(e)
+    }
 }
 
-pub fn query(_msg: &mut SipMsg, _args: &[SpveArg]) -> Result<i32, NotAvailable> {
-    Err(NotAvailable)
+fn common_fields() -> CommonFields {
+    let config = config();
+    CommonFields {
+        app_name: config.params.app_name.clone(),
+        app_version: kamailio::core_release(),
+        node: config.node(),
+    }
 }
 
-pub fn async_query(_msg: &mut SipMsg, _args: &[SpveArg]) -> Result<i32, NotAvailable> {
-    Err(NotAvailable)
+fn outgoing(
+    target: Target,
+    exchange: Vec<u8>,
+    routing_key: &[u8],
+    payload: &[u8],
+    headers: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Outgoing, AmqpError> {
+    if routing_key.len() > MAX_ROUTING_KEY {
+        return Err(AmqpError::RoutingKeyTooLong(routing_key.len()));
+    }
+    let prepared: PreparedPublish =
+        payload::prepare_publish(payload, &common_fields(), payload::new_msg_id)?;
+    let (before, after, server_id_slot) = prepared.to_parts();
+    Ok(Outgoing {
+        request: 0,
+        target,
+        exchange,
+        routing_key: routing_key.to_vec(),
+        headers: headers.map(payload::parse_headers).unwrap_or_default(),
+        before: before.to_vec(),
+        after: after.to_vec(),
+        server_id_slot,
+        msg_id: prepared.msg_id().to_string(),
+        timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+    })
 }
 
-pub fn pua_publish(_msg: &mut SipMsg, _payload: Vec<u8>) -> Result<i32, NotAvailable> {
-    Err(NotAvailable)
+fn call(message: Message, deadline: Instant) -> Result<Outcome, AmqpError> {
+    processes::with_requester(|requester| requester.call(message, deadline))
+        .map_err(AmqpError::Failed)?
+        .map_err(AmqpError::Ipc)
+}
+
+/// `kazoo_publish(exchange, routing_key, payload [, headers])`.
+pub fn publish(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
+    let exchange = args[0].value(msg)?;
+    let routing_key = args[1].value(msg)?;
+    let payload = args[2].value(msg)?;
+    let headers = args.get(3).map(|h| h.value(msg)).transpose()?;
+    publish_values(exchange, &routing_key, &payload, headers.as_deref())
+}
+
+/// `KSR.kazoo.kazoo_publish(exchange, routing_key, payload)`.
+pub fn publish_kemi(_msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, AmqpError> {
+    publish_values(args[0].to_vec(), args[1], args[2], None)
+}
+
+fn publish_values(
+    exchange: Vec<u8>,
+    routing_key: &[u8],
+    payload: &[u8],
+    headers: Option<&[u8]>,
+) -> Result<i32, AmqpError> {
+    if routing_key.len() > MAX_ROUTING_KEY {
+        return Err(AmqpError::RoutingKeyTooLong(routing_key.len()));
+    }
+    let (target, routing_key) =
+        payload::parse_target(routing_key).map_err(|e| AmqpError::Target(e.to_string()))?;
+    let target = match target {
+        PublishTarget::Primary => Target::Primary,
+        PublishTarget::Broker(id) => Target::Broker(id),
+    };
+    let timeout = Duration::from_millis(config().params.amqp_publish_timeout as u64);
+    let outgoing = outgoing(target, exchange, routing_key, payload, headers, timeout)?;
+    if events::in_mod_init() {
+        STARTUP_PUBLISHES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(outgoing);
+        kamailio::info!("kazoo_publish in kazoo:mod-init: queued until a broker is connected");
+        return Ok(1);
+    }
+    match call(
+        Message::Publish(outgoing),
+        Instant::now() + timeout + ANSWER_MARGIN,
+    )? {
+        Outcome::Published => Ok(1),
+        Outcome::Failed(reason) => Err(AmqpError::Failed(reason)),
+        Outcome::Timeout => Err(AmqpError::Failed(
+            "the broker did not confirm in time".into(),
+        )),
+        Outcome::Reply(_) => Err(AmqpError::Failed("unexpected answer".into())),
+    }
+}
+
+/// The publishes queued during `kazoo:mod-init` (taken by the AMQP process).
+pub fn take_startup_publishes() -> Vec<Outgoing> {
+    std::mem::take(&mut STARTUP_PUBLISHES.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// The query timeout: `amqp_query_timeout_avp` when it holds a non-zero
+/// integer (milliseconds, as the C module reads it), else the modparams.
+fn query_timeout(msg: &mut SipMsg) -> Duration {
+    let params = &config().params;
+    let from_avp = params
+        .amqp_query_timeout_avp
+        .as_ref()
+        .and_then(|name| NamedPv::lookup(name.as_bytes()))
+        .and_then(|pv| pv.get_int(msg))
+        .filter(|ms| *ms > 0);
+    match from_avp {
+        Some(ms) => Duration::from_millis(ms as u64),
+        None => params.amqp_query_timeout.duration(),
+    }
+}
+
+/// `kazoo_query(exchange, routing_key, payload [, target_var [, headers]])`.
+/// `target_var` is the text of a variable name, as in the C module.
+pub fn query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
+    QUERY_RESULT.set(None);
+    if events::in_mod_init() {
+        return Err(AmqpError::NotInModInit);
+    }
+    let exchange = args[0].value(msg)?;
+    let routing_key = args[1].value(msg)?;
+    let payload = args[2].value(msg)?;
+    let target_var = args.get(3).map(SpveArg::literal);
+    let headers = args.get(4).map(|h| h.value(msg)).transpose()?;
+    let timeout = query_timeout(msg);
+    let outgoing = outgoing(
+        Target::Primary,
+        exchange,
+        &routing_key,
+        &payload,
+        headers.as_deref(),
+        timeout,
+    )?;
+    let reply = match call(
+        Message::Query(outgoing),
+        Instant::now() + timeout + ANSWER_MARGIN,
+    )? {
+        Outcome::Reply(reply) => reply,
+        Outcome::Timeout => return Err(AmqpError::Timeout(timeout.as_millis() as u32)),
+        Outcome::Failed(reason) => return Err(AmqpError::Failed(reason)),
+        Outcome::Published => return Err(AmqpError::Failed("unexpected answer".into())),
+    };
+    if let Some(name) = target_var {
+        match NamedPv::lookup(&name) {
+            Some(pv) if pv.set_str(msg, &reply) => {}
+            _ => kamailio::error!(
+                "kazoo_query: cannot write the reply into {} (not a writable variable)",
+                String::from_utf8_lossy(&name)
+            ),
+        }
+    }
+    QUERY_RESULT.set(Some(reply));
+    Ok(1)
+}
+
+pub fn async_query(_msg: &mut SipMsg, _args: &[SpveArg]) -> Result<i32, AmqpError> {
+    Err(AmqpError::NotAvailable)
+}
+
+pub fn pua_publish(_msg: &mut SipMsg, _payload: Vec<u8>) -> Result<i32, AmqpError> {
+    Err(AmqpError::NotAvailable)
 }

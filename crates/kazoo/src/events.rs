@@ -14,6 +14,7 @@ use kamailio::route::{self, KemiError, RouteOutcome};
 use kamailio::script::SpveArg;
 use kamailio::SipMsg;
 use kazoo_engine::json::{self, Value};
+use kazoo_engine::subscription::{self, Subscription};
 
 use crate::params::config;
 
@@ -23,20 +24,6 @@ pub static QUERY_RESULT: ByteSlot = ByteSlot::new();
 pub static EVENT_PAYLOAD: ByteSlot = ByteSlot::new();
 /// `$kzRK`: the routing key of the event being handled.
 pub static EVENT_ROUTING_KEY: ByteSlot = ByteSlot::new();
-
-/// A subscription as the script declared it.
-#[derive(Debug, Clone)]
-pub enum Subscription {
-    /// `kazoo_subscribe(json)`: the parsed description (an object).
-    Description(Value),
-    /// `kazoo_subscribe(exchange, type, queue, routing_key)`.
-    Simple {
-        exchange: Vec<u8>,
-        exchange_type: Vec<u8>,
-        queue: Vec<u8>,
-        routing_key: Vec<u8>,
-    },
-}
 
 /// Subscriptions recorded during `kazoo:mod-init`.
 static SUBSCRIPTIONS: Mutex<Vec<Subscription>> = Mutex::new(Vec::new());
@@ -73,39 +60,12 @@ impl From<kamailio::script::ArgError> for SubscribeError {
     }
 }
 
-impl Subscription {
-    /// One line describing the subscription, for the start-up log.
-    fn summary(&self) -> String {
-        match self {
-            Subscription::Description(value) => {
-                String::from_utf8_lossy(&json::to_json(value)).into_owned()
-            }
-            Subscription::Simple {
-                exchange,
-                exchange_type,
-                queue,
-                routing_key,
-            } => format!(
-                "exchange \"{}\" ({}), queue \"{}\", routing key \"{}\"",
-                String::from_utf8_lossy(exchange),
-                String::from_utf8_lossy(exchange_type),
-                String::from_utf8_lossy(queue),
-                String::from_utf8_lossy(routing_key)
-            ),
-        }
-    }
-}
-
-fn record(subscription: Subscription) -> Result<i32, SubscribeError> {
+fn record(subscription: Subscription, summary: String) -> Result<i32, SubscribeError> {
     if !IN_MOD_INIT.get() {
         return Err(SubscribeError::NotInModInit);
     }
     let mut list = SUBSCRIPTIONS.lock().unwrap_or_else(|e| e.into_inner());
-    kamailio::info!(
-        "subscription {} recorded: {}",
-        list.len() + 1,
-        subscription.summary()
-    );
+    kamailio::info!("subscription {} recorded: {summary}", list.len() + 1);
     list.push(subscription);
     Ok(1)
 }
@@ -117,7 +77,12 @@ fn describe(text: &[u8]) -> Result<i32, SubscribeError> {
             "the description must be a JSON object".into(),
         ));
     }
-    record(Subscription::Description(value))
+    let subscription = subscription::from_description(&value)
+        .map_err(|e| SubscribeError::Invalid(e.to_string()))?;
+    record(
+        subscription,
+        String::from_utf8_lossy(&json::to_json(&value)).into_owned(),
+    )
 }
 
 /// `kazoo_subscribe(json_description)`.
@@ -132,16 +97,22 @@ pub fn subscribe_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, Subscr
 
 /// `kazoo_subscribe(exchange, exchange_type, queue, routing_key)`.
 pub fn subscribe_simple(msg: &mut SipMsg, args: &[SpveArg; 4]) -> Result<i32, SubscribeError> {
-    let subscription = Subscription::Simple {
-        exchange: args[0].value(msg)?,
-        exchange_type: args[1].value(msg)?,
-        queue: args[2].value(msg)?,
-        routing_key: args[3].value(msg)?,
-    };
-    record(subscription)
+    let [exchange, exchange_type, queue, routing_key] = [
+        args[0].value(msg)?,
+        args[1].value(msg)?,
+        args[2].value(msg)?,
+        args[3].value(msg)?,
+    ]
+    .map(|v| String::from_utf8_lossy(&v).into_owned());
+    let summary = format!(
+        "exchange \"{exchange}\" ({exchange_type}), queue \"{queue}\", routing key \"{routing_key}\""
+    );
+    let subscription = subscription::simple(&exchange, &exchange_type, &queue, &routing_key)
+        .map_err(|e| SubscribeError::Invalid(e.to_string()))?;
+    record(subscription, summary)
 }
 
-/// How many subscriptions were recorded (used by the AMQP processes).
+/// How many subscriptions were recorded.
 pub fn subscription_count() -> usize {
     SUBSCRIPTIONS
         .lock()
@@ -149,8 +120,22 @@ pub fn subscription_count() -> usize {
         .len()
 }
 
-/// `child_init`: runs `kazoo:mod-init` once, in the main process before the
-/// fork of the SIP workers.
+/// The recorded subscriptions (for the AMQP process).
+pub fn subscriptions() -> Vec<Subscription> {
+    SUBSCRIPTIONS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+/// Whether `kazoo:mod-init` is running in this process.
+pub fn in_mod_init() -> bool {
+    IN_MOD_INIT.get()
+}
+
+/// `child_init`: runs `kazoo:mod-init` once and binds the IPC socket in the
+/// main process before the fork of the SIP workers; forks the module's
+/// processes once Kamailio's own are running.
 pub fn child_init(rank: i32) -> Result<(), String> {
     if rank == kamailio::sys::PROC_INIT {
         run_mod_init();
@@ -158,6 +143,9 @@ pub fn child_init(rank: i32) -> Result<(), String> {
             "{} subscription(s) recorded at start-up",
             subscription_count()
         );
+        crate::processes::bind()?;
+    } else if rank == kamailio::sys::PROC_MAIN {
+        crate::processes::fork_all()?;
     }
     Ok(())
 }

@@ -6,8 +6,11 @@
 //! - [`trans`]: `{kz.json,...}`, `{kz.json.count,...}`, `{kz.encode}`;
 //! - [`events`]: `event_route[kazoo:mod-init]`, the KEMI event callback,
 //!   `kazoo_subscribe` and the `$kzR` / `$kzE` / `$kzRK` values;
-//! - [`amqp`]: `kazoo_publish`, `kazoo_query`, `kazoo_async_query` and the
+//! - [`amqp`]: `kazoo_publish`, `kazoo_query`; `kazoo_async_query` and the
 //!   `kazoo_pua_*` functions, whose engine is not in this build yet;
+//! - [`processes`]: the module's own processes and the IPC socket;
+//! - [`worker`]: a consumer worker's loop (event routes for deliveries);
+//! - [`logger`]: the engine's `log` records into Kamailio's logger;
 //! - `test_hooks` (feature `test-hooks`, never in release builds): script
 //!   functions that exist only to test the module's safety nets.
 #![deny(unsafe_code)]
@@ -15,10 +18,13 @@
 mod amqp;
 mod events;
 mod json;
+mod logger;
 mod params;
+mod processes;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
 mod trans;
+mod worker;
 
 use kamailio::export::{CMD_END, KEMI_END, PARAM_END, PV_END, TRANS_END};
 use kamailio::sys::{cmd_export_t, param_export_t, pv_export_t, sr_kemi_t, tr_export_t};
@@ -59,7 +65,7 @@ static CMDS: [cmd_export_t; 19] = command_table!();
 static CMDS: [cmd_export_t; 20] =
     command_table!(cmd!("kazoo_test_panic", spve(reason) => test_hooks::panic),);
 
-static PARAMS: [param_export_t; 46] = [
+static PARAMS: [param_export_t; 48] = [
     param!("node_hostname", Str, params::set),
     param!("amqp_connection", Str, params::set),
     param!("amqp_max_channels", Int, params::set),
@@ -105,6 +111,8 @@ static PARAMS: [param_export_t; 46] = [
     param!("federated_exchange", Str, params::set),
     param!("amqp_timer_process_interval", Int, params::set),
     param!("amqp_timmer_process_interval", Int, params::set),
+    param!("amqp_publish_timeout", Int, params::set),
+    param!("amqp_consumer_prefetch", Int, params::set),
     PARAM_END,
 ];
 

@@ -59,6 +59,9 @@ pub fn mod_init() -> Result<(), String> {
     if !kamailio::route::init_faked_msg() {
         return Err("cannot initialise the faked message for event routes".into());
     }
+    if !kamailio::process::register(crate::processes::process_count(&config)) {
+        return Err("cannot register the kazoo processes".into());
+    }
     CONFIG
         .set(config)
         .map_err(|_| "mod_init ran twice".to_string())

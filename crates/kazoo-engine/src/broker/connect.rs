@@ -1,0 +1,256 @@
+//! Opening one AMQP connection (TCP or TLS, login), reconnect back-off, and
+//! the reporting shared by the publisher and consumer tasks.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_rs::traits::Reactor;
+use async_rs::{Runtime, Tokio};
+use lapin::tcp::{AsyncTcpStream, RustlsConnector};
+use lapin::uri::{
+    AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo, SASLMechanism,
+};
+use lapin::{Connection, ConnectionProperties, ErrorKind};
+use tokio::sync::mpsc;
+
+use super::{lock, tls, BrokerOptions, Event, Role, Slot, HANDSHAKE_TIMEOUT};
+use crate::config::Scheme;
+
+/// The C module's frame_max (reference §6.1).
+const FRAME_MAX: u32 = 131_072;
+
+/// What a connection task knows.
+pub(crate) struct ConnCtx {
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) role: Role,
+    pub(crate) options: Arc<BrokerOptions>,
+    pub(crate) runtime: Runtime<Tokio>,
+    pub(crate) events: mpsc::Sender<Event>,
+}
+
+/// What was last reported for a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reported {
+    Nothing,
+    Up,
+    Down,
+}
+
+impl ConnCtx {
+    pub(crate) fn id(&self) -> u32 {
+        self.slot.broker.id
+    }
+
+    /// `broker 1 (amqp://guest@host:5672/%2F (zone local)) publisher`
+    pub(crate) fn name(&self) -> String {
+        format!(
+            "broker {} ({}) {}",
+            self.slot.broker.id,
+            self.slot.broker.redacted_url(),
+            self.role
+        )
+    }
+
+    pub(crate) async fn send(&self, event: Event) {
+        // The receiver gone means the service is gone: nothing to tell.
+        let _ = self.events.send(event).await;
+    }
+
+    pub(crate) async fn report_up(&self, reported: &mut Reported) {
+        log::info!("{}: connected", self.name());
+        *reported = Reported::Up;
+        self.send(Event::Connected {
+            broker_id: self.id(),
+            zone: self.slot.broker.zone.clone(),
+            host: self.slot.broker.host.clone(),
+            role: self.role,
+        })
+        .await;
+    }
+
+    /// Reports a connection lost or an attempt failed, once per change.
+    pub(crate) async fn report_down(&self, reported: &mut Reported, reason: &str) {
+        if *reported == Reported::Down {
+            log::debug!("{}: still not connected: {reason}", self.name());
+            return;
+        }
+        if *reported == Reported::Up {
+            log::info!("{}: disconnected: {reason}", self.name());
+        } else {
+            log::warn!("{}: cannot connect: {reason}", self.name());
+        }
+        *reported = Reported::Down;
+        self.send(Event::Disconnected {
+            broker_id: self.id(),
+            zone: self.slot.broker.zone.clone(),
+            host: self.slot.broker.host.clone(),
+            role: self.role,
+            reason: reason.to_string(),
+        })
+        .await;
+    }
+
+    /// Opens the connection: TCP connect within `connect_timeout`, then TLS
+    /// and the AMQP login within [`HANDSHAKE_TIMEOUT`]. The error text never
+    /// holds the password.
+    pub(crate) async fn connect(
+        &self,
+        tls_cache: &Mutex<Option<RustlsConnector>>,
+    ) -> Result<Connection, String> {
+        let broker = &self.slot.broker;
+        let tls = match broker.scheme {
+            Scheme::Amqp => None,
+            Scheme::Amqps => {
+                let cached = lock(tls_cache).clone();
+                match cached {
+                    Some(connector) => Some(connector),
+                    None => {
+                        let connector = tls::connector(&self.options.tls)?;
+                        *lock(tls_cache) = Some(connector.clone());
+                        Some(connector)
+                    }
+                }
+            }
+        };
+        let connect_timeout = self.options.connect_timeout.max(Duration::from_millis(1));
+        let uri = AMQPUri {
+            scheme: match broker.scheme {
+                Scheme::Amqp => AMQPScheme::AMQP,
+                Scheme::Amqps => AMQPScheme::AMQPS,
+            },
+            authority: AMQPAuthority {
+                userinfo: AMQPUserInfo {
+                    username: broker.user.clone(),
+                    password: broker.password.clone(),
+                },
+                host: broker.host.clone(),
+                port: broker.port,
+            },
+            vhost: broker.vhost.clone(),
+            query: AMQPQueryString {
+                frame_max: Some(FRAME_MAX),
+                channel_max: None,
+                heartbeat: Some(self.options.heartbeat_secs),
+                connection_timeout: Some(connect_timeout.as_millis() as u64),
+                auth_mechanism: Some(SASLMechanism::Plain),
+            },
+        };
+        let properties = ConnectionProperties::default().with_connection_name(
+            format!(
+                "kazoo {} broker {} {}",
+                self.options.node_hostname, broker.id, self.role
+            )
+            .into(),
+        );
+        // Filled by the transport with why it failed: lapin keeps only the
+        // io::Error's text, which is the same, but the TLS details are ours.
+        let host = broker.host.clone();
+        let port = broker.port;
+        let transport = async move |_uri: AMQPUri,
+                                    runtime: Runtime<Tokio>|
+                    -> lapin::Result<
+            AsyncTcpStream<<Tokio as Reactor>::TcpStream>,
+        > {
+            let addrs = tokio::time::timeout(connect_timeout, async {
+                let addrs: Vec<std::net::SocketAddr> =
+                    tokio::net::lookup_host((host.as_str(), port))
+                        .await?
+                        .collect();
+                runtime.tcp_connect(addrs).await
+            })
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("TCP connect to {host}:{port} timed out after {connect_timeout:?}"),
+                )
+            })?
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("TCP connect to {host}:{port}: {e}"))
+            })?;
+            let stream = AsyncTcpStream::Plain(addrs);
+            match &tls {
+                None => Ok(stream),
+                Some(connector) => Ok(stream.into_rustls(connector, &host).await.map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("TLS handshake with {host}:{port} failed: {e}"),
+                    )
+                })?),
+            }
+        };
+        let connecting = Connection::connector(uri, self.runtime.clone(), transport, properties);
+        match tokio::time::timeout(connect_timeout + HANDSHAKE_TIMEOUT, connecting).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(e)) => Err(error_text(&e)),
+            Err(_) => Err(format!(
+                "no AMQP login within {:?}",
+                connect_timeout + HANDSHAKE_TIMEOUT
+            )),
+        }
+    }
+}
+
+/// A lapin error as a log/event text (lapin's texts hold no credentials).
+pub(crate) fn error_text(e: &lapin::Error) -> String {
+    match e.kind() {
+        ErrorKind::IOError(io) => io.to_string(),
+        ErrorKind::ProtocolError(amqp) => {
+            format!("{} {}", amqp.get_id(), amqp.get_message())
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Reconnect delays: 100 ms doubling to 5 s.
+pub(crate) struct Backoff {
+    next: Duration,
+    min: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            next: min,
+            min,
+            max,
+        }
+    }
+
+    pub(crate) fn reconnect() -> Backoff {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// A connection open this long resets the back-off.
+pub(crate) const STABLE: Duration = Duration::from_secs(10);
+
+/// How often a connection task checks lapin's view of its connection, on
+/// top of lapin's error events.
+pub(crate) const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Closes a connection politely, without waiting long.
+pub(crate) async fn close(connection: &Connection, text: &str) {
+    if connection.status().connected() {
+        let close = connection.close(200, text.into());
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), close).await {
+            log::debug!("closing a broker connection: {e}");
+        }
+    }
+}
+
+/// The next item of a stream.
+pub(crate) async fn next<S: futures_core::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
+}

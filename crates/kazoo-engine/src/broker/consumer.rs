@@ -1,0 +1,573 @@
+//! A consuming connection: declares the topology (reference §6.2), consumes
+//! it, and replays it on every reconnect.
+//!
+//! Each reply queue and each subscription is a *unit* with its own channel.
+//! Declarations never run concurrently on one connection, so an error that
+//! makes the broker close the whole connection is blamed on the unit that
+//! caused it: that subscription is quarantined on this broker (reported, and
+//! skipped on later reconnects) instead of wedging or killing the connection
+//! forever as in the C module. A channel-level error affects only its unit,
+//! which is retried with back-off on a new channel.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, ExchangeBindOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::protocol::AMQPErrorKind;
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Connection, Consumer, ErrorKind, ExchangeKind};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::connect::{close, error_text, next, Backoff, ConnCtx, Reported, STABLE, WATCH_INTERVAL};
+use super::{Acker, Delivery, Event, Source};
+use crate::subscription::{ExchangeFlags, QueueFlags, Subscription};
+
+/// One unit's declaration may take this long before the connection is
+/// considered stuck.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Hard (connection-level) AMQP errors that a declaration itself causes:
+/// 501 frame, 502 syntax, 503 command invalid (e.g. an unknown exchange
+/// type), 504 channel error, 505 unexpected frame, 530 not allowed, 540 not
+/// implemented. Others (320 connection forced, 541 internal error...) are
+/// the broker's own doing.
+const BLAMED_CODES: &[u16] = &[501, 502, 503, 504, 505, 530, 540];
+
+#[derive(Clone, Copy, Debug)]
+enum Unit {
+    Reply { idx: u32 },
+    Subscription { index: usize },
+}
+
+enum DeclError {
+    /// Channel-level: only this unit failed.
+    Soft(String),
+    /// This unit made the broker close the connection.
+    Blamed(String),
+    /// The connection is gone, for another reason.
+    Gone(String),
+}
+
+/// Why a unit task stopped the connection.
+struct ConnFailure {
+    unit: Unit,
+    blamed: bool,
+    reason: String,
+}
+
+/// Shared by a connection's unit tasks.
+struct Session {
+    ctx: Arc<ConnCtx>,
+    connection: Arc<Connection>,
+    subscriptions: Arc<Vec<Subscription>>,
+    handle: tokio::runtime::Handle,
+    declare_lock: tokio::sync::Mutex<()>,
+    failures: mpsc::UnboundedSender<ConnFailure>,
+}
+
+pub(crate) async fn run(
+    ctx: Arc<ConnCtx>,
+    subscriptions: Arc<Vec<Subscription>>,
+    handle: tokio::runtime::Handle,
+    mut shutdown: watch::Receiver<()>,
+) {
+    let tls_cache = Mutex::new(None);
+    let mut backoff = Backoff::reconnect();
+    let mut reported = Reported::Nothing;
+    loop {
+        let attempt = tokio::select! {
+            attempt = ctx.connect(&tls_cache) => attempt,
+            _ = shutdown.changed() => return,
+        };
+        let reason = match attempt {
+            Err(reason) => reason,
+            Ok(connection) => {
+                let connection = Arc::new(connection);
+                let since = Instant::now();
+                let outcome = serve(
+                    &ctx,
+                    &connection,
+                    &subscriptions,
+                    &handle,
+                    &mut reported,
+                    &mut shutdown,
+                )
+                .await;
+                match outcome {
+                    None => {
+                        close(&connection, "shutting down").await;
+                        return;
+                    }
+                    Some(reason) => {
+                        close(&connection, "reconnecting").await;
+                        if since.elapsed() >= STABLE {
+                            backoff.reset();
+                        }
+                        reason
+                    }
+                }
+            }
+        };
+        ctx.report_down(&mut reported, &reason).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The units this connection declares, in the C module's order.
+fn units(ctx: &ConnCtx, subscriptions: &[Subscription]) -> Vec<Unit> {
+    let mut units = Vec::new();
+    if ctx.slot.primary {
+        units.extend((0..ctx.options.reply_queues).map(|idx| Unit::Reply { idx }));
+    }
+    for (index, sub) in subscriptions.iter().enumerate() {
+        if (ctx.slot.primary || sub.federate) && !ctx.slot.is_quarantined(index) {
+            units.push(Unit::Subscription { index });
+        }
+    }
+    units
+}
+
+/// Serves one connection; returns why it ended, or None on shutdown.
+async fn serve(
+    ctx: &Arc<ConnCtx>,
+    connection: &Arc<Connection>,
+    subscriptions: &Arc<Vec<Subscription>>,
+    handle: &tokio::runtime::Handle,
+    reported: &mut Reported,
+    shutdown: &mut watch::Receiver<()>,
+) -> Option<String> {
+    let mut events = Box::pin(connection.events_listener());
+    let (failures, mut failed) = mpsc::unbounded_channel();
+    let session = Arc::new(Session {
+        ctx: ctx.clone(),
+        connection: connection.clone(),
+        subscriptions: subscriptions.clone(),
+        handle: handle.clone(),
+        declare_lock: tokio::sync::Mutex::new(()),
+        failures,
+    });
+    // Dropped on return: aborts every unit task of this connection.
+    let mut tasks = JoinSet::new();
+    {
+        // The first pass declares everything in order; units that failed at
+        // channel level retry on their own afterwards.
+        let _declaring = session.declare_lock.lock().await;
+        for unit in units(ctx, subscriptions) {
+            let declared = tokio::select! {
+                declared = session.declare(unit) => declared,
+                _ = shutdown.changed() => return None,
+            };
+            let current = match declared {
+                Ok(current) => {
+                    session.unit_working(unit);
+                    Some(current)
+                }
+                Err(DeclError::Soft(reason)) => {
+                    session.unit_failed(unit, &reason).await;
+                    None
+                }
+                Err(DeclError::Blamed(reason)) => {
+                    session.quarantine(unit, &reason).await;
+                    return Some(reason);
+                }
+                Err(DeclError::Gone(reason)) => return Some(reason),
+            };
+            tasks.spawn(session.clone().unit_task(unit, current));
+        }
+    }
+    ctx.report_up(reported).await;
+    loop {
+        tokio::select! {
+            event = next(&mut events) => match event {
+                Some(lapin::Event::Error(e)) if e.is_amqp_soft_error() => {
+                    log::debug!("{}: a channel closed: {}", ctx.name(), error_text(&e));
+                }
+                Some(lapin::Event::Error(e)) => return Some(error_text(&e)),
+                Some(_) => {}
+                None => return Some("connection closed".into()),
+            },
+            failure = failed.recv() => {
+                if let Some(failure) = failure {
+                    if failure.blamed {
+                        session.quarantine(failure.unit, &failure.reason).await;
+                    }
+                    return Some(failure.reason);
+                }
+            }
+            _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+            _ = shutdown.changed() => return None,
+        }
+        if !connection.status().connected() {
+            return Some("connection closed by the broker".into());
+        }
+    }
+}
+
+fn short(text: &str, what: &str) -> Result<ShortString, DeclError> {
+    ShortString::try_new(text)
+        .map_err(|_| DeclError::Soft(format!("{what} is longer than 255 bytes")))
+}
+
+fn exchange_options(flags: ExchangeFlags) -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        passive: flags.passive,
+        durable: flags.durable,
+        auto_delete: flags.auto_delete,
+        internal: flags.internal,
+        nowait: false,
+    }
+}
+
+fn queue_options(flags: QueueFlags) -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: flags.passive,
+        durable: flags.durable,
+        exclusive: flags.exclusive,
+        auto_delete: flags.auto_delete,
+        nowait: false,
+    }
+}
+
+/// `kamailio@<node>-<<id>-<idx>>`
+pub(crate) fn reply_queue(node: &str, id: u32, idx: u32) -> String {
+    format!("kamailio@{node}-<{id}-{idx}>")
+}
+
+/// `kamailio@<node>-<<id>>-targeted-<idx>` (the `Server-ID`).
+pub(crate) fn reply_key(node: &str, id: u32, idx: u32) -> String {
+    format!("kamailio@{node}-<{id}>-targeted-{idx}")
+}
+
+impl Session {
+    fn what(&self, unit: Unit) -> String {
+        match unit {
+            Unit::Reply { idx } => format!(
+                "reply queue {}",
+                reply_queue(&self.ctx.options.node_hostname, self.ctx.id(), idx)
+            ),
+            Unit::Subscription { index } => format!("subscription {index}"),
+        }
+    }
+
+    fn classify(&self, e: &lapin::Error) -> DeclError {
+        let text = error_text(e);
+        match e.kind() {
+            ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+                AMQPErrorKind::Soft(_) => DeclError::Soft(text),
+                AMQPErrorKind::Hard(_) if BLAMED_CODES.contains(&amqp.get_id()) => {
+                    DeclError::Blamed(text)
+                }
+                AMQPErrorKind::Hard(_) => DeclError::Gone(text),
+            },
+            _ if self.connection.status().connected() => DeclError::Soft(text),
+            _ => DeclError::Gone(text),
+        }
+    }
+
+    /// Opens the unit's channel, declares what it needs and starts consuming.
+    async fn declare(&self, unit: Unit) -> Result<Consumer, DeclError> {
+        match tokio::time::timeout(DECLARE_TIMEOUT, self.declare_steps(unit)).await {
+            Ok(Ok(consumer)) => Ok(consumer),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(DeclError::Gone(format!(
+                "declaring the {} took longer than {DECLARE_TIMEOUT:?}",
+                self.what(unit)
+            ))),
+        }
+    }
+
+    async fn declare_steps(&self, unit: Unit) -> Result<Consumer, DeclError> {
+        let amqp = |e: lapin::Error| self.classify(&e);
+        let channel: Channel = self.connection.create_channel().await.map_err(amqp)?;
+        let none = FieldTable::default;
+        match unit {
+            Unit::Reply { idx } => {
+                let node = &self.ctx.options.node_hostname;
+                let queue = short(
+                    &reply_queue(node, self.ctx.id(), idx),
+                    "the reply queue name",
+                )?;
+                let key = short(
+                    &reply_key(node, self.ctx.id(), idx),
+                    "the reply binding key",
+                )?;
+                let targeted: ShortString = "targeted".into();
+                channel
+                    .exchange_declare(
+                        targeted.clone(),
+                        ExchangeKind::Direct,
+                        ExchangeDeclareOptions::default(),
+                        none(),
+                    )
+                    .await
+                    .map_err(amqp)?;
+                // Durable + auto_delete, not the C module's transient queue:
+                // RabbitMQ 4 refuses transient non-exclusive queues.
+                let options = QueueDeclareOptions {
+                    durable: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                };
+                channel
+                    .queue_declare(queue.clone(), options, none())
+                    .await
+                    .map_err(amqp)?;
+                channel
+                    .queue_bind(
+                        queue.clone(),
+                        targeted,
+                        key,
+                        QueueBindOptions::default(),
+                        none(),
+                    )
+                    .await
+                    .map_err(amqp)?;
+                let options = BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                };
+                channel
+                    .basic_consume(queue, ShortString::default(), options, none())
+                    .await
+                    .map_err(amqp)
+            }
+            Unit::Subscription { index } => {
+                let Some(sub) = self.subscriptions.get(index) else {
+                    return Err(DeclError::Soft("no such subscription".into()));
+                };
+                let exchange = short(&sub.exchange, "the exchange name")?;
+                channel
+                    .exchange_declare(
+                        exchange.clone(),
+                        ExchangeKind::Custom(sub.exchange_type.clone()),
+                        exchange_options(sub.exchange_flags),
+                        none(),
+                    )
+                    .await
+                    .map_err(amqp)?;
+                for binding in &sub.exchange_bindings {
+                    let source = short(&binding.source, "an exchange-bindings source")?;
+                    channel
+                        .exchange_declare(
+                            source.clone(),
+                            ExchangeKind::Custom(binding.exchange_type.clone()),
+                            exchange_options(binding.flags),
+                            none(),
+                        )
+                        .await
+                        .map_err(amqp)?;
+                    for key in &binding.routing {
+                        channel
+                            .exchange_bind(
+                                exchange.clone(),
+                                source.clone(),
+                                short(key, "an exchange-bindings routing key")?,
+                                ExchangeBindOptions::default(),
+                                none(),
+                            )
+                            .await
+                            .map_err(amqp)?;
+                    }
+                }
+                let queue = channel
+                    .queue_declare(
+                        short(&sub.queue, "the queue name")?,
+                        queue_options(sub.queue_flags),
+                        none(),
+                    )
+                    .await
+                    .map_err(amqp)?;
+                // An empty name asked the broker to name the queue.
+                let queue = queue.name().clone();
+                let empty = [String::new()];
+                let keys = if sub.routing.is_empty() {
+                    &empty[..]
+                } else {
+                    &sub.routing[..]
+                };
+                for key in keys {
+                    channel
+                        .queue_bind(
+                            queue.clone(),
+                            exchange.clone(),
+                            short(key, "a routing key")?,
+                            QueueBindOptions::default(),
+                            none(),
+                        )
+                        .await
+                        .map_err(amqp)?;
+                }
+                if !sub.no_ack {
+                    channel
+                        .basic_qos(self.ctx.options.prefetch, BasicQosOptions::default())
+                        .await
+                        .map_err(amqp)?;
+                }
+                let options = BasicConsumeOptions {
+                    no_ack: sub.no_ack,
+                    ..BasicConsumeOptions::default()
+                };
+                channel
+                    .basic_consume(queue, ShortString::default(), options, none())
+                    .await
+                    .map_err(amqp)
+            }
+        }
+    }
+
+    fn unit_working(&self, unit: Unit) {
+        if let Unit::Subscription { index } = unit {
+            if self.ctx.slot.subscription_working(index) {
+                log::info!("{}: subscription {index} works again", self.ctx.name());
+            }
+        }
+    }
+
+    async fn unit_failed(&self, unit: Unit, reason: &str) {
+        match unit {
+            Unit::Reply { .. } => {
+                log::error!("{}: {} failed: {reason}", self.ctx.name(), self.what(unit));
+            }
+            Unit::Subscription { index } => {
+                if self.ctx.slot.subscription_failed(index) {
+                    log::error!("{}: subscription {index} failed: {reason}", self.ctx.name());
+                    self.ctx
+                        .send(Event::SubscriptionFailed {
+                            index,
+                            broker_id: self.ctx.id(),
+                            reason: reason.to_string(),
+                        })
+                        .await;
+                } else {
+                    log::debug!(
+                        "{}: subscription {index} still failing: {reason}",
+                        self.ctx.name()
+                    );
+                }
+            }
+        }
+    }
+
+    async fn quarantine(&self, unit: Unit, reason: &str) {
+        match unit {
+            Unit::Reply { .. } => {
+                log::error!(
+                    "{}: the broker closed the connection over the {}: {reason}",
+                    self.ctx.name(),
+                    self.what(unit)
+                );
+            }
+            Unit::Subscription { index } => {
+                if self.ctx.slot.quarantine(index, reason) {
+                    self.ctx.slot.subscription_failed(index);
+                    let reason = format!(
+                        "{reason}; the broker closed the whole connection over it, \
+                         so it is no longer declared on this broker"
+                    );
+                    log::error!(
+                        "{}: subscription {index} quarantined: {reason}",
+                        self.ctx.name()
+                    );
+                    self.ctx
+                        .send(Event::SubscriptionFailed {
+                            index,
+                            broker_id: self.ctx.id(),
+                            reason,
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Consumes the unit; redeclares it with back-off when its channel
+    /// closes or its declaration failed.
+    async fn unit_task(self: Arc<Self>, unit: Unit, mut current: Option<Consumer>) {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        loop {
+            let mut consumer = match current.take() {
+                Some(consumer) => consumer,
+                None => {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    let _declaring = self.declare_lock.lock().await;
+                    match self.declare(unit).await {
+                        Ok(consumer) => {
+                            self.unit_working(unit);
+                            consumer
+                        }
+                        Err(DeclError::Soft(reason)) => {
+                            self.unit_failed(unit, &reason).await;
+                            continue;
+                        }
+                        Err(DeclError::Blamed(reason)) => {
+                            let _ = self.failures.send(ConnFailure {
+                                unit,
+                                blamed: true,
+                                reason,
+                            });
+                            return;
+                        }
+                        Err(DeclError::Gone(reason)) => {
+                            let _ = self.failures.send(ConnFailure {
+                                unit,
+                                blamed: false,
+                                reason,
+                            });
+                            return;
+                        }
+                    }
+                }
+            };
+            let consuming_since = Instant::now();
+            let reason = loop {
+                match next(&mut consumer).await {
+                    Some(Ok(delivery)) => self.forward(unit, delivery).await,
+                    Some(Err(e)) => break error_text(&e),
+                    None => break "the consumer was cancelled".to_string(),
+                }
+            };
+            drop(consumer);
+            if consuming_since.elapsed() >= STABLE {
+                backoff.reset();
+            }
+            // A lost connection also ends here: the connection task notices
+            // it and aborts this task before the back-off ends.
+            log::warn!(
+                "{}: consuming the {} stopped: {reason}",
+                self.ctx.name(),
+                self.what(unit)
+            );
+        }
+    }
+
+    async fn forward(&self, unit: Unit, delivery: lapin::message::Delivery) {
+        let (source, ack) = match unit {
+            Unit::Reply { idx } => (Source::Reply { idx }, None),
+            Unit::Subscription { index } => {
+                let acked = self.subscriptions.get(index).is_some_and(|s| !s.no_ack);
+                let ack =
+                    acked.then(|| Acker::new(delivery.acker, self.handle.clone(), self.ctx.id()));
+                (Source::Subscription { index }, ack)
+            }
+        };
+        self.ctx
+            .send(Event::Delivery(Delivery {
+                broker_id: self.ctx.id(),
+                zone: self.ctx.slot.broker.zone.clone(),
+                source,
+                routing_key: delivery.routing_key.to_string(),
+                body: delivery.data,
+                redelivered: delivery.redelivered,
+                ack,
+            }))
+            .await;
+    }
+}

@@ -1,0 +1,232 @@
+//! Helpers shared by the broker tests (`tests/broker_*.rs`).
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use kazoo_engine::broker::{BrokerOptions, Event, Role};
+use kazoo_engine::config::{parse_connection, Broker};
+use kazoo_engine::subscription::{ExchangeFlags, QueueFlags, Subscription};
+use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::sync::mpsc::Receiver;
+use tokio::time::Instant;
+
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if record.target().starts_with("kazoo_engine") {
+            eprintln!("[{} {}] {}", record.level(), record.target(), record.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Log lines of the engine on stderr when `KZ_TEST_LOG` is set (debug level).
+pub fn init_log() {
+    if std::env::var_os("KZ_TEST_LOG").is_some() && log::set_logger(&StderrLog).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
+}
+
+/// A broker from a URL, numbered `id`, in zone `zone`.
+pub fn broker(url: &str, id: u32, zone: &str) -> Broker {
+    parse_connection(url, zone, id).expect("valid broker URL")
+}
+
+pub fn options(node: &str) -> BrokerOptions {
+    init_log();
+    BrokerOptions {
+        node_hostname: node.to_string(),
+        primary_zone: "local".into(),
+        reply_queues: 3,
+        consumer_connections: 1,
+        prefetch: 0,
+        heartbeat_secs: 0,
+        connect_timeout: Duration::from_millis(500),
+        ..BrokerOptions::default()
+    }
+}
+
+/// A subscription with the C defaults: no_ack, auto_delete queue.
+pub fn subscription(
+    exchange: &str,
+    exchange_type: &str,
+    queue: &str,
+    routing: &[&str],
+) -> Subscription {
+    Subscription {
+        exchange: exchange.into(),
+        exchange_type: exchange_type.into(),
+        exchange_flags: ExchangeFlags::default(),
+        queue: queue.into(),
+        queue_flags: QueueFlags::default(),
+        routing: routing.iter().map(|s| s.to_string()).collect(),
+        exchange_bindings: Vec::new(),
+        no_ack: true,
+        wait_for_consumer_ack: false,
+        event_key: None,
+        event_subkey: None,
+        federate: false,
+        consistent_worker: false,
+        consistent_worker_key: None,
+    }
+}
+
+/// Waits for the first event `pick` accepts; other events are passed to
+/// `seen` (for assertions on what came before) and dropped.
+pub async fn wait_for<T>(
+    events: &mut Receiver<Event>,
+    within: Duration,
+    what: &str,
+    mut pick: impl FnMut(&Event) -> bool,
+    mut seen: impl FnMut(Event) -> Option<T>,
+) -> Event {
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => panic!("timed out after {within:?} waiting for {what}"),
+            Ok(None) => panic!("event channel closed while waiting for {what}"),
+            Ok(Some(event)) => {
+                if pick(&event) {
+                    return event;
+                }
+                let _ = seen(event);
+            }
+        }
+    }
+}
+
+/// Waits for `Connected` of every listed (broker, role).
+pub async fn wait_connected(
+    events: &mut Receiver<Event>,
+    wanted: &[(u32, Role)],
+    within: Duration,
+) {
+    let mut missing: Vec<(u32, Role)> = wanted.to_vec();
+    let deadline = Instant::now() + within;
+    while !missing.is_empty() {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => panic!("timed out waiting for Connected of {missing:?}"),
+            Ok(None) => panic!("event channel closed"),
+            Ok(Some(Event::Connected {
+                broker_id, role, ..
+            })) => {
+                missing.retain(|&w| w != (broker_id, role));
+            }
+            Ok(Some(Event::Disconnected {
+                broker_id,
+                role,
+                reason,
+                ..
+            })) => {
+                eprintln!("(while waiting) broker {broker_id} {role} disconnected: {reason}");
+            }
+            Ok(Some(Event::SubscriptionFailed {
+                index,
+                broker_id,
+                reason,
+            })) => {
+                panic!("unexpected SubscriptionFailed {index} on {broker_id}: {reason}")
+            }
+            Ok(Some(Event::Delivery(d))) => panic!("unexpected delivery {d:?}"),
+        }
+    }
+}
+
+/// Waits for the next delivery, failing on anything but connection events.
+pub async fn next_delivery(
+    events: &mut Receiver<Event>,
+    within: Duration,
+) -> kazoo_engine::broker::Delivery {
+    match wait_for(
+        events,
+        within,
+        "a delivery",
+        |e| matches!(e, Event::Delivery(_)),
+        |e| match e {
+            Event::SubscriptionFailed { index, reason, .. } => {
+                panic!("unexpected SubscriptionFailed {index}: {reason}")
+            }
+            _ => None::<()>,
+        },
+    )
+    .await
+    {
+        Event::Delivery(d) => d,
+        _ => unreachable!(),
+    }
+}
+
+/// A plain lapin connection for the test's own declarations and publishes.
+pub struct Raw {
+    pub connection: Connection,
+    pub channel: Channel,
+}
+
+impl Raw {
+    pub async fn connect(url: &str) -> Raw {
+        let connection = Connection::connect_with_runtime(
+            &format!("{url}/%2f"),
+            ConnectionProperties::default(),
+            async_rs::Runtime::tokio_current(),
+        )
+        .await
+        .expect("test connection");
+        let channel = connection.create_channel().await.expect("test channel");
+        Raw {
+            connection,
+            channel,
+        }
+    }
+
+    /// Publishes (without confirms) a plain message.
+    pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .expect("test publish");
+    }
+
+    /// Deletes exchanges and queues, ignoring errors (on fresh channels).
+    pub async fn delete(&self, exchanges: &[&str], queues: &[&str]) {
+        for name in exchanges {
+            if let Ok(ch) = self.connection.create_channel().await {
+                let _ = ch
+                    .exchange_delete((*name).into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+        }
+        for name in queues {
+            if let Ok(ch) = self.connection.create_channel().await {
+                let _ = ch
+                    .queue_delete((*name).into(), QueueDeleteOptions::default())
+                    .await;
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "OK".into()).await;
+    }
+}
+
+/// `FieldTable::default()`, for brevity.
+pub fn no_args() -> FieldTable {
+    FieldTable::default()
+}
+
+/// Runs a blocking harness call without stalling the test's runtime.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}

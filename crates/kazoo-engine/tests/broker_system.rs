@@ -1,0 +1,535 @@
+//! Broker layer against the system RabbitMQ (127.0.0.1:5672): publish
+//! properties and confirms, declared topology, deliveries and acks, replies,
+//! and subscriptions the broker refuses.
+mod broker_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use broker_support::*;
+use kamailio_test::{system_broker_url, system_rabbitmqctl, unique_name};
+use kazoo_engine::broker::{Brokers, Event, PublishError, Role, Source};
+use kazoo_engine::subscription::{ExchangeBinding, ExchangeFlags, QueueFlags};
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, ExchangeKind};
+use tokio::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn body(id: u32, idx: u32) -> Vec<u8> {
+    format!("{{ \"broker\": {id}, \"idx\": {idx} }}").into_bytes()
+}
+
+/// `rabbitmqctl -q <list> <columns>` rows, split on tabs.
+fn rows(args: &[&str]) -> Vec<Vec<String>> {
+    let mut full = vec!["-q"];
+    full.extend_from_slice(args);
+    let out = system_rabbitmqctl(&full).expect("rabbitmqctl");
+    out.lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn publish_sets_only_content_type_and_headers_and_waits_for_confirms() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let exchange = unique_name("kztest-pub-x");
+    let queue = unique_name("kztest-pub-q");
+    raw.channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    raw.channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    raw.channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "rk".into(),
+            QueueBindOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+
+    let mut opts = options(&unique_name("kztest"));
+    opts.consumer_connections = 0;
+    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![], opts);
+    wait_connected(&mut events, &[(1, Role::Publisher)], WAIT).await;
+    assert!(brokers.is_connected(1));
+    assert!(!brokers.is_connected(2));
+
+    let headers = vec![
+        (b"zeta".to_vec(), b"last".to_vec()),
+        (b"alpha".to_vec(), b"first\0binary \xff".to_vec()),
+        (b"alpha".to_vec(), b"duplicate".to_vec()),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let published = brokers
+        .publish(None, &exchange, "rk", &headers, body, deadline)
+        .await
+        .expect("confirmed");
+    assert_eq!(published.broker_id, 1);
+    assert!(published.idx < 3);
+
+    let got = raw
+        .channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the published message is in the queue");
+    assert_eq!(got.delivery.data, body(1, published.idx));
+    assert_eq!(got.delivery.routing_key.as_str(), "rk");
+    // Exactly content_type and the headers, as long strings ('S'): the
+    // parsed table would hold another variant for any other field type.
+    // lapin keeps a table sorted by name, so that is the order on the wire;
+    // for a repeated name the first value is kept (what RabbitMQ reads).
+    let mut table = FieldTable::default();
+    table.insert(
+        "alpha".into(),
+        AMQPValue::LongString(LongString::from(b"first\0binary \xff".to_vec())),
+    );
+    table.insert(
+        "zeta".into(),
+        AMQPValue::LongString(LongString::from(b"last".to_vec())),
+    );
+    let expected = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_headers(table);
+    assert_eq!(got.delivery.properties, expected);
+    let names: Vec<&str> = got
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .unwrap()
+        .inner()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(names, ["alpha", "zeta"]);
+
+    // Without headers: content_type only. The Server-ID index goes round-robin.
+    let mut idxs = vec![published.idx];
+    for _ in 0..3 {
+        let p = brokers
+            .publish(Some(1), &exchange, "rk", &[], body, deadline)
+            .await
+            .expect("confirmed");
+        assert_eq!(p.broker_id, 1);
+        idxs.push(p.idx);
+        let got = raw
+            .channel
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("message");
+        assert_eq!(got.delivery.data, body(1, p.idx));
+        assert_eq!(
+            got.delivery.properties,
+            BasicProperties::default().with_content_type("application/json".into())
+        );
+    }
+    let first = idxs[0];
+    assert_eq!(idxs, [first, (first + 1) % 3, (first + 2) % 3, first]);
+
+    // A publish to a missing exchange fails with the broker's reason (the C
+    // module reported success and lost that channel for good); the next
+    // publish works on a fresh channel.
+    let missing = unique_name("kztest-missing-x");
+    let started = Instant::now();
+    let err = brokers
+        .publish(None, &missing, "rk", &[], body, deadline)
+        .await
+        .unwrap_err();
+    match &err {
+        PublishError::Closed(reason) => assert!(reason.contains("404"), "{reason}"),
+        other => panic!("expected Closed(404 ...), got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    brokers
+        .publish(
+            None,
+            &exchange,
+            "rk",
+            &[],
+            body,
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await
+        .expect("publishing works again after the channel error");
+
+    assert_eq!(
+        brokers
+            .publish(Some(7), &exchange, "rk", &[], body, deadline)
+            .await,
+        Err(PublishError::UnknownBroker(7))
+    );
+    let long = "k".repeat(256);
+    assert!(matches!(
+        brokers
+            .publish(None, &exchange, &long, &[], body, deadline)
+            .await,
+        Err(PublishError::Invalid(_))
+    ));
+    let bad_header = vec![(b"\xff".to_vec(), b"v".to_vec())];
+    assert!(matches!(
+        brokers
+            .publish(None, &exchange, "rk", &bad_header, body, deadline)
+            .await,
+        Err(PublishError::Invalid(_))
+    ));
+
+    brokers.close().await;
+    raw.delete(&[&exchange], &[&queue]).await;
+    raw.close().await;
+}
+
+#[tokio::test]
+async fn topology_deliveries_acks_and_replies() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let node = unique_name("kztest");
+    let exchange = unique_name("kztest-sub-x");
+    let source1 = unique_name("kztest-src1-x");
+    let source2 = unique_name("kztest-src2-x");
+    let queue = unique_name("kztest-sub-q");
+    let mut sub = subscription(&exchange, "topic", &queue, &["a.b", "c.*"]);
+    sub.exchange_flags = ExchangeFlags {
+        auto_delete: true,
+        ..ExchangeFlags::default()
+    };
+    sub.queue_flags = QueueFlags {
+        passive: false,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+    };
+    sub.exchange_bindings = vec![
+        ExchangeBinding {
+            source: source1.clone(),
+            exchange_type: "direct".into(),
+            flags: ExchangeFlags::default(),
+            routing: vec!["k1".into()],
+        },
+        ExchangeBinding {
+            source: source2.clone(),
+            exchange_type: "topic".into(),
+            flags: ExchangeFlags::default(),
+            routing: vec!["s2.#".into(), "s2b.*".into()],
+        },
+    ];
+    sub.no_ack = false;
+    let mut opts = options(&node);
+    opts.consumer_connections = 2;
+    opts.prefetch = 10;
+    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![sub], opts);
+    wait_connected(
+        &mut events,
+        &[
+            (1, Role::Publisher),
+            (1, Role::Consumer(0)),
+            (1, Role::Consumer(1)),
+        ],
+        WAIT,
+    )
+    .await;
+
+    // A message stays unacked until its Acker acks it.
+    raw.publish(&exchange, "a.b", b"one").await;
+    let d = next_delivery(&mut events, WAIT).await;
+    assert_eq!(d.source, Source::Subscription { index: 0 });
+    assert_eq!((d.broker_id, d.zone.as_str()), (1, "local"));
+    assert_eq!((d.routing_key.as_str(), &d.body[..]), ("a.b", &b"one"[..]));
+    assert!(!d.redelivered);
+    let held = d.ack.expect("no_ack false: an Acker");
+
+    let (queue_rows, exchange_rows, binding_rows) = tokio::join!(
+        blocking(|| rows(&[
+            "list_queues",
+            "name",
+            "durable",
+            "auto_delete",
+            "exclusive",
+            "messages_unacknowledged"
+        ])),
+        blocking(|| rows(&[
+            "list_exchanges",
+            "name",
+            "type",
+            "durable",
+            "auto_delete",
+            "internal"
+        ])),
+        blocking(|| rows(&[
+            "list_bindings",
+            "source_name",
+            "destination_name",
+            "destination_kind",
+            "routing_key"
+        ])),
+    );
+    let find = |rows: &[Vec<String>], name: &str| -> Vec<String> {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .unwrap_or_else(|| panic!("{name} not listed"))[1..]
+            .to_vec()
+    };
+    for idx in 0..3 {
+        let name = format!("kamailio@{node}-<1-{idx}>");
+        assert_eq!(
+            find(&queue_rows, &name),
+            ["true", "true", "false", "0"],
+            "{name}"
+        );
+    }
+    assert!(!queue_rows
+        .iter()
+        .any(|r| r[0] == format!("kamailio@{node}-<1-3>")));
+    assert_eq!(find(&queue_rows, &queue), ["false", "false", "false", "1"]);
+    assert_eq!(
+        find(&exchange_rows, "targeted"),
+        ["direct", "false", "false", "false"]
+    );
+    assert_eq!(
+        find(&exchange_rows, &exchange),
+        ["topic", "false", "true", "false"]
+    );
+    assert_eq!(
+        find(&exchange_rows, &source1),
+        ["direct", "false", "false", "false"]
+    );
+    assert_eq!(
+        find(&exchange_rows, &source2),
+        ["topic", "false", "false", "false"]
+    );
+    let mut bindings: Vec<Vec<String>> = binding_rows
+        .into_iter()
+        .filter(|r| r.len() == 4 && (r[1].contains(&node) || [&exchange, &queue].contains(&&r[1])))
+        .collect();
+    bindings.sort();
+    let row = |s: &str, d: &str, k: &str, rk: &str| {
+        vec![s.to_string(), d.to_string(), k.to_string(), rk.to_string()]
+    };
+    let mut expected = vec![
+        // the default exchange's implicit bindings
+        row("", &queue, "queue", &queue),
+        row(&exchange, &queue, "queue", "a.b"),
+        row(&exchange, &queue, "queue", "c.*"),
+        row(&source1, &exchange, "exchange", "k1"),
+        row(&source2, &exchange, "exchange", "s2.#"),
+        row(&source2, &exchange, "exchange", "s2b.*"),
+    ];
+    for idx in 0..3 {
+        let q = format!("kamailio@{node}-<1-{idx}>");
+        expected.push(row("", &q, "queue", &q));
+        expected.push(row(
+            "targeted",
+            &q,
+            "queue",
+            &format!("kamailio@{node}-<1>-targeted-{idx}"),
+        ));
+    }
+    expected.sort();
+    assert_eq!(bindings, expected);
+
+    // reject(requeue) redelivers; then ack.
+    held.reject(true);
+    let d = next_delivery(&mut events, WAIT).await;
+    assert_eq!((&d.body[..], d.redelivered), (&b"one"[..], true));
+    d.ack.unwrap().ack();
+    // Through the exchange-bindings and the second routing key.
+    raw.publish(&source2, "s2.x.y", b"two").await;
+    raw.publish(&source1, "k1", b"three").await;
+    raw.publish(&exchange, "c.d", b"four").await;
+    raw.publish(&exchange, "unbound", b"never").await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = next_delivery(&mut events, WAIT).await;
+        assert_eq!(d.source, Source::Subscription { index: 0 });
+        got.push((
+            d.routing_key.clone(),
+            String::from_utf8(d.body.clone()).unwrap(),
+        ));
+        d.ack.unwrap().ack();
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("c.d".to_string(), "four".to_string()),
+            ("k1".to_string(), "three".to_string()),
+            ("s2.x.y".to_string(), "two".to_string())
+        ]
+    );
+    // A dropped Acker does not leave the message unacked: it is requeued.
+    raw.publish(&exchange, "a.b", b"dropped").await;
+    let d = next_delivery(&mut events, WAIT).await;
+    assert_eq!(&d.body[..], b"dropped");
+    drop(d);
+    let d = next_delivery(&mut events, WAIT).await;
+    assert_eq!((&d.body[..], d.redelivered), (&b"dropped"[..], true));
+    d.ack.unwrap().ack();
+
+    // A reply to a Server-ID arrives from its reply queue, without an Acker.
+    raw.publish(
+        "targeted",
+        &format!("kamailio@{node}-<1>-targeted-2"),
+        b"{ \"reply\": 1 }",
+    )
+    .await;
+    let d = next_delivery(&mut events, WAIT).await;
+    assert_eq!(d.source, Source::Reply { idx: 2 });
+    assert_eq!(d.routing_key, format!("kamailio@{node}-<1>-targeted-2"));
+    assert_eq!(&d.body[..], b"{ \"reply\": 1 }");
+    assert!(d.ack.is_none());
+
+    // Every ack reached the broker.
+    let q = queue.clone();
+    let mut unacked = String::new();
+    for _ in 0..5 {
+        let r = blocking(|| rows(&["list_queues", "name", "messages_unacknowledged", "messages"]))
+            .await;
+        unacked = r
+            .iter()
+            .find(|r| r[0] == q)
+            .map(|r| r[1..].join(" "))
+            .unwrap_or_default();
+        if unacked == "0 0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(unacked, "0 0");
+
+    brokers.close().await;
+    raw.delete(&[&exchange, &source1, &source2], &[&queue])
+        .await;
+    // The reply queues went with their consumers (auto_delete).
+    let r = blocking(|| rows(&["list_queues", "name"])).await;
+    assert!(
+        !r.iter().any(|r| r[0].contains(&node)),
+        "reply queues left: {r:?}"
+    );
+    raw.close().await;
+}
+
+#[tokio::test]
+async fn refused_subscriptions_do_not_stop_the_others_or_the_replies() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let node = unique_name("kztest");
+    let (xa, qa) = (unique_name("kztest-a-x"), unique_name("kztest-a-q"));
+    let (xb, qb) = (unique_name("kztest-b-x"), unique_name("kztest-b-q"));
+    let (xc, qc) = (unique_name("kztest-c-x"), unique_name("kztest-c-q"));
+    // qb exists durable: declaring it transient is a 406 (channel level).
+    raw.channel
+        .queue_declare(
+            qb.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            no_args(),
+        )
+        .await
+        .unwrap();
+    let subs = vec![
+        subscription(&xa, "direct", &qa, &["a"]),
+        subscription(&xb, "direct", &qb, &["b"]),
+        // An exchange type the broker does not know: a connection-level 503.
+        subscription(&xc, "x-no-such-type", &qc, &["c"]),
+        subscription(&xa, "direct", "", &["late"]),
+    ];
+    let (brokers, mut events) =
+        Brokers::start(vec![broker(&url, 1, "local")], subs, options(&node));
+
+    let mut failed: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut disconnects = Vec::new();
+    let mut connected = false;
+    let deadline = Instant::now() + WAIT;
+    while !(connected && failed.len() == 2) {
+        let event = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timeout; failed {failed:?}, disconnects {disconnects:?}"))
+            .unwrap();
+        match event {
+            Event::SubscriptionFailed {
+                index,
+                broker_id,
+                reason,
+            } => {
+                assert_eq!(broker_id, 1);
+                failed.entry(index).or_default().push(reason);
+            }
+            Event::Disconnected { role, reason, .. } => {
+                assert_eq!(role, Role::Consumer(0));
+                disconnects.push(reason);
+            }
+            Event::Connected {
+                role: Role::Consumer(0),
+                ..
+            } => connected = true,
+            Event::Connected { .. } => {}
+            Event::Delivery(d) => panic!("unexpected {d:?}"),
+        }
+    }
+    assert!(failed[&1][0].contains("406"), "{:?}", failed[&1]);
+    assert!(failed[&2][0].contains("503"), "{:?}", failed[&2]);
+    assert!(
+        failed[&2][0].contains("no longer declared"),
+        "{:?}",
+        failed[&2]
+    );
+    assert_eq!(disconnects.len(), 1, "{disconnects:?}");
+    assert!(disconnects[0].contains("503"), "{disconnects:?}");
+
+    // The rest works: the good subscriptions (including the one declared
+    // after the refused one) and the replies.
+    raw.publish(&xa, "a", b"for a").await;
+    raw.publish(&xa, "late", b"for late").await;
+    raw.publish(
+        "targeted",
+        &format!("kamailio@{node}-<1>-targeted-0"),
+        b"reply",
+    )
+    .await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = next_delivery(&mut events, WAIT).await;
+        got.push((d.source, String::from_utf8(d.body).unwrap()));
+    }
+    got.sort_by_key(|(s, _)| format!("{s:?}"));
+    assert_eq!(
+        got,
+        [
+            (Source::Reply { idx: 0 }, "reply".to_string()),
+            (Source::Subscription { index: 0 }, "for a".to_string()),
+            (Source::Subscription { index: 3 }, "for late".to_string()),
+        ]
+    );
+    // Each failure was reported once, not again on the reconnect or retries.
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), events.recv()).await;
+    assert!(quiet.is_err(), "unexpected event {quiet:?}");
+    assert_eq!(failed[&1].len(), 1);
+    assert_eq!(failed[&2].len(), 1);
+
+    brokers.close().await;
+    raw.delete(&[&xa, &xb, &xc], &[&qa, &qb, &qc]).await;
+    raw.close().await;
+}

@@ -1,0 +1,106 @@
+//! A consumer worker process: runs the event route for each delivery the
+//! AMQP process hands it, then tells it the route ran (so the broker ack,
+//! when the subscription waits for it, follows the route, not the receipt).
+//!
+//! The route is the first of the C module's five candidate names that the
+//! configuration defines (`kazoo_engine::routes`); with `event_callback` set,
+//! the KEMI function gets every delivery as `kazoo:consumer-event`.
+use std::ffi::CString;
+use std::time::Duration;
+
+use kamailio::route::{self, KemiError, RouteOutcome};
+use kazoo_engine::ipc::{Delivery, WorkerLink};
+use kazoo_engine::routes;
+
+use crate::events::{EVENT_PAYLOAD, EVENT_ROUTING_KEY};
+use crate::params::config;
+
+/// The worker's loop; never returns.
+pub fn run(worker: u32, socket: &str) -> ! {
+    crate::logger::install();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut link = match WorkerLink::connect(socket, worker) {
+            Ok(link) => {
+                backoff = Duration::from_millis(50);
+                link
+            }
+            Err(e) => {
+                kamailio::debug!("kazoo worker {worker}: {e}; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        loop {
+            match link.next(Duration::from_secs(1)) {
+                Ok(Some(delivery)) => {
+                    let (id, needs_ack) = (delivery.id, delivery.needs_ack);
+                    kamailio::guard::guarded("kazoo consumer event", (), || handle(delivery));
+                    if needs_ack {
+                        if let Err(e) = link.ack(id) {
+                            kamailio::error!("kazoo worker {worker}: cannot report the ack: {e}");
+                            break;
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    kamailio::error!("kazoo worker {worker}: lost the AMQP process: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn handle(delivery: Delivery) {
+    EVENT_PAYLOAD.set(Some(delivery.body.clone()));
+    EVENT_ROUTING_KEY.set(delivery.routing_key.clone());
+    run_routes(&delivery);
+    EVENT_PAYLOAD.set(None);
+    EVENT_ROUTING_KEY.set(None);
+}
+
+fn run_routes(delivery: &Delivery) {
+    let params = &config().params;
+    match &params.event_callback {
+        Some(callback) => {
+            if let Err(e) = route::run_kemi_event(callback.as_bytes(), b"kazoo:consumer-event") {
+                let reason = match e {
+                    KemiError::NoEngine => "no KEMI engine".to_string(),
+                    KemiError::Failed(rc) => format!("rc {rc}"),
+                };
+                kamailio::error!("event_callback \"{callback}\" failed: {reason}");
+            }
+        }
+        None => {
+            let names = match routes::candidates_for_text(
+                &delivery.body,
+                &params.amqp_consumer_event_key,
+                &params.amqp_consumer_event_subkey,
+                delivery.event_key.as_deref(),
+                delivery.event_subkey.as_deref(),
+            ) {
+                Ok(names) => names,
+                Err(e) => {
+                    kamailio::error!("dropping an event whose payload runs no route: {e}");
+                    return;
+                }
+            };
+            let defined =
+                |name: &str| CString::new(name).is_ok_and(|name| route::event_route_exists(&name));
+            match routes::first_defined(&names, defined).map(CString::new) {
+                Some(Ok(name)) => {
+                    if route::run_event_route(&name) == RouteOutcome::Dropped {
+                        kamailio::debug!("{} dropped the event", name.to_string_lossy());
+                    }
+                }
+                _ => kamailio::error!(
+                    "kazoo:consumer-event not found: no event route among {}",
+                    names.join(", ")
+                ),
+            }
+        }
+    }
+}

@@ -312,20 +312,32 @@ fn publish_on(
     })
 }
 
-/// The `Server-ID` string of a JSON request (json-c escapes `/` as `\/`,
-/// which any JSON reader undoes).
+/// The `Server-ID` string of a JSON request.
 fn server_id_of(request: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(request)
-        .ok()
-        .and_then(|v| v.get("Server-ID")?.as_str().map(str::to_string))
-        .unwrap_or_default()
+    string_member(request, "Server-ID")
 }
 
 /// The `Msg-ID` of a JSON request, as a string.
 pub fn msg_id_of(request: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(request)
-        .ok()
-        .and_then(|v| v.get("Msg-ID")?.as_str().map(str::to_string))
+    string_member(request, "Msg-ID")
+}
+
+/// A top-level string member of a JSON object. A JSON reader is tried
+/// first; json-c output that strict readers refuse (e.g. `1e400`) falls back
+/// to a scan for `"name": "` (json-c's spacing), undoing `\/`.
+fn string_member(json: &[u8], name: &str) -> String {
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) {
+        return value
+            .get(name)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+    }
+    let text = String::from_utf8_lossy(json);
+    let needle = format!("\"{name}\": \"");
+    text.find(&needle)
+        .map(|start| &text[start + needle.len()..])
+        .and_then(|rest| rest.find('"').map(|end| rest[..end].replace("\\/", "/")))
         .unwrap_or_default()
 }
 

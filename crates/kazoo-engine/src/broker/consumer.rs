@@ -526,6 +526,7 @@ impl Session {
                     }
                 }
             };
+            log::debug!("{}: consuming the {}", self.ctx.name(), self.what(unit));
             let consuming_since = Instant::now();
             let reason = loop {
                 match next(&mut consumer).await {

@@ -34,6 +34,16 @@ modparam("kazoo", "pua_mode", 0)
 {{ROUTES}}
 "#;
 
+/// A configuration from [`BASE_CFG`] with a broker and the node name the
+/// vectors were captured with (`kzvec.local`).
+pub fn amqp_cfg(broker_url: &str, params: &str, routes: &str) -> String {
+    cfg(
+        &format!("modparam(\"kazoo\", \"amqp_connection\", \"{broker_url}\")\n{params}"),
+        routes,
+    )
+    .replace("\"kztest.local\"", "\"kzvec.local\"")
+}
+
 /// A configuration from [`BASE_CFG`].
 pub fn cfg(params: &str, routes: &str) -> String {
     BASE_CFG
@@ -83,6 +93,29 @@ impl Proxy {
             b"",
             TIMEOUT,
         )
+    }
+
+    /// Waits until the module's publisher connection to broker `id` is up
+    /// (`n`-th time: 1 at start-up, 2 after one reconnect, ...).
+    pub fn wait_connected(&self, id: u32, n: usize) {
+        let needle = format!("broker {id} (");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let count = self
+                .kamailio
+                .log()
+                .lines()
+                .filter(|l| l.contains(&needle) && l.contains("publisher: connected"))
+                .count();
+            if count >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "broker {id} publisher did not connect ({n}):\n{}",
+            self.kamailio.log()
+        );
     }
 
     /// Kamailio still runs and answers SIP.

@@ -30,6 +30,7 @@ request_route {
 
 struct Bed {
     proxy: Proxy,
+    node: String,
     probe: AmqpProbe,
     exchange: String,
     queue: String,
@@ -41,14 +42,16 @@ impl Bed {
         let exchange = unique_name("kzpub");
         probe.declare_exchange(&exchange, "topic").unwrap();
         let queue = probe.capture(&exchange, "#").unwrap();
-        let proxy = Proxy::start(&amqp_cfg(
+        let (config, node) = amqp_cfg(
             &system_broker_url(),
             "modparam(\"kazoo\", \"amqp_max_channels\", 4)",
             ROUTES,
-        ));
+        );
+        let proxy = Proxy::start(&config);
         proxy.wait_connected(1, 1);
         Bed {
             proxy,
+            node,
             probe,
             exchange,
             queue,
@@ -80,9 +83,9 @@ impl Drop for Bed {
     }
 }
 
-/// Puts the values the module generated (`Msg-ID`, the channel index) into
-/// the vector's placeholders.
-fn expected_body(template: &str, actual: &str) -> String {
+/// Puts the values the module generated (`Msg-ID`, the channel index, this
+/// instance's node name) into the vector's placeholders.
+fn expected_body(template: &str, actual: &str, node: &str) -> String {
     let msg_id = kamailio_test::msg_id_of(actual.as_bytes());
     let ch = actual
         .split("-targeted-")
@@ -93,6 +96,7 @@ fn expected_body(template: &str, actual: &str) -> String {
     template
         .replace("{{MSG_ID}}", &msg_id)
         .replace("{{CH}}", &ch)
+        .replace("kzvec.local", node)
 }
 
 fn is_uuid_v4(text: &str) -> bool {
@@ -151,13 +155,19 @@ fn publishes_match_the_c_module_row_for_row() {
         let body = got.text();
         assert_eq!(
             body,
-            expected_body(expected["body"].as_str().unwrap(), &body),
+            expected_body(expected["body"].as_str().unwrap(), &body, &bed.node),
             "{id}: body"
         );
+        let node_growth = (bed.node.len() as i64 - "kzvec.local".len() as i64)
+            * expected["body"]
+                .as_str()
+                .unwrap()
+                .matches("kzvec.local")
+                .count() as i64;
         assert_eq!(
-            body.len() as u64,
-            expected["body_bytes"].as_u64().unwrap(),
-            "{id}"
+            body.len() as i64,
+            expected["body_bytes"].as_i64().unwrap() + node_growth,
+            "{id}: length"
         );
         if row["payload"].as_str().unwrap().contains("Msg-ID") {
             // the script's own Msg-ID is kept

@@ -550,6 +550,13 @@ impl Session {
     }
 
     async fn forward(&self, unit: Unit, delivery: lapin::message::Delivery) {
+        log::debug!(
+            "{}: delivery {} on the {} ({} bytes)",
+            self.ctx.name(),
+            delivery.delivery_tag,
+            self.what(unit),
+            delivery.data.len()
+        );
         let (source, ack) = match unit {
             Unit::Reply { idx } => (Source::Reply { idx }, None),
             Unit::Subscription { index } => {

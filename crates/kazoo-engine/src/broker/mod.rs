@@ -281,7 +281,7 @@ pub struct Published {
 }
 
 /// Why a publish was not confirmed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PublishError {
     /// No candidate broker's publisher was connected when the publish started.
     NoBrokerConnected,

@@ -186,7 +186,8 @@ impl Raw {
 
     /// Publishes (without confirms) a plain message.
     pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
-        self.channel
+        let confirm = self
+            .channel
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
@@ -196,6 +197,8 @@ impl Raw {
             )
             .await
             .expect("test publish");
+        // Not in confirm mode: resolves once the frame is sent.
+        confirm.await.expect("test publish sent");
     }
 
     /// Deletes exchanges and queues, ignoring errors (on fresh channels).

@@ -34,14 +34,17 @@ modparam("kazoo", "pua_mode", 0)
 {{ROUTES}}
 "#;
 
-/// A configuration from [`BASE_CFG`] with a broker and the node name the
-/// vectors were captured with (`kzvec.local`).
-pub fn amqp_cfg(broker_url: &str, params: &str, routes: &str) -> String {
-    cfg(
+/// A configuration from [`BASE_CFG`] with a broker and a node name of its
+/// own: reply queues are named after the node, so two instances with one
+/// name would take each other's replies. Returns the config and the node.
+pub fn amqp_cfg(broker_url: &str, params: &str, routes: &str) -> (String, String) {
+    let node = kamailio_test::unique_name("kzvec").replace('-', ".");
+    let config = cfg(
         &format!("modparam(\"kazoo\", \"amqp_connection\", \"{broker_url}\")\n{params}"),
         routes,
     )
-    .replace("\"kztest.local\"", "\"kzvec.local\"")
+    .replace("\"kztest.local\"", &format!("\"{node}\""));
+    (config, node)
 }
 
 /// A configuration from [`BASE_CFG`].

@@ -183,11 +183,14 @@ impl AmqpProbe {
         }
     }
 
-    /// `(messages ready, consumers)` of an existing queue.
+    /// `(messages ready, consumers)` of an existing queue. Asked on a
+    /// channel of its own: the broker closes the channel of a passive
+    /// declare for a queue that does not exist.
     pub fn queue_counts(&self, queue: &str) -> Result<(u32, u32), HarnessError> {
+        let channel = self.run("channel", self.connection.create_channel())?;
         let q = self.run(
             "queue.declare passive",
-            self.channel.queue_declare(
+            channel.queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
                     passive: true,
@@ -195,7 +198,9 @@ impl AmqpProbe {
                 },
                 FieldTable::default(),
             ),
-        )?;
+        );
+        let _ = self.run("channel.close", channel.close(200, "done".into()));
+        let q = q?;
         Ok((q.message_count(), q.consumer_count()))
     }
 

@@ -535,3 +535,63 @@ async fn refused_subscriptions_do_not_stop_the_others_or_the_replies() {
     raw.delete(&[&xa, &xb, &xc], &[&qa, &qb, &qc]).await;
     raw.close().await;
 }
+
+#[tokio::test]
+async fn unreachable_and_refused_brokers_are_reported_once_and_fail_fast() {
+    let password = "not-the-password-8231";
+    let config = vec![
+        broker("amqp://guest:guest@127.0.0.1:1", 1, "local"),
+        broker(
+            &format!("amqp://guest:{password}@127.0.0.1:5672"),
+            2,
+            "local",
+        ),
+    ];
+    let (brokers, mut events) = Brokers::start(config, vec![], options(&unique_name("kztest")));
+    let mut reasons = BTreeMap::new();
+    // Several reconnect attempts happen in this time (100, 200, 400, 800 ms).
+    let until = Instant::now() + Duration::from_millis(2500);
+    while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
+        match event {
+            Event::Disconnected {
+                broker_id,
+                role,
+                reason,
+                ..
+            } => {
+                assert!(
+                    reasons
+                        .insert((broker_id, role.to_string()), reason)
+                        .is_none(),
+                    "reported twice: {broker_id} {role}"
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    for ((id, _), reason) in &reasons {
+        assert!(!reason.contains(password), "{reason}");
+        match id {
+            1 => assert!(reason.contains("refused"), "{reason}"),
+            _ => assert!(reason.contains("403 ACCESS_REFUSED"), "{reason}"),
+        }
+    }
+    assert!(!brokers.is_connected(1) && !brokers.is_connected(2));
+    let started = Instant::now();
+    let far = Instant::now() + Duration::from_secs(10);
+    assert_eq!(
+        brokers
+            .publish(None, "amq.direct", "rk", &[], body, far)
+            .await,
+        Err(PublishError::NoBrokerConnected)
+    );
+    assert_eq!(
+        brokers
+            .publish(Some(2), "amq.direct", "rk", &[], body, far)
+            .await,
+        Err(PublishError::NoBrokerConnected)
+    );
+    assert!(started.elapsed() < Duration::from_millis(100));
+    brokers.close().await;
+}

@@ -1,0 +1,377 @@
+//! Consuming through a running Kamailio and a real RabbitMQ: subscriptions
+//! made in `kazoo:mod-init` declare what they say; every message of
+//! `vectors/routes.jsonl` runs the first defined of its candidate event
+//! routes with the C module's `$kzE` and `$kzRK`; connection events arrive;
+//! with `no_ack: 0` a message stays unacked while its route runs and is
+//! redelivered when the worker dies; bad messages never take Kamailio down.
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::{amqp_cfg, Proxy};
+use kamailio_test::{system_broker_url, system_rabbitmqctl, unique_name, AmqpProbe};
+
+/// The four subscriptions the vectors were captured with (names made
+/// unique), then one that acks after its route (queue kept when consumers
+/// go, so a redelivery can be seen).
+struct Names {
+    exchanges: [String; 5],
+    queues: [String; 5],
+}
+
+impl Names {
+    fn new() -> Names {
+        let exchanges = std::array::from_fn(|i| unique_name(&format!("kzev{}", i + 1)));
+        let queues = std::array::from_fn(|i| unique_name(&format!("kzev{}-q", i + 1)));
+        Names { exchanges, queues }
+    }
+
+    fn mod_init(&self) -> String {
+        let [e1, e2, e3, e4, e5] = &self.exchanges;
+        let [q1, q2, q3, q4, q5] = &self.queues;
+        format!(
+            r##"event_route[kazoo:mod-init]
+{{
+    kazoo_subscribe("{{'exchange': '{e1}', 'type': 'topic', 'queue': '{q1}', 'routing': ['#', 'extra.key']}}");
+    kazoo_subscribe("{{'exchange': '{e2}', 'type': 'topic', 'queue': '{q2}', 'routing': '#', 'event_key': 'My_Key', 'event_subkey': 'Sub_Key'}}");
+    kazoo_subscribe("{{'exchange': '{e3}', 'type': 'topic', 'queue': '{q3}', 'routing': '#', 'event_key': 'K3'}}");
+    kazoo_subscribe("{e4}", "topic", "{q4}", "#");
+    kazoo_subscribe("{{'exchange': '{e5}', 'type': 'topic', 'queue': '{q5}', 'routing': '#', 'no_ack': 0, 'auto_delete': 0, 'event_key': 'Slow', 'event_subkey': 'Ack'}}");
+}}
+"##
+        )
+    }
+}
+
+/// The subscription of a vector row: its index in [`Names`].
+fn subscription_index(row: &serde_json::Value) -> usize {
+    let sub = &row["subscription"];
+    match (sub["event_key"].as_str(), sub["event_subkey"].as_str()) {
+        (Some("My_Key"), _) => 1,
+        (Some("K3"), _) => 2,
+        (None, Some("Only_Sub")) => 3,
+        _ => 0,
+    }
+}
+
+fn vector_rows() -> Vec<serde_json::Value> {
+    common::vector_file("routes.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|row: &serde_json::Value| row["body"].is_string())
+        .collect()
+}
+
+/// The routes this configuration defines: for every row its second
+/// candidate when definable, else its fourth, and the catch-all: enough to
+/// see the fallback order at work across rows.
+fn defined_routes(rows: &[serde_json::Value]) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    names.insert("kazoo:consumer-event".to_string());
+    names.insert("kazoo:consumer-event-connection-open".to_string());
+    for row in rows {
+        let Some(candidates) = row["candidates"].as_array() else {
+            continue;
+        };
+        let definable = row["definable_in_cfg"].as_array().unwrap();
+        for i in [1, 3] {
+            if definable[i].as_bool().unwrap() {
+                names.insert(candidates[i].as_str().unwrap().to_string());
+                break;
+            }
+        }
+    }
+    names
+}
+
+fn routes_cfg(names: &Names, defined: &BTreeSet<String>) -> String {
+    let mut cfg = names.mod_init();
+    for name in defined {
+        cfg.push_str(&format!(
+            "event_route[{name}]\n{{\n    xlog(\"L_INFO\", \"ROUTE {name} rk=$kzRK e=$kzE\\n\");\n}}\n"
+        ));
+    }
+    cfg.push_str(
+        r#"event_route[kazoo:consumer-event-slow-ack]
+{
+    xlog("L_INFO", "SLOW-START $pp $kzE\n");
+    usleep(1500000);
+    xlog("L_INFO", "SLOW-DONE\n");
+}
+request_route {
+    sl_send_reply("200", "OK");
+}
+"#,
+    );
+    cfg
+}
+
+struct Bed {
+    proxy: Proxy,
+    names: Names,
+    probe: AmqpProbe,
+}
+
+impl Bed {
+    fn start(defined: &BTreeSet<String>) -> Bed {
+        let names = Names::new();
+        let (config, _node) = amqp_cfg(
+            &system_broker_url(),
+            "loadmodule \"cfgutils.so\"",
+            &routes_cfg(&names, defined),
+        );
+        let proxy = Proxy::start(&config);
+        proxy.wait_connected(1, 1);
+        let probe = AmqpProbe::connect(&system_broker_url()).expect("probe");
+        // Subscriptions are declared once the consumer connection is up.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while names
+            .queues
+            .iter()
+            .any(|q| probe.queue_counts(q).map(|c| c.1).unwrap_or(0) == 0)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "subscriptions not consumed:\n{}",
+                proxy.kamailio.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Bed {
+            proxy,
+            names,
+            probe,
+        }
+    }
+
+    fn wait_log(&self, needle: &str) {
+        assert!(
+            self.proxy
+                .kamailio
+                .wait_for_log(needle, Duration::from_secs(5)),
+            "{needle} not in the log:\n{}",
+            self.proxy.kamailio.log()
+        );
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for e in &self.names.exchanges {
+            self.probe.delete_exchange(e);
+        }
+        self.probe.delete_queue(&self.names.queues[4]);
+    }
+}
+
+#[test]
+fn messages_run_the_first_defined_route_with_the_c_modules_kz_e() {
+    let rows = vector_rows();
+    let defined = defined_routes(&rows);
+    let bed = Bed::start(&defined);
+    let mut checked = 0;
+    for row in &rows {
+        let id = row["id"].as_str().unwrap();
+        let exchange = &bed.names.exchanges[subscription_index(row)];
+        let routing_key = row["routing_key"].as_str().unwrap();
+        let before = bed.proxy.kamailio.log().len();
+        bed.probe
+            .publish(
+                exchange,
+                routing_key,
+                row["body"].as_str().unwrap().as_bytes(),
+            )
+            .unwrap();
+        if row["dropped"].is_string() {
+            bed.wait_log("dropping a message");
+            continue;
+        }
+        let candidates: Vec<&str> = row["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let expected_route = candidates
+            .iter()
+            .find(|c| defined.contains(**c))
+            .unwrap_or_else(|| panic!("{id}: no candidate defined"));
+        let kz_e = row["kzE"].as_str().unwrap();
+        let prefix = format!(
+            "ROUTE {expected_route} rk={} e={}",
+            row["kzRK"].as_str().unwrap(),
+            kz_e.split("{{AMQP_RECEIVED}}").next().unwrap()
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = bed.proxy.kamailio.log();
+            if log[before.min(log.len())..].contains(&prefix) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id}: expected `{prefix}`\n{}",
+                &log[before.min(log.len())..]
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        checked += 1;
+    }
+    println!("{checked} consumed messages checked against the C module");
+    assert!(checked > 20);
+    bed.proxy.assert_alive();
+}
+
+#[test]
+fn subscriptions_declare_what_they_say_and_connection_events_arrive() {
+    let bed = Bed::start(&BTreeSet::from([
+        "kazoo:consumer-event-connection-open".to_string()
+    ]));
+    let bindings = system_rabbitmqctl(&[
+        "list_bindings",
+        "source_name",
+        "destination_name",
+        "routing_key",
+    ])
+    .unwrap();
+    let [e1, _, _, e4, _] = &bed.names.exchanges;
+    let [q1, _, _, q4, q5] = &bed.names.queues;
+    for (source, queue, key) in [(e1, q1, "#"), (e1, q1, "extra.key"), (e4, q4, "#")] {
+        assert!(
+            bindings.lines().any(
+                |l| l.split('\t').collect::<Vec<_>>() == [source.as_str(), queue.as_str(), key]
+            ),
+            "{source} -> {queue} ({key}) not bound:\n{bindings}"
+        );
+    }
+    let queues = system_rabbitmqctl(&["list_queues", "name", "durable", "auto_delete"]).unwrap();
+    let line = |q: &str| {
+        queues
+            .lines()
+            .find(|l| l.starts_with(&format!("{q}\t")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(line(q1), format!("{q1}\tfalse\ttrue"));
+    assert_eq!(line(q5), format!("{q5}\tfalse\tfalse"));
+    bed.wait_log(
+        "ROUTE kazoo:consumer-event-connection-open rk=<null> e={ \"Event-Category\" : \"connection\", \"Event-Name\" : \"open\", \"host\" : \"127.0.0.1\", \"zone\" : \"local\" }",
+    );
+}
+
+fn unacked(queue: &str) -> u32 {
+    let out = system_rabbitmqctl(&[
+        "list_queues",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ])
+    .unwrap();
+    out.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.first() == Some(&queue)).then(|| f[2].parse().unwrap())
+        })
+        .unwrap_or(0)
+}
+
+fn ready(queue: &str) -> u32 {
+    let out = system_rabbitmqctl(&["list_queues", "name", "messages_ready"]).unwrap();
+    out.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.first() == Some(&queue)).then(|| f[1].parse().unwrap())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn no_ack_zero_acks_after_the_route_and_redelivers_when_the_worker_dies() {
+    let bed = Bed::start(&BTreeSet::new());
+    let (exchange, queue) = (&bed.names.exchanges[4], &bed.names.queues[4]);
+    bed.probe
+        .publish(exchange, "slow.one", b"{\"n\": 1}")
+        .unwrap();
+    bed.wait_log("SLOW-START");
+    assert_eq!(unacked(queue), 1, "unacked while the route runs");
+    bed.wait_log("SLOW-DONE");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while unacked(queue) != 0 {
+        assert!(Instant::now() < deadline, "not acked after the route");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A worker dies in the middle of a route: Kamailio shuts down (as it does
+    // for any dead child), the connection drops, the broker keeps the message.
+    bed.probe
+        .publish(exchange, "slow.two", b"{\"n\": 2}")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pid = loop {
+        let log = bed.proxy.kamailio.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("SLOW-START") && l.contains("\"n\": 2"))
+        {
+            let pid = line
+                .split("SLOW-START ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            break pid.parse::<i32>().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second message did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY-free kill of a process this test's Kamailio forked.
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready(queue) != 1 {
+        assert!(Instant::now() < deadline, "the message was not requeued");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn bad_messages_never_take_kamailio_down() {
+    let bed = Bed::start(&BTreeSet::from(["kazoo:consumer-event".to_string()]));
+    let exchange = &bed.names.exchanges[0];
+    let long_server_id = format!("{{\"Server-ID\": \"{}\"}}", "s".repeat(2000));
+    let long_category = format!(
+        "{{\"Event-Category\": \"{}\", \"Event-Name\": \"x\"}}",
+        "c".repeat(600)
+    );
+    // These abort the C module's consumer (vectors/crashers.txt).
+    for body in [
+        "[1,2]",
+        "\"str\"",
+        "42",
+        "",
+        "not json",
+        "null",
+        &long_server_id,
+        &long_category,
+    ] {
+        bed.probe.publish(exchange, "bad", body.as_bytes()).unwrap();
+    }
+    bed.probe
+        .publish(exchange, "good", b"{\"after\": \"bad ones\"}")
+        .unwrap();
+    bed.wait_log("\"after\": \"bad ones\"");
+    assert!(bed
+        .proxy
+        .kamailio
+        .log()
+        .contains(&format!("consumer:\\/\\/1\\/{}", "s".repeat(2000))));
+    assert!(bed.proxy.kamailio.log().contains(&"c".repeat(600)));
+    bed.proxy.assert_alive();
+}

@@ -595,3 +595,100 @@ async fn unreachable_and_refused_brokers_are_reported_once_and_fail_fast() {
     assert!(started.elapsed() < Duration::from_millis(100));
     brokers.close().await;
 }
+
+#[tokio::test]
+async fn secondary_zone_gets_federated_subscriptions_only_and_no_reply_queues() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let node = unique_name("kztest");
+    let (xa, qa) = (unique_name("kztest-local-x"), unique_name("kztest-local-q"));
+    let xb = unique_name("kztest-fed-x");
+    let mut federated = subscription(&xb, "fanout", "", &[""]);
+    federated.federate = true;
+    let subs = vec![subscription(&xa, "direct", &qa, &["a"]), federated];
+    let mut opts = options(&node);
+    opts.heartbeat_secs = 7;
+    let config = vec![broker(&url, 1, "local"), broker(&url, 2, "remote")];
+    let (brokers, mut events) = Brokers::start(config, subs, opts);
+    wait_connected(
+        &mut events,
+        &[
+            (1, Role::Publisher),
+            (1, Role::Consumer(0)),
+            (2, Role::Publisher),
+            (2, Role::Consumer(0)),
+        ],
+        WAIT,
+    )
+    .await;
+
+    // Reply queues on the primary broker only.
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    for (id, exists) in [(1, true), (2, false)] {
+        let channel = raw.connection.create_channel().await.unwrap();
+        let name = format!("kamailio@{node}-<{id}-0>");
+        let found = channel
+            .queue_declare(name.as_str().into(), passive, no_args())
+            .await;
+        assert_eq!(found.is_ok(), exists, "{name}: {found:?}");
+    }
+    // Heartbeats as configured (the broker proposed 60 s).
+    let connections =
+        blocking(|| rows(&["list_connections", "timeout", "client_properties"])).await;
+    let ours: Vec<_> = connections
+        .iter()
+        .filter(|r| r.last().is_some_and(|p| p.contains(&node)))
+        .collect();
+    assert_eq!(ours.len(), 4, "{connections:?}");
+    assert!(ours.iter().all(|r| r[0] == "7"), "{ours:?}");
+
+    // The federated subscription is consumed through both brokers, the
+    // other one through the primary broker only.
+    raw.publish(&xb, "", b"federated").await;
+    raw.publish(&xa, "a", b"local").await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = next_delivery(&mut events, WAIT).await;
+        got.push((d.broker_id, d.source, String::from_utf8(d.body).unwrap()));
+    }
+    got.sort_by_key(|g| format!("{g:?}"));
+    assert_eq!(
+        got,
+        [
+            (1, Source::Subscription { index: 0 }, "local".to_string()),
+            (
+                1,
+                Source::Subscription { index: 1 },
+                "federated".to_string()
+            ),
+            (
+                2,
+                Source::Subscription { index: 1 },
+                "federated".to_string()
+            ),
+        ]
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(300), events.recv()).await;
+    assert!(quiet.is_err(), "unexpected {quiet:?}");
+
+    // Publishes without a target use the primary zone only.
+    for _ in 0..2 {
+        let p = brokers
+            .publish(None, &xa, "nowhere", &[], body, Instant::now() + WAIT)
+            .await
+            .unwrap();
+        assert_eq!(p.broker_id, 1);
+    }
+    let p = brokers
+        .publish(Some(2), &xa, "nowhere", &[], body, Instant::now() + WAIT)
+        .await
+        .unwrap();
+    assert_eq!(p.broker_id, 2);
+
+    brokers.close().await;
+    raw.delete(&[&xa, &xb], &[&qa]).await;
+    raw.close().await;
+}

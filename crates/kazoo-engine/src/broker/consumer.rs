@@ -38,8 +38,9 @@ const DECLARE_TIMEOUT: Duration = Duration::from_secs(15);
 /// the broker's own doing.
 const BLAMED_CODES: &[u16] = &[501, 502, 503, 504, 505, 530, 540];
 
-#[derive(Clone, Copy, Debug)]
-enum Unit {
+/// A reply queue or a subscription: declared and consumed on its own channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Unit {
     Reply { idx: u32 },
     Subscription { index: usize },
 }
@@ -424,35 +425,34 @@ impl Session {
     }
 
     fn unit_working(&self, unit: Unit) {
-        if let Unit::Subscription { index } = unit {
-            if self.ctx.slot.subscription_working(index) {
-                log::info!("{}: subscription {index} works again", self.ctx.name());
-            }
+        if self.ctx.slot.record_working(unit) {
+            log::info!("{}: the {} works again", self.ctx.name(), self.what(unit));
         }
     }
 
+    /// Logs and reports a failure once per change (retries stay at debug).
     async fn unit_failed(&self, unit: Unit, reason: &str) {
-        match unit {
-            Unit::Reply { .. } => {
-                log::error!("{}: {} failed: {reason}", self.ctx.name(), self.what(unit));
-            }
-            Unit::Subscription { index } => {
-                if self.ctx.slot.subscription_failed(index) {
-                    log::error!("{}: subscription {index} failed: {reason}", self.ctx.name());
-                    self.ctx
-                        .send(Event::SubscriptionFailed {
-                            index,
-                            broker_id: self.ctx.id(),
-                            reason: reason.to_string(),
-                        })
-                        .await;
-                } else {
-                    log::debug!(
-                        "{}: subscription {index} still failing: {reason}",
-                        self.ctx.name()
-                    );
-                }
-            }
+        if !self.ctx.slot.record_failed(unit) {
+            log::debug!(
+                "{}: the {} still fails: {reason}",
+                self.ctx.name(),
+                self.what(unit)
+            );
+            return;
+        }
+        log::error!(
+            "{}: the {} failed (retrying): {reason}",
+            self.ctx.name(),
+            self.what(unit)
+        );
+        if let Unit::Subscription { index } = unit {
+            self.ctx
+                .send(Event::SubscriptionFailed {
+                    index,
+                    broker_id: self.ctx.id(),
+                    reason: reason.to_string(),
+                })
+                .await;
         }
     }
 
@@ -467,7 +467,7 @@ impl Session {
             }
             Unit::Subscription { index } => {
                 if self.ctx.slot.quarantine(index, reason) {
-                    self.ctx.slot.subscription_failed(index);
+                    self.ctx.slot.record_failed(unit);
                     let reason = format!(
                         "{reason}; the broker closed the whole connection over it, \
                          so it is no longer declared on this broker"

@@ -350,8 +350,8 @@ pub(crate) struct Slot {
     /// Wakes the publisher task: its channel may need reopening.
     reopen: Notify,
     link_generation: AtomicU64,
-    /// Per subscription index: reported failed (true) or working (false).
-    sub_failed: Mutex<HashMap<usize, bool>>,
+    /// Per reply queue or subscription: reported failed (true) or working (false).
+    failed: Mutex<HashMap<consumer::Unit, bool>>,
     /// Subscriptions never declared again on this broker.
     quarantined: Mutex<HashMap<usize, String>>,
 }
@@ -376,7 +376,7 @@ impl Slot {
             next_idx: AtomicU32::new(0),
             reopen: Notify::new(),
             link_generation: AtomicU64::new(0),
-            sub_failed: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             quarantined: Mutex::new(HashMap::new()),
         }
     }
@@ -389,16 +389,17 @@ impl Slot {
             .filter(|link| link.connection.connected())
     }
 
-    /// Records a subscription failure; true when it must be reported (a change).
-    pub(crate) fn subscription_failed(&self, index: usize) -> bool {
-        let mut failed = lock(&self.sub_failed);
-        !std::mem::replace(failed.entry(index).or_insert(false), true)
+    /// Records a failure (on any connection of this broker); true when it
+    /// must be reported, i.e. the unit was not already failing.
+    pub(crate) fn record_failed(&self, unit: consumer::Unit) -> bool {
+        let mut failed = lock(&self.failed);
+        !std::mem::replace(failed.entry(unit).or_insert(false), true)
     }
 
-    /// Records a subscription working; true when it had been reported failed.
-    pub(crate) fn subscription_working(&self, index: usize) -> bool {
-        let mut failed = lock(&self.sub_failed);
-        std::mem::replace(failed.entry(index).or_insert(false), false)
+    /// Records a unit working; true when it had been reported failing.
+    pub(crate) fn record_working(&self, unit: consumer::Unit) -> bool {
+        let mut failed = lock(&self.failed);
+        std::mem::replace(failed.entry(unit).or_insert(false), false)
     }
 
     /// Quarantines a subscription; true the first time.
@@ -564,7 +565,16 @@ impl Brokers {
         let mut last_error = PublishError::NoBrokerConnected;
         loop {
             epoch.borrow_and_update();
-            for (n, &i) in candidates.iter().enumerate() {
+            // A broker blocking publishers (memory or disk alarm) is tried
+            // last: a publish there waits for the alarm to clear.
+            let mut order: Vec<usize> = (0..candidates.len()).collect();
+            order.sort_by_key(|&n| {
+                self.inner.slots[candidates[n]]
+                    .link()
+                    .is_some_and(|link| link.connection.blocked())
+            });
+            for n in order {
+                let i = candidates[n];
                 let slot = &self.inner.slots[i];
                 let state = &mut states[n];
                 if state.done {

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::connect::{close, error_text, next, Backoff, ConnCtx, Reported, STABLE, WATCH_INTERVAL};
-use super::{Acker, Delivery, Event, Source};
+use super::{lock, Acker, Delivery, Event, Source};
 use crate::subscription::{ExchangeFlags, QueueFlags, Subscription};
 
 /// One unit's declaration may take this long before the connection is
@@ -68,6 +68,9 @@ struct Session {
     subscriptions: Arc<Vec<Subscription>>,
     handle: tokio::runtime::Handle,
     declare_lock: tokio::sync::Mutex<()>,
+    /// The unit being declared right now (declarations are serialized by
+    /// `declare_lock`): the one to blame for a connection-level error.
+    declaring: Mutex<Option<Unit>>,
     failures: mpsc::UnboundedSender<ConnFailure>,
 }
 
@@ -153,6 +156,7 @@ async fn serve(
         subscriptions: subscriptions.clone(),
         handle: handle.clone(),
         declare_lock: tokio::sync::Mutex::new(()),
+        declaring: Mutex::new(None),
         failures,
     });
     // Dropped on return: aborts every unit task of this connection.
@@ -179,7 +183,23 @@ async fn serve(
                     session.quarantine(unit, &reason).await;
                     return Some(reason);
                 }
-                Err(DeclError::Gone(reason)) => return Some(reason),
+                Err(DeclError::Gone(reason)) => {
+                    // The operation may have seen only the closed connection;
+                    // the broker's reason comes as an event.
+                    let until = Instant::now() + Duration::from_millis(300);
+                    while let Ok(Some(event)) =
+                        tokio::time::timeout_at(until, next(&mut events)).await
+                    {
+                        if let lapin::Event::Error(e) = event {
+                            if blameable(&e) {
+                                let reason = error_text(&e);
+                                session.quarantine(unit, &reason).await;
+                                return Some(reason);
+                            }
+                        }
+                    }
+                    return Some(reason);
+                }
             };
             tasks.spawn(session.clone().unit_task(unit, current));
         }
@@ -191,7 +211,14 @@ async fn serve(
                 Some(lapin::Event::Error(e)) if e.is_amqp_soft_error() => {
                     log::debug!("{}: a channel closed: {}", ctx.name(), error_text(&e));
                 }
-                Some(lapin::Event::Error(e)) => return Some(error_text(&e)),
+                Some(lapin::Event::Error(e)) => {
+                    let reason = error_text(&e);
+                    let declaring = *lock(&session.declaring);
+                    if let (true, Some(unit)) = (blameable(&e), declaring) {
+                        session.quarantine(unit, &reason).await;
+                    }
+                    return Some(reason);
+                }
                 Some(_) => {}
                 None => return Some("connection closed".into()),
             },
@@ -209,6 +236,16 @@ async fn serve(
         if !connection.status().connected() {
             return Some("connection closed by the broker".into());
         }
+    }
+}
+
+/// A connection-level error that a declaration causes (see [`BLAMED_CODES`]).
+fn blameable(e: &lapin::Error) -> bool {
+    match e.kind() {
+        ErrorKind::ProtocolError(amqp) => {
+            matches!(amqp.kind(), AMQPErrorKind::Hard(_)) && BLAMED_CODES.contains(&amqp.get_id())
+        }
+        _ => false,
     }
 }
 
@@ -261,13 +298,11 @@ impl Session {
     fn classify(&self, e: &lapin::Error) -> DeclError {
         let text = error_text(e);
         match e.kind() {
-            ErrorKind::ProtocolError(amqp) => match amqp.kind() {
-                AMQPErrorKind::Soft(_) => DeclError::Soft(text),
-                AMQPErrorKind::Hard(_) if BLAMED_CODES.contains(&amqp.get_id()) => {
-                    DeclError::Blamed(text)
-                }
-                AMQPErrorKind::Hard(_) => DeclError::Gone(text),
-            },
+            _ if blameable(e) => DeclError::Blamed(text),
+            ErrorKind::ProtocolError(amqp) if matches!(amqp.kind(), AMQPErrorKind::Soft(_)) => {
+                DeclError::Soft(text)
+            }
+            ErrorKind::ProtocolError(_) => DeclError::Gone(text),
             _ if self.connection.status().connected() => DeclError::Soft(text),
             _ => DeclError::Gone(text),
         }
@@ -275,14 +310,20 @@ impl Session {
 
     /// Opens the unit's channel, declares what it needs and starts consuming.
     async fn declare(&self, unit: Unit) -> Result<Consumer, DeclError> {
-        match tokio::time::timeout(DECLARE_TIMEOUT, self.declare_steps(unit)).await {
-            Ok(Ok(consumer)) => Ok(consumer),
-            Ok(Err(e)) => Err(e),
+        *lock(&self.declaring) = Some(unit);
+        let result = match tokio::time::timeout(DECLARE_TIMEOUT, self.declare_steps(unit)).await {
+            Ok(result) => result,
             Err(_) => Err(DeclError::Gone(format!(
                 "declaring the {} took longer than {DECLARE_TIMEOUT:?}",
                 self.what(unit)
             ))),
+        };
+        // After a connection-level failure the mark stays: the connection
+        // task may see the broker's error before this unit reports it.
+        if matches!(result, Ok(_) | Err(DeclError::Soft(_))) {
+            *lock(&self.declaring) = None;
         }
+        result
     }
 
     async fn declare_steps(&self, unit: Unit) -> Result<Consumer, DeclError> {
@@ -550,7 +591,7 @@ impl Session {
     }
 
     async fn forward(&self, unit: Unit, delivery: lapin::message::Delivery) {
-        log::debug!(
+        log::trace!(
             "{}: delivery {} on the {} ({} bytes)",
             self.ctx.name(),
             delivery.delivery_tag,

@@ -7,6 +7,7 @@
 use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int};
 
+use crate::script::PvDest;
 use crate::sys;
 
 /// Per-process bytes behind a read-only pseudo-variable; `None` reads as `$null`.
@@ -103,30 +104,12 @@ impl NamedPv {
         (!spec.is_null()).then_some(NamedPv { spec })
     }
 
-    /// Whether the variable can be assigned.
-    pub fn is_writable(&self) -> bool {
-        // SAFETY: a spec owned by the core's cache for the process lifetime.
-        unsafe { (*self.spec).setf.is_some() }
-    }
-
-    /// Assigns a string.
+    /// Assigns a string; false when the variable is read-only or the
+    /// assignment fails.
     pub fn set_str(&self, msg: &mut crate::SipMsg, value: &[u8]) -> bool {
-        let Ok(len) = c_int::try_from(value.len()) else {
-            return false;
-        };
-        let mut val = sys::pv_value_t {
-            rs: sys::str_ {
-                s: value.as_ptr() as *mut c_char,
-                len,
-            },
-            ri: 0,
-            flags: sys::PV_VAL_STR,
-        };
-        // SAFETY: a writable spec (checked by callers through is_writable; the
-        // core checks setf again), the current message, and a value the
-        // setter copies.
-        self.is_writable()
-            && unsafe { sys::pv_set_spec_value(msg.as_ptr(), self.spec, sys::EQ_T, &mut val) } >= 0
+        // SAFETY: a spec owned by the core's cache for the process lifetime.
+        let writable = unsafe { (*self.spec).setf.is_some() };
+        writable && PvDest::from_spec(self.spec).set_str(msg, value).is_ok()
     }
 
     /// The variable's value as an integer, when it holds one.

@@ -95,6 +95,11 @@ impl PvDest {
         PvDest { spec: raw.cast() }
     }
 
+    /// A destination over a spec the core keeps for the process lifetime.
+    pub(crate) fn from_spec(spec: *mut sys::pv_spec_t) -> PvDest {
+        PvDest { spec }
+    }
+
     /// Whether the variable is an AVP (`$avp(...)`), which keeps a stack of
     /// values.
     pub fn is_avp(&self) -> bool {

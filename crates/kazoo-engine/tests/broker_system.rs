@@ -692,3 +692,149 @@ async fn secondary_zone_gets_federated_subscriptions_only_and_no_reply_queues() 
     raw.delete(&[&xa, &xb], &[&qa]).await;
     raw.close().await;
 }
+
+/// A peer that accepts TCP but never speaks AMQP: the attempt ends after the
+/// login timeout and its socket is closed (lapin alone would keep its IO
+/// thread and the socket for ever, one more per attempt).
+#[tokio::test]
+async fn a_silent_peer_is_given_up_and_its_socket_closed() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let peer = tokio::task::spawn_blocking(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let started = std::time::Instant::now();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut received = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match socket.read(&mut buf) {
+                Ok(0) => return (received, started.elapsed()),
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("the client kept the socket open: {e}"),
+            }
+        }
+    });
+    let mut opts = options(&unique_name("kztest"));
+    opts.consumer_connections = 0;
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}");
+    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![], opts);
+    let (received, elapsed) = peer.await.unwrap();
+    assert_eq!(received, b"AMQP\x00\x00\x09\x01");
+    assert!(
+        elapsed >= Duration::from_secs(10) && elapsed < Duration::from_secs(13),
+        "{elapsed:?}"
+    );
+    match tokio::time::timeout(WAIT, events.recv()).await {
+        Ok(Some(Event::Disconnected { reason, .. })) => {
+            assert!(reason.contains("no AMQP login within"), "{reason}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    brokers.close().await;
+}
+
+/// A subscription that fails at channel level, then on its retry makes the
+/// broker close the connection: quarantined from the retry as well.
+#[tokio::test]
+async fn a_subscription_breaking_the_connection_on_a_retry_is_quarantined() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let node = unique_name("kztest");
+    let exchange = unique_name("kztest-late-x");
+    let source = unique_name("kztest-bad-src-x");
+    // Passive: 404 until the test declares the exchange; then its
+    // exchange-binding source has a type the broker does not know (503).
+    let mut sub = subscription(&exchange, "direct", "", &["k"]);
+    sub.exchange_flags.passive = true;
+    sub.exchange_bindings = vec![ExchangeBinding {
+        source: source.clone(),
+        exchange_type: "x-no-such-type".into(),
+        flags: ExchangeFlags::default(),
+        routing: vec!["k".into()],
+    }];
+    let (brokers, mut events) =
+        Brokers::start(vec![broker(&url, 1, "local")], vec![sub], options(&node));
+    let first = wait_for(
+        &mut events,
+        WAIT,
+        "the first failure",
+        |e| matches!(e, Event::SubscriptionFailed { .. }),
+        |_| None::<()>,
+    )
+    .await;
+    match first {
+        Event::SubscriptionFailed {
+            index: 0, reason, ..
+        } => assert!(reason.contains("404"), "{reason}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    raw.channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let second = wait_for(
+        &mut events,
+        WAIT,
+        "the quarantine",
+        |e| matches!(e, Event::SubscriptionFailed { .. }),
+        |e| {
+            seen.push(format!("{e:?}"));
+            None::<()>
+        },
+    )
+    .await;
+    match second {
+        Event::SubscriptionFailed {
+            index: 0, reason, ..
+        } => {
+            assert!(
+                reason.contains("503") && reason.contains("no longer declared"),
+                "{reason}"
+            )
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // The connection comes back without it, and replies flow.
+    wait_for(
+        &mut events,
+        WAIT,
+        "the reconnect",
+        |e| {
+            matches!(
+                e,
+                Event::Connected {
+                    role: Role::Consumer(0),
+                    ..
+                }
+            )
+        },
+        |_| None::<()>,
+    )
+    .await;
+    raw.publish(
+        "targeted",
+        &format!("kamailio@{node}-<1>-targeted-1"),
+        b"reply",
+    )
+    .await;
+    let d = next_delivery(&mut events, WAIT).await;
+    assert_eq!(
+        (d.source, &d.body[..]),
+        (Source::Reply { idx: 1 }, &b"reply"[..])
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), events.recv()).await;
+    assert!(quiet.is_err(), "unexpected {quiet:?}");
+
+    brokers.close().await;
+    raw.delete(&[&exchange, &source], &[]).await;
+    raw.close().await;
+}

@@ -83,22 +83,6 @@ impl Drop for Bed {
     }
 }
 
-/// Puts the values the module generated (`Msg-ID`, the channel index, this
-/// instance's node name) into the vector's placeholders.
-fn expected_body(template: &str, actual: &str, node: &str) -> String {
-    let msg_id = kamailio_test::msg_id_of(actual.as_bytes());
-    let ch = actual
-        .split("-targeted-")
-        .nth(1)
-        .and_then(|rest| rest.chars().next())
-        .map(String::from)
-        .unwrap_or_default();
-    template
-        .replace("{{MSG_ID}}", &msg_id)
-        .replace("{{CH}}", &ch)
-        .replace("kzvec.local", node)
-}
-
 fn is_uuid_v4(text: &str) -> bool {
     let b = text.as_bytes();
     b.len() == 36
@@ -155,7 +139,12 @@ fn publishes_match_the_c_module_row_for_row() {
         let body = got.text();
         assert_eq!(
             body,
-            expected_body(expected["body"].as_str().unwrap(), &body, &bed.node),
+            common::fill_placeholders(
+                expected["body"].as_str().unwrap(),
+                &body,
+                &kamailio_test::msg_id_of(body.as_bytes()),
+                &bed.node
+            ),
             "{id}: body"
         );
         let node_growth = (bed.node.len() as i64 - "kzvec.local".len() as i64)

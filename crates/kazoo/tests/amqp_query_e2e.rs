@@ -148,30 +148,6 @@ impl Drop for Bed {
     }
 }
 
-/// Fills the vector's placeholders from the actual text.
-fn expected(template: &str, msg_id: &str, actual: &str, node: &str) -> String {
-    let received = actual
-        .split("\"AMQP-Received\": ")
-        .nth(1)
-        .map(|rest| {
-            rest.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-        })
-        .unwrap_or_default();
-    let ch = actual
-        .split("-targeted-")
-        .nth(1)
-        .and_then(|rest| rest.chars().next())
-        .map(String::from)
-        .unwrap_or_default();
-    template
-        .replace("{{MSG_ID}}", msg_id)
-        .replace("{{AMQP_RECEIVED}}", &received)
-        .replace("{{CH}}", &ch)
-        .replace("kzvec.local", node)
-}
-
 #[test]
 fn queries_match_the_c_module_row_for_row() {
     let bed = Bed::start();
@@ -218,7 +194,7 @@ fn queries_match_the_c_module_row_for_row() {
                 let actual = kz_r.clone().unwrap_or_else(|| panic!("{id}: $kzR is null"));
                 assert_eq!(
                     actual,
-                    expected(template, &msg_id, &actual, &bed.node),
+                    common::fill_placeholders(template, &actual, &msg_id, &bed.node),
                     "{id}: $kzR"
                 );
             }
@@ -228,7 +204,7 @@ fn queries_match_the_c_module_row_for_row() {
             let actual = String::from_utf8(result(&reply, "X-Res").unwrap()).unwrap();
             assert_eq!(
                 actual,
-                expected(template, &msg_id, &actual, &bed.node),
+                common::fill_placeholders(template, &actual, &msg_id, &bed.node),
                 "{id}: target"
             );
         }
@@ -240,7 +216,7 @@ fn queries_match_the_c_module_row_for_row() {
             let template = request["body"].as_str().unwrap();
             assert_eq!(
                 body,
-                expected(template, &msg_id, &body, &bed.node),
+                common::fill_placeholders(template, &body, &msg_id, &bed.node),
                 "{id}: request body"
             );
         }

@@ -1,6 +1,7 @@
 //! Opening one AMQP connection (TCP or TLS, login), reconnect back-off, and
 //! the reporting shared by the publisher and consumer tasks.
 
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -142,8 +143,11 @@ impl ConnCtx {
             )
             .into(),
         );
-        // Filled by the transport with why it failed: lapin keeps only the
-        // io::Error's text, which is the same, but the TLS details are ours.
+        // A duplicate of the socket, to shut it down if the login does not
+        // finish in time: dropping lapin's connect future does not stop its
+        // IO thread, which would wait on the silent socket for ever.
+        let socket: Arc<Mutex<Option<std::net::TcpStream>>> = Arc::new(Mutex::new(None));
+        let socket_slot = socket.clone();
         let host = broker.host.clone();
         let port = broker.port;
         let transport = async move |_uri: AMQPUri,
@@ -151,7 +155,7 @@ impl ConnCtx {
                     -> lapin::Result<
             AsyncTcpStream<<Tokio as Reactor>::TcpStream>,
         > {
-            let addrs = tokio::time::timeout(connect_timeout, async {
+            let tcp = tokio::time::timeout(connect_timeout, async {
                 let addrs: Vec<std::net::SocketAddr> =
                     tokio::net::lookup_host((host.as_str(), port))
                         .await?
@@ -168,7 +172,10 @@ impl ConnCtx {
             .map_err(|e| {
                 std::io::Error::new(e.kind(), format!("TCP connect to {host}:{port}: {e}"))
             })?;
-            let stream = AsyncTcpStream::Plain(addrs);
+            if let Ok(fd) = tcp.get_ref().as_fd().try_clone_to_owned() {
+                *lock(&socket_slot) = Some(std::net::TcpStream::from(fd));
+            }
+            let stream = AsyncTcpStream::Plain(tcp);
             match &tls {
                 None => Ok(stream),
                 Some(connector) => Ok(stream.into_rustls(connector, &host).await.map_err(|e| {
@@ -180,14 +187,20 @@ impl ConnCtx {
             }
         };
         let connecting = Connection::connector(uri, self.runtime.clone(), transport, properties);
-        match tokio::time::timeout(connect_timeout + HANDSHAKE_TIMEOUT, connecting).await {
+        let limit = connect_timeout + HANDSHAKE_TIMEOUT;
+        let outcome = match tokio::time::timeout(limit, connecting).await {
             Ok(Ok(connection)) => Ok(connection),
             Ok(Err(e)) => Err(error_text(&e)),
-            Err(_) => Err(format!(
-                "no AMQP login within {:?}",
-                connect_timeout + HANDSHAKE_TIMEOUT
-            )),
-        }
+            Err(_) => {
+                if let Some(socket) = lock(&socket).as_ref() {
+                    let _ = socket.shutdown(std::net::Shutdown::Both);
+                }
+                Err(format!("no AMQP login within {limit:?}"))
+            }
+        };
+        // Closes the duplicate descriptor only; the connection keeps its own.
+        lock(&socket).take();
+        outcome
     }
 }
 

@@ -211,14 +211,7 @@ async fn serve(
                 Some(lapin::Event::Error(e)) if e.is_amqp_soft_error() => {
                     log::debug!("{}: a channel closed: {}", ctx.name(), error_text(&e));
                 }
-                Some(lapin::Event::Error(e)) => {
-                    let reason = error_text(&e);
-                    let declaring = *lock(&session.declaring);
-                    if let (true, Some(unit)) = (blameable(&e), declaring) {
-                        session.quarantine(unit, &reason).await;
-                    }
-                    return Some(reason);
-                }
+                Some(lapin::Event::Error(e)) => return Some(session.connection_error(&e).await),
                 Some(_) => {}
                 None => return Some("connection closed".into()),
             },
@@ -234,6 +227,15 @@ async fn serve(
             _ = shutdown.changed() => return None,
         }
         if !connection.status().connected() {
+            // The broker's reason may be on its way as an event.
+            let until = Instant::now() + Duration::from_millis(200);
+            while let Ok(Some(event)) = tokio::time::timeout_at(until, next(&mut events)).await {
+                if let lapin::Event::Error(e) = event {
+                    if !e.is_amqp_soft_error() {
+                        return Some(session.connection_error(&e).await);
+                    }
+                }
+            }
             return Some("connection closed by the broker".into());
         }
     }
@@ -465,6 +467,17 @@ impl Session {
         }
     }
 
+    /// The connection failed with `e`: quarantines the unit being declared
+    /// if it caused it; returns the reason.
+    async fn connection_error(&self, e: &lapin::Error) -> String {
+        let reason = error_text(e);
+        let declaring = *lock(&self.declaring);
+        if let (true, Some(unit)) = (blameable(e), declaring) {
+            self.quarantine(unit, &reason).await;
+        }
+        reason
+    }
+
     fn unit_working(&self, unit: Unit) {
         if self.ctx.slot.record_working(unit) {
             log::info!("{}: the {} works again", self.ctx.name(), self.what(unit));
@@ -507,7 +520,7 @@ impl Session {
                 );
             }
             Unit::Subscription { index } => {
-                if self.ctx.slot.quarantine(index, reason) {
+                if self.ctx.slot.quarantine(index) {
                     self.ctx.slot.record_failed(unit);
                     let reason = format!(
                         "{reason}; the broker closed the whole connection over it, \

@@ -36,7 +36,7 @@ mod consumer;
 mod publisher;
 mod tls;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -353,7 +353,7 @@ pub(crate) struct Slot {
     /// Per reply queue or subscription: reported failed (true) or working (false).
     failed: Mutex<HashMap<consumer::Unit, bool>>,
     /// Subscriptions never declared again on this broker.
-    quarantined: Mutex<HashMap<usize, String>>,
+    quarantined: Mutex<HashSet<usize>>,
 }
 
 #[derive(Clone)]
@@ -377,7 +377,7 @@ impl Slot {
             reopen: Notify::new(),
             link_generation: AtomicU64::new(0),
             failed: Mutex::new(HashMap::new()),
-            quarantined: Mutex::new(HashMap::new()),
+            quarantined: Mutex::new(HashSet::new()),
         }
     }
 
@@ -403,17 +403,12 @@ impl Slot {
     }
 
     /// Quarantines a subscription; true the first time.
-    pub(crate) fn quarantine(&self, index: usize, reason: &str) -> bool {
-        let mut quarantined = lock(&self.quarantined);
-        if quarantined.contains_key(&index) {
-            return false;
-        }
-        quarantined.insert(index, reason.to_string());
-        true
+    pub(crate) fn quarantine(&self, index: usize) -> bool {
+        lock(&self.quarantined).insert(index)
     }
 
     pub(crate) fn is_quarantined(&self, index: usize) -> bool {
-        lock(&self.quarantined).contains_key(&index)
+        lock(&self.quarantined).contains(&index)
     }
 }
 

@@ -160,6 +160,33 @@ pub fn vector_file(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Fills a vector template's placeholders (vectors/README.md §5) with what
+/// this run produced: `{{MSG_ID}}` with `msg_id`, `{{CH}}` and
+/// `{{AMQP_RECEIVED}}` with the values found in `actual`, and the capture's
+/// node name `kzvec.local` with `node`.
+pub fn fill_placeholders(template: &str, actual: &str, msg_id: &str, node: &str) -> String {
+    let received = actual
+        .split("\"AMQP-Received\": ")
+        .nth(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    let ch = actual
+        .split("-targeted-")
+        .nth(1)
+        .and_then(|rest| rest.chars().next())
+        .map(String::from)
+        .unwrap_or_default();
+    template
+        .replace("{{MSG_ID}}", msg_id)
+        .replace("{{AMQP_RECEIVED}}", &received)
+        .replace("{{CH}}", &ch)
+        .replace("kzvec.local", node)
+}
+
 /// Decodes one TSV cell (see vectors/README.md §3); `None` for `\N`.
 pub fn tsv_cell(cell: &str) -> Option<Vec<u8>> {
     if cell == "\\N" {

@@ -12,6 +12,8 @@
 //! - [`RabbitNode`]: a private broker that a test may stop and restart;
 //!   [`system_broker_url`] / [`system_rabbitmqctl`] for the shared one.
 //! - [`unique_name`]: per-test exchange, queue and key names.
+//! - [`tsv_rows`], [`tsv_cell`], [`jsonl`]: the vectors captured from the C
+//!   module (`vectors/`).
 //! - [`AmqpProbe`]: an independent AMQP client that inspects what reached the
 //!   broker, publishes to subscriptions and answers queries like a Kazoo
 //!   responder.
@@ -34,6 +36,7 @@ mod ports;
 mod process;
 mod rabbit;
 mod sip;
+mod vectors;
 
 pub use amqp::{msg_id_of, AmqpProbe, ProbeMessage, Responder};
 pub use error::HarnessError;
@@ -44,3 +47,4 @@ pub use kamailio::{
 pub use names::unique_name;
 pub use rabbit::{system_broker_url, system_rabbitmqctl, RabbitNode};
 pub use sip::{SipClient, SipReply};
+pub use vectors::{jsonl, read_vector, tsv_cell, tsv_rows, vectors_dir};

@@ -4,8 +4,6 @@
 //! `$kzR`), `vectors/connection_events.jsonl` (connection event text) and the non-object
 //! inputs of `vectors/crashers.txt`. Placeholders are those of vectors/README §5.
 
-use std::path::PathBuf;
-
 use kazoo_engine::json::{self, Value};
 use kazoo_engine::payload::{
     annotate_consumed, connection_event, new_msg_id, parse_headers, parse_target, prepare_publish,
@@ -21,18 +19,8 @@ const NODE_HOSTNAME: &str = "kzvec.local";
 const BROKER_ID: u32 = 1;
 const ZONE: &str = "local";
 
-fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../vectors")
-}
-
 fn rows(file: &str) -> Vec<J> {
-    let path = vectors_dir().join(file);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad row in {file}: {e}")))
-        .collect()
+    kamailio_test::jsonl(file)
 }
 
 fn text<'a>(row: &'a J, key: &str) -> &'a str {
@@ -397,10 +385,8 @@ fn connection_event_rows() {
 
 /// The inputs after `marker` on the `TRIED` lines of crashers.txt, up to the first blank.
 fn crasher_inputs(marker: &str) -> Vec<String> {
-    let path = vectors_dir().join("crashers.txt");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    text.lines()
+    kamailio_test::read_vector("crashers.txt")
+        .lines()
         .filter(|line| line.starts_with("TRIED"))
         .filter_map(|line| line.split_once(marker))
         .filter_map(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))

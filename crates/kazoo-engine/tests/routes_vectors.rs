@@ -5,7 +5,6 @@
 //! `vectors/connection_events.jsonl` (vectors/README §7.1–§7.4).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use kazoo_engine::json::{self, Value};
 use kazoo_engine::payload::{annotate_consumed, connection_event};
@@ -16,18 +15,8 @@ use serde_json::Value as J;
 const DEFAULT_KEY: &str = "Event-Category";
 const DEFAULT_SUBKEY: &str = "Event-Name";
 
-fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../vectors")
-}
-
 fn rows(file: &str) -> Vec<J> {
-    let path = vectors_dir().join(file);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad row in {file}: {e}")))
-        .collect()
+    kamailio_test::jsonl(file)
 }
 
 fn strings(value: &J) -> Vec<String> {

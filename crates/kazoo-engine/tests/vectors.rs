@@ -2,22 +2,14 @@
 //! (`vectors/encode.tsv`, `vectors/json_path.tsv`, `vectors/json_keys.tsv`; format in
 //! `vectors/README.md` §3 and §4).
 
-use std::path::PathBuf;
-
 use kazoo_engine::encode::{encode_checked, encode_truncating};
 use kazoo_engine::json::{array_len, field_text, field_text_or_empty, object_keys, JsonError};
 
 const ESCAPE_CHAR: u8 = b'%';
 
-fn vectors_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../vectors")
-}
-
 /// The rows of a TSV file as raw cells, header checked and dropped.
 fn rows(file: &str, header: &[&str]) -> Vec<Vec<String>> {
-    let path = vectors_dir().join(file);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = kamailio_test::read_vector(file);
     let mut lines = text.lines();
     let found: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
     assert_eq!(found, header, "unexpected header in {file}");
@@ -33,39 +25,7 @@ fn rows(file: &str, header: &[&str]) -> Vec<Vec<String>> {
 
 /// Decodes a cell (README §3); `None` is the null cell `\N`.
 fn cell(text: &str) -> Option<Vec<u8>> {
-    if text == "\\N" {
-        return None;
-    }
-    let mut out = Vec::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(ch) = chars.next() {
-        if ch != '\\' {
-            let mut utf8 = [0u8; 4];
-            out.extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes());
-            continue;
-        }
-        let hex = |chars: &mut std::str::Chars<'_>, n: usize| -> u32 {
-            let digits: String = chars.by_ref().take(n).collect();
-            u32::from_str_radix(&digits, 16)
-                .unwrap_or_else(|e| panic!("bad escape {digits:?} in cell {text:?}: {e}"))
-        };
-        match chars.next() {
-            Some('\\') => out.push(b'\\'),
-            Some('t') => out.push(b'\t'),
-            Some('n') => out.push(b'\n'),
-            Some('r') => out.push(b'\r'),
-            Some('x') => out.push(u8::try_from(hex(&mut chars, 2)).unwrap_or_default()),
-            Some('u') => {
-                let code = hex(&mut chars, 4);
-                let ch = char::from_u32(code)
-                    .unwrap_or_else(|| panic!("bad code point {code:X} in {text:?}"));
-                let mut utf8 = [0u8; 4];
-                out.extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes());
-            }
-            other => panic!("unknown escape {other:?} in cell {text:?}"),
-        }
-    }
-    Some(out)
+    kamailio_test::tsv_cell(text)
 }
 
 fn cell_bytes(text: &str) -> Vec<u8> {
@@ -73,14 +33,7 @@ fn cell_bytes(text: &str) -> Vec<u8> {
 }
 
 fn hex_decode(text: &str) -> Vec<u8> {
-    assert!(text.len() % 2 == 0, "odd hex length: {text}");
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&text[i..i + 2], 16)
-                .unwrap_or_else(|e| panic!("bad hex {text}: {e}"))
-        })
-        .collect()
+    kamailio_test::hex_decode(text).unwrap_or_else(|e| panic!("bad hex {text}: {e}"))
 }
 
 fn show(bytes: &Option<Vec<u8>>) -> String {

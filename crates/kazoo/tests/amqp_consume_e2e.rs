@@ -56,9 +56,8 @@ fn subscription_index(row: &serde_json::Value) -> usize {
 }
 
 fn vector_rows() -> Vec<serde_json::Value> {
-    common::vector_file("routes.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+    kamailio_test::jsonl("routes.jsonl")
+        .into_iter()
         .filter(|row: &serde_json::Value| row["body"].is_string())
         .collect()
 }

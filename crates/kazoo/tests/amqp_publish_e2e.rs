@@ -97,10 +97,7 @@ fn is_uuid_v4(text: &str) -> bool {
 #[test]
 fn publishes_match_the_c_module_row_for_row() {
     let bed = Bed::start();
-    let rows: Vec<serde_json::Value> = common::vector_file("publish.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows: Vec<serde_json::Value> = kamailio_test::jsonl("publish.jsonl");
     let mut checked = 0;
     for row in &rows {
         let id = row["id"].as_str().unwrap();

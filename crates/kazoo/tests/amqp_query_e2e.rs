@@ -151,10 +151,7 @@ impl Drop for Bed {
 #[test]
 fn queries_match_the_c_module_row_for_row() {
     let bed = Bed::start();
-    let rows: Vec<serde_json::Value> = common::vector_file("query.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let rows: Vec<serde_json::Value> = kamailio_test::jsonl("query.jsonl");
     let mut checked = 0;
     for row in &rows {
         let id = row["id"].as_str().unwrap();

@@ -5,7 +5,8 @@
 //! C module get an error code while Kamailio keeps answering.
 mod common;
 
-use common::{cfg, int, result, tsv_cell, tsv_rows, Proxy};
+use common::{cfg, int, result, Proxy};
+use kamailio_test::{tsv_cell, tsv_rows};
 use kazoo_engine::{encode, json};
 
 const ROUTES: &str = r#"

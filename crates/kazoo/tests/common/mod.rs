@@ -152,14 +152,6 @@ pub fn int(reply: &SipReply, name: &str) -> i64 {
         .expect("integer header")
 }
 
-/// The vectors captured from the C module (`vectors/` at the workspace root).
-pub fn vector_file(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../vectors")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// Fills a vector template's placeholders (vectors/README.md §5) with what
 /// this run produced: `{{MSG_ID}}` with `msg_id`, `{{CH}}` and
 /// `{{AMQP_RECEIVED}}` with the values found in `actual`, and the capture's
@@ -185,74 +177,4 @@ pub fn fill_placeholders(template: &str, actual: &str, msg_id: &str, node: &str)
         .replace("{{AMQP_RECEIVED}}", &received)
         .replace("{{CH}}", &ch)
         .replace("kzvec.local", node)
-}
-
-/// Decodes one TSV cell (see vectors/README.md §3); `None` for `\N`.
-pub fn tsv_cell(cell: &str) -> Option<Vec<u8>> {
-    if cell == "\\N" {
-        return None;
-    }
-    let bytes = cell.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'\\' {
-            out.push(bytes[i]);
-            i += 1;
-            continue;
-        }
-        match bytes.get(i + 1) {
-            Some(b'\\') => {
-                out.push(b'\\');
-                i += 2;
-            }
-            Some(b't') => {
-                out.push(b'\t');
-                i += 2;
-            }
-            Some(b'n') => {
-                out.push(b'\n');
-                i += 2;
-            }
-            Some(b'r') => {
-                out.push(b'\r');
-                i += 2;
-            }
-            Some(b'x') => {
-                let hex = std::str::from_utf8(&bytes[i + 2..i + 4]).expect("hex");
-                out.push(u8::from_str_radix(hex, 16).expect("hex"));
-                i += 4;
-            }
-            Some(b'u') => {
-                let hex = std::str::from_utf8(&bytes[i + 2..i + 6]).expect("hex");
-                let c = char::from_u32(u32::from_str_radix(hex, 16).expect("hex")).expect("char");
-                out.extend_from_slice(c.to_string().as_bytes());
-                i += 6;
-            }
-            other => panic!("bad escape {other:?} in {cell}"),
-        }
-    }
-    Some(out)
-}
-
-/// Rows of a TSV vector file as header-name → cell maps.
-pub fn tsv_rows(name: &str) -> Vec<std::collections::HashMap<String, String>> {
-    let text = vector_file(name);
-    let mut lines = text.lines();
-    let header: Vec<String> = lines
-        .next()
-        .expect("header")
-        .split('\t')
-        .map(String::from)
-        .collect();
-    lines
-        .filter(|l| !l.is_empty())
-        .map(|line| {
-            header
-                .iter()
-                .cloned()
-                .zip(line.split('\t').map(String::from))
-                .collect()
-        })
-        .collect()
 }

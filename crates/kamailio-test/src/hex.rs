@@ -23,7 +23,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 /// usually comes from a header value).
 pub fn hex_decode(text: &str) -> Result<Vec<u8>, HarnessError> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(HarnessError::InvalidHex(format!(
             "odd number of digits in {text:?}"
         )));

@@ -12,6 +12,7 @@
 //! - [`RabbitNode`]: a private broker that a test may stop and restart;
 //!   [`system_broker_url`] / [`system_rabbitmqctl`] for the shared one.
 //! - [`unique_name`]: per-test exchange, queue and key names.
+//! - [`TestPki`]: fresh CA, server and client certificates for TLS tests.
 //! - [`tsv_rows`], [`tsv_cell`], [`jsonl`]: the vectors captured from the C
 //!   module (`vectors/`).
 //! - [`AmqpProbe`]: an independent AMQP client that inspects what reached the
@@ -32,6 +33,7 @@ mod error;
 mod hex;
 mod kamailio;
 mod names;
+mod pki;
 mod ports;
 mod process;
 mod rabbit;
@@ -45,6 +47,7 @@ pub use kamailio::{
     check_config, module_path, try_module_path, CheckResult, Kamailio, KamailioBuilder,
 };
 pub use names::unique_name;
+pub use pki::TestPki;
 pub use rabbit::{system_broker_url, system_rabbitmqctl, RabbitNode};
 pub use sip::{SipClient, SipReply};
 pub use vectors::{jsonl, read_vector, tsv_cell, tsv_rows, vectors_dir};

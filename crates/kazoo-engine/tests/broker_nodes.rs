@@ -4,7 +4,7 @@
 mod broker_support;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -311,60 +311,6 @@ async fn broker_closes_restarts_and_failover() {
     drop(node);
 }
 
-struct TlsFiles {
-    dir: PathBuf,
-}
-
-impl TlsFiles {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// A CA, another CA, a server certificate for `localhost` only (not
-    /// 127.0.0.1) from the first CA, and a client certificate.
-    fn generate() -> TlsFiles {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-        let dir = std::env::temp_dir().join(unique_name("kztest-tls"));
-        std::fs::create_dir(&dir).unwrap();
-        let ca = |name: &str| {
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-        };
-        let ca1 = ca("kazoo test CA");
-        let ca2 = ca("another CA");
-        let leaf = |names: Vec<String>, issuer: &CertifiedIssuer<'_, KeyPair>| {
-            let key = KeyPair::generate().unwrap();
-            let cert = CertificateParams::new(names)
-                .unwrap()
-                .signed_by(&key, issuer)
-                .unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server, server_key) = leaf(vec!["localhost".into()], &ca1);
-        let (client, client_key) = leaf(vec!["kamailio".into()], &ca1);
-        let files = TlsFiles { dir };
-        for (name, text) in [
-            ("ca1.pem", ca1.pem()),
-            ("ca2.pem", ca2.pem()),
-            ("server.pem", server),
-            ("server.key", server_key),
-            ("client.pem", client),
-            ("client.key", client_key),
-        ] {
-            std::fs::write(files.path(name), text).unwrap();
-        }
-        files
-    }
-}
-
-impl Drop for TlsFiles {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Starts a publisher-only connection and returns how its first attempt ended.
 async fn first_attempt(host: &str, port: u16, tls: TlsOptions) -> Result<(), String> {
     let mut opts = options(&unique_name("kztest"));
@@ -407,7 +353,7 @@ fn tls(ca: Option<&Path>) -> TlsOptions {
 
 #[tokio::test]
 async fn tls_verification_switches() {
-    let files = TlsFiles::generate();
+    let files = kamailio_test::TestPki::generate();
     let (ca1, ca2) = (files.path("ca1.pem"), files.path("ca2.pem"));
     let (cert, key) = (files.path("server.pem"), files.path("server.key"));
     let node = blocking({

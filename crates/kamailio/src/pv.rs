@@ -11,6 +11,10 @@ use crate::script::PvDest;
 use crate::sys;
 
 /// Per-process bytes behind a read-only pseudo-variable; `None` reads as `$null`.
+///
+/// The bytes are kept with a trailing NUL that the value's length does not
+/// count: some consumers in the core and in script engines read values as C
+/// strings, as the C module's values (from `pv_get_strzval`) allow.
 pub struct ByteSlot {
     value: UnsafeCell<Option<Vec<u8>>>,
 }
@@ -36,23 +40,23 @@ impl ByteSlot {
     /// Replaces the value.
     pub fn set(&self, value: Option<Vec<u8>>) {
         Self::check_thread();
+        let value = value.map(|mut bytes| {
+            bytes.push(0);
+            bytes
+        });
         // SAFETY: host thread only (checked), and no reference into the cell
         // outlives a call of this module.
         unsafe { *self.value.get() = value };
     }
 
-    /// A copy of the value.
-    pub fn get(&self) -> Option<Vec<u8>> {
-        self.with(|value| value.map(<[u8]>::to_vec))
-    }
-
-    /// Reads the value in place; `f` must not set this slot (only crate code
-    /// that never does calls this).
+    /// Reads the value (without its NUL) in place; `f` must not set this
+    /// slot (only crate code that never does calls this).
     fn with<R>(&self, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
         Self::check_thread();
         // SAFETY: host thread only (checked), and the closures in this file
         // never call `set` while they hold the borrow.
-        f(unsafe { (*self.value.get()).as_deref() })
+        let stored = unsafe { (*self.value.get()).as_deref() };
+        f(stored.map(|bytes| &bytes[..bytes.len().saturating_sub(1)]))
     }
 
     /// Fills a getter's result from the slot.

@@ -1,6 +1,6 @@
 //! Running `event_route[...]` blocks and KEMI event callbacks from module
 //! code, on the faked SIP message the core keeps for that purpose.
-use std::ffi::{c_int, CStr};
+use std::ffi::{c_int, CStr, CString};
 
 use crate::sys;
 
@@ -99,13 +99,18 @@ pub fn run_kemi_event(callback: &[u8], event: &[u8]) -> Result<(), KemiError> {
     if engine.is_null() {
         return Err(KemiError::NoEngine);
     }
+    // Engines read these as C strings (e.g. app_jsdt pushes them with
+    // `duk_push_string`), so they must be NUL-terminated as well as counted.
+    let (Ok(callback), Ok(event)) = (CString::new(callback), CString::new(event)) else {
+        return Err(KemiError::Failed(-1));
+    };
     let mut name = sys::str_ {
         s: callback.as_ptr() as *mut _,
-        len: callback.len() as c_int,
+        len: callback.as_bytes().len() as c_int,
     };
     let mut data = sys::str_ {
         s: event.as_ptr() as *mut _,
-        len: event.len() as c_int,
+        len: event.as_bytes().len() as c_int,
     };
     // SAFETY: the engine is live, the strs view buffers that outlive the
     // call, and route_type is saved and restored as the core requires.

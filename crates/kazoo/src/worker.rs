@@ -54,18 +54,22 @@ pub fn run(worker: u32, socket: &str) -> ! {
     }
 }
 
-fn handle(delivery: Delivery) {
-    EVENT_PAYLOAD.set(Some(delivery.body.clone()));
-    EVENT_ROUTING_KEY.set(delivery.routing_key.clone());
-    run_routes(&delivery);
-    EVENT_PAYLOAD.set(None);
-    EVENT_ROUTING_KEY.set(None);
+/// Where a delivery goes.
+enum Target {
+    /// The `event_callback` KEMI function.
+    Kemi(&'static str),
+    /// An `event_route`.
+    Route(CString),
 }
 
-fn run_routes(delivery: &Delivery) {
-    let params = &config().params;
-    match &params.event_callback {
-        Some(callback) => {
+fn handle(delivery: Delivery) {
+    let Some(target) = target(&delivery) else {
+        return;
+    };
+    EVENT_PAYLOAD.set(Some(delivery.body));
+    EVENT_ROUTING_KEY.set(delivery.routing_key);
+    match target {
+        Target::Kemi(callback) => {
             if let Err(e) = route::run_kemi_event(callback.as_bytes(), b"kazoo:consumer-event") {
                 let reason = match e {
                     KemiError::NoEngine => "no KEMI engine".to_string(),
@@ -74,33 +78,46 @@ fn run_routes(delivery: &Delivery) {
                 kamailio::error!("event_callback \"{callback}\" failed: {reason}");
             }
         }
-        None => {
-            let names = match routes::candidates_for_text(
-                &delivery.body,
-                &params.amqp_consumer_event_key,
-                &params.amqp_consumer_event_subkey,
-                delivery.event_key.as_deref(),
-                delivery.event_subkey.as_deref(),
-            ) {
-                Ok(names) => names,
-                Err(e) => {
-                    kamailio::error!("dropping an event whose payload runs no route: {e}");
-                    return;
-                }
-            };
-            let defined =
-                |name: &str| CString::new(name).is_ok_and(|name| route::event_route_exists(&name));
-            match routes::first_defined(&names, defined).map(CString::new) {
-                Some(Ok(name)) => {
-                    if route::run_event_route(&name) == RouteOutcome::Dropped {
-                        kamailio::debug!("{} dropped the event", name.to_string_lossy());
-                    }
-                }
-                _ => kamailio::error!(
-                    "kazoo:consumer-event not found: no event route among {}",
-                    names.join(", ")
-                ),
+        Target::Route(name) => {
+            if route::run_event_route(&name) == RouteOutcome::Dropped {
+                kamailio::debug!("{} dropped the event", name.to_string_lossy());
             }
+        }
+    }
+    EVENT_PAYLOAD.set(None);
+    EVENT_ROUTING_KEY.set(None);
+}
+
+/// The KEMI callback, or the first defined of the delivery's candidate
+/// routes; `None` (logged) when there is none.
+fn target(delivery: &Delivery) -> Option<Target> {
+    let params = &config().params;
+    if let Some(callback) = &params.event_callback {
+        return Some(Target::Kemi(callback));
+    }
+    let names = match routes::candidates_for_text(
+        &delivery.body,
+        &params.amqp_consumer_event_key,
+        &params.amqp_consumer_event_subkey,
+        delivery.event_key.as_deref(),
+        delivery.event_subkey.as_deref(),
+    ) {
+        Ok(names) => names,
+        Err(e) => {
+            kamailio::error!("dropping an event whose payload runs no route: {e}");
+            return None;
+        }
+    };
+    let defined =
+        |name: &str| CString::new(name).is_ok_and(|name| route::event_route_exists(&name));
+    match routes::first_defined(&names, defined).map(CString::new) {
+        Some(Ok(name)) => Some(Target::Route(name)),
+        _ => {
+            kamailio::error!(
+                "kazoo:consumer-event not found: no event route among {}",
+                names.join(", ")
+            );
+            None
         }
     }
 }

@@ -113,6 +113,13 @@ pub enum Message {
     Deliver(Delivery),
     /// Worker → AMQP: the route for `delivery` has run.
     Ack { delivery: u64 },
+    /// Worker 1 → AMQP: what the KEMI `kazoo:mod-init` callback declared
+    /// (subscription descriptions as JSON text) and published; the AMQP
+    /// process waits for it before connecting when a KEMI engine is used.
+    StartupDone {
+        subscriptions: Vec<Vec<u8>>,
+        publishes: Vec<Outgoing>,
+    },
 }
 
 /// A frame that could not be decoded.
@@ -133,6 +140,7 @@ const TAG_ANSWER: u8 = 3;
 const TAG_HELLO: u8 = 4;
 const TAG_DELIVER: u8 = 5;
 const TAG_ACK: u8 = 6;
+const TAG_STARTUP_DONE: u8 = 7;
 
 const OUTCOME_PUBLISHED: u8 = 0;
 const OUTCOME_REPLY: u8 = 1;
@@ -317,6 +325,20 @@ impl Message {
                 w.u8(TAG_ACK);
                 w.u64(*delivery);
             }
+            Message::StartupDone {
+                subscriptions,
+                publishes,
+            } => {
+                w.u8(TAG_STARTUP_DONE);
+                w.u32(subscriptions.len() as u32);
+                for description in subscriptions {
+                    w.bytes(description);
+                }
+                w.u32(publishes.len() as u32);
+                for outgoing in publishes {
+                    write_outgoing(&mut w, outgoing);
+                }
+            }
         }
         let len = (w.0.len() - 4) as u32;
         w.0[..4].copy_from_slice(&len.to_le_bytes());
@@ -350,6 +372,22 @@ impl Message {
                 needs_ack: r.bool()?,
             }),
             TAG_ACK => Message::Ack { delivery: r.u64()? },
+            TAG_STARTUP_DONE => {
+                let count = r.u32()? as usize;
+                let mut subscriptions = Vec::with_capacity(count.min(1024));
+                for _ in 0..count {
+                    subscriptions.push(r.bytes()?);
+                }
+                let count = r.u32()? as usize;
+                let mut publishes = Vec::with_capacity(count.min(1024));
+                for _ in 0..count {
+                    publishes.push(read_outgoing(&mut r)?);
+                }
+                Message::StartupDone {
+                    subscriptions,
+                    publishes,
+                }
+            }
             _ => return Err(WireError("unknown message type")),
         };
         if !r.0.is_empty() {
@@ -533,6 +571,12 @@ impl Requester {
     }
 }
 
+/// Sends one message on a fresh connection (worker 1's start-up report).
+pub fn send_once(name: &str, message: &Message, deadline: Instant) -> Result<(), IpcError> {
+    let mut stream = connect(name).map_err(IpcError::Connect)?;
+    write_frame(&mut stream, &message.encode(), deadline)
+}
+
 /// A consumer worker's connection: deliveries in, acks out.
 pub struct WorkerLink {
     stream: UnixStream,
@@ -623,6 +667,10 @@ mod tests {
                 needs_ack: true,
             }),
             Message::Ack { delivery: 9 },
+            Message::StartupDone {
+                subscriptions: vec![b"{'exchange':'x','type':'topic'}".to_vec(), Vec::new()],
+                publishes: vec![outgoing()],
+            },
         ];
         for message in messages {
             let frame = message.encode();

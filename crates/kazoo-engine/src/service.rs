@@ -15,18 +15,21 @@
 //!   synthetic `connection` event for the routes, as in the C module.
 //! - Publishes made during `kazoo:mod-init`, before any broker connection
 //!   existed, are published once a broker is connected.
+//! - With a KEMI engine, `kazoo:mod-init` runs in consumer worker 1 (engines
+//!   set up their interpreter only after the fork); the service waits for
+//!   that worker's report of subscriptions and publishes before connecting.
 //!
 //! Everything runs on one tokio current-thread runtime on the process's main
 //! thread, so the service's own log lines may go through Kamailio's logger.
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::broker::{Acker, BrokerOptions, Brokers, Event, Source};
@@ -58,6 +61,9 @@ pub struct ServiceConfig {
     pub publish_timeout: Duration,
     /// Publishes made during `kazoo:mod-init`.
     pub startup_publishes: Vec<Outgoing>,
+    /// Wait for worker 1's [`Message::StartupDone`] (the KEMI `kazoo:mod-init`
+    /// runs there) before connecting, at most this long.
+    pub await_startup: Option<Duration>,
 }
 
 /// Runs the service forever on a current-thread runtime. Returns only when
@@ -75,24 +81,22 @@ pub fn run(
 
 async fn serve(
     listener: std::os::unix::net::UnixListener,
-    config: ServiceConfig,
+    mut config: ServiceConfig,
 ) -> Result<Infallible, String> {
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("IPC socket: {e}"))?;
     let listener =
         tokio::net::UnixListener::from_std(listener).map_err(|e| format!("IPC socket: {e}"))?;
-    let (brokers, events) = Brokers::start(
-        config.brokers.clone(),
-        config.subscriptions.clone(),
-        config.options.clone(),
-    );
+    let (brokers_tx, brokers_rx) = watch::channel(None);
+    let (startup_tx, startup_rx) = mpsc::channel(1);
     let shared = Arc::new(Shared {
-        brokers,
+        brokers: brokers_rx,
+        startup: startup_tx,
         node_hostname: config.options.node_hostname.clone(),
-        subscriptions: config.subscriptions,
-        event_key: config.event_key,
-        event_subkey: config.event_subkey,
+        subscriptions: OnceLock::new(),
+        event_key: config.event_key.clone(),
+        event_subkey: config.event_subkey.clone(),
         publish_timeout: config.publish_timeout,
         pending: Mutex::new(HashMap::new()),
         workers: Mutex::new(Workers::new(config.workers.max(1) as usize)),
@@ -100,10 +104,26 @@ async fn serve(
         next_delivery: AtomicU64::new(1),
         round_robin: AtomicUsize::new(0),
     });
-    tokio::spawn(broker_events(shared.clone(), events));
+    tokio::spawn(accept(listener, shared.clone()));
+    if let Some(wait) = config.await_startup {
+        collect_startup(&mut config, startup_rx, wait).await;
+    }
+    let _ = shared.subscriptions.set(config.subscriptions.clone());
+    let (brokers, events) = Brokers::start(
+        config.brokers.clone(),
+        config.subscriptions,
+        config.options.clone(),
+    );
+    let _ = brokers_tx.send(Some(Arc::new(brokers)));
     if !config.startup_publishes.is_empty() {
         tokio::spawn(startup_publishes(shared.clone(), config.startup_publishes));
     }
+    broker_events(shared, events).await;
+    // The broker layer never closes its event channel while it runs.
+    std::future::pending().await
+}
+
+async fn accept(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -118,6 +138,28 @@ async fn serve(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Adds what the KEMI `kazoo:mod-init` in worker 1 declared and published.
+async fn collect_startup(
+    config: &mut ServiceConfig,
+    mut startup: mpsc::Receiver<(Vec<Vec<u8>>, Vec<Outgoing>)>,
+    wait: Duration,
+) {
+    match tokio::time::timeout(wait, startup.recv()).await {
+        Ok(Some((descriptions, publishes))) => {
+            for text in descriptions {
+                match crate::subscription::parse_description(&text) {
+                    Ok(subscription) => config.subscriptions.push(subscription),
+                    Err(e) => log::error!("a subscription from kazoo:mod-init is invalid: {e}"),
+                }
+            }
+            config.startup_publishes.extend(publishes);
+        }
+        _ => log::error!(
+            "the KEMI kazoo:mod-init did not report within {wait:?}; connecting without its subscriptions"
+        ),
     }
 }
 
@@ -136,9 +178,13 @@ fn same_user(stream: &UnixStream) -> bool {
 }
 
 struct Shared {
-    brokers: Brokers,
+    /// The broker layer, once started (after the start-up report when a
+    /// KEMI engine runs `kazoo:mod-init`).
+    brokers: watch::Receiver<Option<Arc<Brokers>>>,
+    /// Where worker 1's start-up report goes.
+    startup: mpsc::Sender<(Vec<Vec<u8>>, Vec<Outgoing>)>,
     node_hostname: String,
-    subscriptions: Vec<Subscription>,
+    subscriptions: OnceLock<Vec<Subscription>>,
     event_key: String,
     event_subkey: String,
     publish_timeout: Duration,
@@ -211,14 +257,25 @@ impl Shared {
         }
     }
 
+    /// The broker layer, waiting for it to start until `deadline`.
+    async fn brokers(&self, deadline: Instant) -> Result<Arc<Brokers>, String> {
+        let mut brokers = self.brokers.clone();
+        let started = tokio::time::timeout_at(deadline, brokers.wait_for(Option::is_some)).await;
+        match started {
+            Ok(Ok(brokers)) => brokers.clone().ok_or_else(|| "no broker layer".to_string()),
+            _ => Err("the broker connections are not started yet".into()),
+        }
+    }
+
     async fn publish(&self, outgoing: &Outgoing, deadline: Instant) -> Result<(), String> {
+        let brokers = self.brokers(deadline).await?;
         let target = match outgoing.target {
             Target::Primary => None,
             Target::Broker(id) => Some(id),
         };
         let exchange = String::from_utf8_lossy(&outgoing.exchange);
         let routing_key = String::from_utf8_lossy(&outgoing.routing_key);
-        self.brokers
+        brokers
             .publish(
                 target,
                 &exchange,
@@ -327,7 +384,7 @@ impl Shared {
             }
         }
         let subscription = match delivery.source {
-            Source::Subscription { index } => self.subscriptions.get(index),
+            Source::Subscription { index } => self.subscriptions.get().and_then(|s| s.get(index)),
             Source::Reply { .. } => None,
         };
         let id = self.next_id();
@@ -495,6 +552,14 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
             Message::Ack { delivery } => {
                 if let Some(acker) = lock(&shared.ackers).remove(&delivery) {
                     acker.ack();
+                }
+            }
+            Message::StartupDone {
+                subscriptions,
+                publishes,
+            } => {
+                if shared.startup.try_send((subscriptions, publishes)).is_err() {
+                    log::error!("IPC: a start-up report came too late or twice; ignored");
                 }
             }
             Message::Answer { .. } | Message::Deliver(_) => {

@@ -26,7 +26,9 @@ pub static EVENT_PAYLOAD: ByteSlot = ByteSlot::new();
 pub static EVENT_ROUTING_KEY: ByteSlot = ByteSlot::new();
 
 /// Subscriptions recorded during `kazoo:mod-init`.
-static SUBSCRIPTIONS: Mutex<Vec<Subscription>> = Mutex::new(Vec::new());
+/// With each, its description as JSON text (what worker 1 reports when the
+/// KEMI `kazoo:mod-init` ran there).
+static SUBSCRIPTIONS: Mutex<Vec<(Subscription, Vec<u8>)>> = Mutex::new(Vec::new());
 
 thread_local! {
     /// Whether `kazoo:mod-init` is running (subscriptions are accepted).
@@ -60,13 +62,17 @@ impl From<kamailio::script::ArgError> for SubscribeError {
     }
 }
 
-fn record(subscription: Subscription, summary: String) -> Result<i32, SubscribeError> {
+fn record(subscription: Subscription, description: Vec<u8>) -> Result<i32, SubscribeError> {
     if !IN_MOD_INIT.get() {
         return Err(SubscribeError::NotInModInit);
     }
     let mut list = SUBSCRIPTIONS.lock().unwrap_or_else(|e| e.into_inner());
-    kamailio::info!("subscription {} recorded: {summary}", list.len() + 1);
-    list.push(subscription);
+    kamailio::info!(
+        "subscription {} recorded: {}",
+        list.len() + 1,
+        String::from_utf8_lossy(&description)
+    );
+    list.push((subscription, description));
     Ok(1)
 }
 
@@ -79,10 +85,7 @@ fn describe(text: &[u8]) -> Result<i32, SubscribeError> {
     }
     let subscription = subscription::from_description(&value)
         .map_err(|e| SubscribeError::Invalid(e.to_string()))?;
-    record(
-        subscription,
-        String::from_utf8_lossy(&json::to_json(&value)).into_owned(),
-    )
+    record(subscription, json::to_json(&value))
 }
 
 /// `kazoo_subscribe(json_description)`.
@@ -104,12 +107,22 @@ pub fn subscribe_simple(msg: &mut SipMsg, args: &[SpveArg; 4]) -> Result<i32, Su
         args[3].value(msg)?,
     ]
     .map(|v| String::from_utf8_lossy(&v).into_owned());
-    let summary = format!(
-        "exchange \"{exchange}\" ({exchange_type}), queue \"{queue}\", routing key \"{routing_key}\""
-    );
     let subscription = subscription::simple(&exchange, &exchange_type, &queue, &routing_key)
         .map_err(|e| SubscribeError::Invalid(e.to_string()))?;
-    record(subscription, summary)
+    // The same subscription as a description (the simple form's defaults are
+    // the description's).
+    let description = Value::Object(
+        [
+            ("exchange", exchange),
+            ("type", exchange_type),
+            ("queue", queue),
+            ("routing", routing_key),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), Value::String(v.into_bytes())))
+        .collect(),
+    );
+    record(subscription, json::to_json(&description))
 }
 
 /// How many subscriptions were recorded.
@@ -122,10 +135,14 @@ pub fn subscription_count() -> usize {
 
 /// The recorded subscriptions (for the AMQP process).
 pub fn subscriptions() -> Vec<Subscription> {
-    SUBSCRIPTIONS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
+    let list = SUBSCRIPTIONS.lock().unwrap_or_else(|e| e.into_inner());
+    list.iter().map(|(s, _)| s.clone()).collect()
+}
+
+/// The recorded subscriptions' descriptions (worker 1's start-up report).
+pub fn subscription_descriptions() -> Vec<Vec<u8>> {
+    let list = SUBSCRIPTIONS.lock().unwrap_or_else(|e| e.into_inner());
+    list.iter().map(|(_, d)| d.clone()).collect()
 }
 
 /// Whether `kazoo:mod-init` is running in this process.
@@ -151,25 +168,39 @@ pub fn child_init(rank: i32) -> Result<(), String> {
 }
 
 fn run_mod_init() {
+    if let Some(callback) = &config().params.event_callback {
+        // KEMI engines set up their interpreter only after the fork: the
+        // event goes to the KEMI function from kazoo worker 1 instead.
+        kamailio::info!(
+            "kazoo:mod-init will be delivered to the KEMI function \"{callback}\" in kazoo worker 1"
+        );
+        return;
+    }
     IN_MOD_INIT.set(true);
-    match &config().params.event_callback {
-        Some(callback) => match route::run_kemi_event(callback.as_bytes(), b"kazoo:mod-init") {
-            Ok(()) => {}
-            Err(KemiError::NoEngine) => kamailio::error!(
-                "event_callback \"{callback}\" is set but no KEMI engine runs (cfgengine): \
-                 kazoo:mod-init not delivered"
-            ),
-            Err(KemiError::Failed(rc)) => kamailio::error!(
-                "event_callback \"{callback}\" failed for kazoo:mod-init (rc {rc}); KEMI \
-                 engines initialise their interpreter after the fork, so the start-up event \
-                 cannot reach them in the main process"
-            ),
-        },
-        None => {
-            if route::run_event_route(c"kazoo:mod-init") == RouteOutcome::Dropped {
-                kamailio::error!("event_route[kazoo:mod-init] executed drop; start-up continues");
-            }
+    if route::run_event_route(c"kazoo:mod-init") == RouteOutcome::Dropped {
+        kamailio::error!("event_route[kazoo:mod-init] executed drop; start-up continues");
+    }
+    IN_MOD_INIT.set(false);
+}
+
+/// Runs the KEMI `kazoo:mod-init` (in kazoo worker 1, where the engine is
+/// set up); subscriptions and publishes made there are then reported to the
+/// AMQP process.
+pub fn run_kemi_mod_init(callback: &str) {
+    IN_MOD_INIT.set(true);
+    match route::run_kemi_event(callback.as_bytes(), b"kazoo:mod-init") {
+        Ok(()) => {}
+        Err(KemiError::NoEngine) => kamailio::error!(
+            "event_callback \"{callback}\" is set but no KEMI engine runs (cfgengine): \
+             kazoo:mod-init not delivered"
+        ),
+        Err(KemiError::Failed(rc)) => {
+            kamailio::error!("event_callback \"{callback}\" failed for kazoo:mod-init (rc {rc})")
         }
     }
     IN_MOD_INIT.set(false);
+    kamailio::info!(
+        "{} subscription(s) recorded by the KEMI kazoo:mod-init",
+        subscription_count()
+    );
 }

@@ -104,6 +104,10 @@ fn run_amqp_process(config: &'static Config) -> ! {
         event_subkey: p.amqp_consumer_event_subkey.clone(),
         publish_timeout: Duration::from_millis(p.amqp_publish_timeout as u64),
         startup_publishes: crate::amqp::take_startup_publishes(),
+        await_startup: p
+            .event_callback
+            .is_some()
+            .then_some(Duration::from_secs(30)),
     };
     crate::logger::install();
     let error = match service::run(listener, service_config) {

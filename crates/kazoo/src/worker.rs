@@ -9,15 +9,22 @@ use std::ffi::CString;
 use std::time::Duration;
 
 use kamailio::route::{self, KemiError, RouteOutcome};
-use kazoo_engine::ipc::{Delivery, WorkerLink};
+use std::time::Instant;
+
+use kazoo_engine::ipc::{self, Delivery, Message, WorkerLink};
 use kazoo_engine::routes;
 
-use crate::events::{EVENT_PAYLOAD, EVENT_ROUTING_KEY};
+use crate::events::{self, EVENT_PAYLOAD, EVENT_ROUTING_KEY};
 use crate::params::config;
 
 /// The worker's loop; never returns.
 pub fn run(worker: u32, socket: &str) -> ! {
     crate::logger::install();
+    if worker == 1 {
+        if let Some(callback) = &config().params.event_callback {
+            kamailio::guard::guarded("kazoo:mod-init", (), || kemi_mod_init(callback, socket));
+        }
+    }
     let mut backoff = Duration::from_millis(50);
     loop {
         let mut link = match WorkerLink::connect(socket, worker) {
@@ -51,6 +58,24 @@ pub fn run(worker: u32, socket: &str) -> ! {
                 }
             }
         }
+    }
+}
+
+/// Runs the KEMI `kazoo:mod-init` here and reports what it declared and
+/// published to the AMQP process, which waits for it before connecting.
+fn kemi_mod_init(callback: &str, socket: &str) {
+    events::run_kemi_mod_init(callback);
+    let report = Message::StartupDone {
+        subscriptions: events::subscription_descriptions(),
+        publishes: crate::amqp::take_startup_publishes(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = ipc::send_once(socket, &report, deadline) {
+        if Instant::now() >= deadline {
+            kamailio::error!("kazoo worker 1: cannot report kazoo:mod-init: {e}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -2,9 +2,10 @@
 //! `kazoo:mod-init` (which deadlocks the C module) is published once a
 //! broker is connected; a subscription without an exchange type (which
 //! wedges the C module's consumer) is refused on its own while the others
-//! work; with `event_callback` the KEMI function gets consumed messages and
-//! connection events as `kazoo:consumer-event`, and `KSR.kazoo.kazoo_publish`
-//! publishes.
+//! work; with `event_callback` the KEMI function gets `kazoo:mod-init` (and
+//! can subscribe and publish there; the C module cannot deliver it), then
+//! consumed messages and connection events as `kazoo:consumer-event`, and
+//! `KSR.kazoo.kazoo_publish` publishes.
 mod common;
 
 use std::time::Duration;
@@ -82,6 +83,12 @@ fn the_kemi_callback_gets_consumer_events_and_kemi_publishes() {
         format!(
             r#"
 function ksr_kazoo_event(evname) {{
+    if (evname == "kazoo:mod-init") {{
+        var s = KSR.kazoo.kazoo_subscribe("{{'exchange':'{exchange}-events','type':'topic','queue':'{exchange}-q','routing':'#'}}");
+        var p = KSR.kazoo.kazoo_publish("{exchange}", "from.kemi.mod-init", "{{'Event-Category':'boot'}}");
+        KSR.info("KEMI mod-init subscribe=" + s + " publish=" + p + "\n");
+        return;
+    }}
     KSR.info("KEMI " + evname + " rk=" + KSR.pv.get("$kzRK") + " e=" + KSR.pv.get("$kzE") + "\n");
 }}
 function ksr_request_route() {{
@@ -102,6 +109,40 @@ function ksr_request_route() {{
     let (config, node) = amqp_cfg(&system_broker_url(), &params, "");
     let proxy = Proxy::start(&config);
     proxy.wait_connected(1, 1);
+    // kazoo:mod-init ran in the engine, subscribed and published.
+    assert!(proxy.kamailio.wait_for_log(
+        "KEMI mod-init subscribe=1 publish=1",
+        Duration::from_secs(5)
+    ));
+    let boot = probe
+        .get(&queue, Duration::from_secs(5))
+        .unwrap()
+        .expect("mod-init publish");
+    assert_eq!(boot.routing_key, "from.kemi.mod-init");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while probe
+        .queue_counts(&format!("{exchange}-q"))
+        .map(|c| c.1)
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the KEMI subscription is not consumed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    probe
+        .publish(
+            &format!("{exchange}-events"),
+            "kemi.sub",
+            b"{\"Via\": \"subscription\"}",
+        )
+        .unwrap();
+    assert!(proxy.kamailio.wait_for_log(
+        "KEMI kazoo:consumer-event rk=kemi.sub",
+        Duration::from_secs(5)
+    ));
     // Connection events reach the callback.
     assert!(proxy.kamailio.wait_for_log(
         "KEMI kazoo:consumer-event rk=null e={ \"Event-Category\" : \"connection\", \"Event-Name\" : \"open\"",
@@ -138,5 +179,6 @@ function ksr_request_route() {{
     );
     drop(proxy);
     probe.delete_exchange(&exchange);
+    probe.delete_exchange(&format!("{exchange}-events"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -593,3 +593,63 @@ async fn read_message(
         .map_err(|e| e.to_string())?;
     Message::decode(&body).map(Some).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscription(key: Option<&str>) -> Subscription {
+        let mut s = crate::subscription::simple("ex", "topic", "q", "#").unwrap();
+        s.consistent_worker = true;
+        s.consistent_worker_key = key.map(str::to_string);
+        s
+    }
+
+    #[test]
+    fn consistent_workers_hash_the_key_field_or_the_routing_key() {
+        let by_field = subscription(Some("Call-ID"));
+        let body = br#"{"Call-ID": "abc@host", "Other": 1}"#;
+        assert_eq!(consistent_key(&by_field, body, "rk.1"), b"abc@host");
+        // A missing or non-string field falls back to the routing key.
+        assert_eq!(
+            consistent_key(&by_field, br#"{"Other": 1}"#, "rk.1"),
+            b"rk.1"
+        );
+        assert_eq!(
+            consistent_key(&by_field, br#"{"Call-ID": 5}"#, "rk.1"),
+            b"rk.1"
+        );
+        assert_eq!(consistent_key(&subscription(None), body, "rk.2"), b"rk.2");
+    }
+
+    #[test]
+    fn the_same_key_always_picks_the_same_worker_and_keys_spread() {
+        let workers = 8u64;
+        let pick = |key: &str| fnv1a(key.as_bytes()) % workers;
+        assert_eq!(pick("call-1@host"), pick("call-1@host"));
+        let used: std::collections::BTreeSet<u64> =
+            (0..200).map(|i| pick(&format!("call-{i}@host"))).collect();
+        assert_eq!(
+            used.len() as u64,
+            workers,
+            "200 keys should reach all 8 workers"
+        );
+    }
+
+    #[test]
+    fn undelivered_frames_wait_for_their_worker_and_are_bounded() {
+        let mut workers = Workers::new(2);
+        workers.send(1, vec![1]);
+        workers.send(1, vec![2]);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        workers.attach(1, tx);
+        assert_eq!(rx.try_recv().unwrap(), vec![1]);
+        assert_eq!(rx.try_recv().unwrap(), vec![2]);
+        workers.send(1, vec![3]);
+        assert_eq!(rx.try_recv().unwrap(), vec![3]);
+        for i in 0..MAX_QUEUED_PER_WORKER + 5 {
+            workers.send(0, vec![(i % 256) as u8]);
+        }
+        assert_eq!(workers.queued[0].len(), MAX_QUEUED_PER_WORKER);
+    }
+}

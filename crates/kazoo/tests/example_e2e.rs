@@ -1,7 +1,8 @@
 //! `examples/kazoo.cfg`, the configuration `scripts/demo` runs, works as
 //! its comments say: loaded exactly as written (only its port and the
-//! module's location changed), it records its subscriptions at start-up and
-//! answers the demo's requests.
+//! module's location changed), with the local RabbitMQ it records its
+//! subscriptions, publishes (confirmed) and consumes, answers its own
+//! queries through the targeted exchange, and answers the demo's requests.
 mod common;
 
 use common::Proxy;

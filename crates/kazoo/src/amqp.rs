@@ -21,9 +21,6 @@ use crate::events::{self, QUERY_RESULT};
 use crate::params::config;
 use crate::processes;
 
-/// Longest routing key, as in the C module.
-const MAX_ROUTING_KEY: usize = 255;
-
 /// Extra time a query's caller waits on the socket beyond the query
 /// timeout, for the AMQP process's own timeout answer to arrive.
 const ANSWER_MARGIN: Duration = Duration::from_millis(500);
@@ -36,7 +33,6 @@ static STARTUP_PUBLISHES: Mutex<Vec<Outgoing>> = Mutex::new(Vec::new());
 #[derive(Debug)]
 pub enum AmqpError {
     Arg(ArgError),
-    RoutingKeyTooLong(usize),
     Target(String),
     Payload(PayloadError),
     NotInModInit,
@@ -50,9 +46,6 @@ impl std::fmt::Display for AmqpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AmqpError::Arg(e) => write!(f, "{e}"),
-            AmqpError::RoutingKeyTooLong(n) => {
-                write!(f, "routing key is {n} bytes, longer than {MAX_ROUTING_KEY}")
-            }
             AmqpError::Target(e) => write!(f, "{e}"),
             AmqpError::Payload(e) => write!(f, "{e}"),
             AmqpError::NotInModInit => {
@@ -97,9 +90,7 @@ fn outgoing(
     headers: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Outgoing, AmqpError> {
-    if routing_key.len() > MAX_ROUTING_KEY {
-        return Err(AmqpError::RoutingKeyTooLong(routing_key.len()));
-    }
+    payload::check_routing_key(routing_key).map_err(|e| AmqpError::Target(e.to_string()))?;
     let prepared: PreparedPublish =
         payload::prepare_publish(payload, &common_fields(), payload::new_msg_id)?;
     let (before, after, server_id_slot) = prepared.to_parts();
@@ -143,9 +134,6 @@ fn publish_values(
     payload: &[u8],
     headers: Option<&[u8]>,
 ) -> Result<i32, AmqpError> {
-    if routing_key.len() > MAX_ROUTING_KEY {
-        return Err(AmqpError::RoutingKeyTooLong(routing_key.len()));
-    }
     let (target, routing_key) =
         payload::parse_target(routing_key).map_err(|e| AmqpError::Target(e.to_string()))?;
     let target = match target {

@@ -343,7 +343,7 @@ impl Session {
                     &reply_key(node, self.ctx.id(), idx),
                     "the reply binding key",
                 )?;
-                let targeted: ShortString = "targeted".into();
+                let targeted: ShortString = crate::payload::TARGETED_EXCHANGE.into();
                 channel
                     .exchange_declare(
                         targeted.clone(),

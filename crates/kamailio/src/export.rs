@@ -234,8 +234,7 @@ macro_rules! cmd {
             $($arg: *mut ::std::ffi::c_char),+
         ) -> ::std::ffi::c_int {
             $crate::guard::guarded($name, -1, || {
-                // SAFETY: the core passes the current message and the slots
-                // our `fixup_spve` prepared for every position.
+                // SAFETY: the core passes the current message and the slots our `fixup_spve` prepared for every position.
                 let (mut msg, args) = unsafe {
                     (
                         $crate::SipMsg::from_raw(msg),
@@ -262,8 +261,7 @@ macro_rules! cmd {
             $dst: *mut ::std::ffi::c_char,
         ) -> ::std::ffi::c_int {
             $crate::guard::guarded($name, -1, || {
-                // SAFETY: the core passes the current message and the slots
-                // our `fixup_spve_pv_at` prepared (strings, then the variable).
+                // SAFETY: the core passes the current message and the slots our `fixup_spve_pv_at` prepared (strings, then the variable).
                 let (mut msg, args, dst) = unsafe {
                     (
                         $crate::SipMsg::from_raw(msg),
@@ -290,9 +288,8 @@ macro_rules! cmd {
             $arg: *mut ::std::ffi::c_char,
         ) -> ::std::ffi::c_int {
             $crate::guard::guarded($name, -1, || {
-                // SAFETY: the core passes the current message and the
-                // argument's NUL-terminated text (no fixup).
                 let (mut msg, arg) =
+                    // SAFETY: the core passes the current message and the argument's NUL-terminated text (no fixup).
                     unsafe { ($crate::SipMsg::from_raw(msg), $crate::script::raw_arg($arg)) };
                 $crate::export::script_result($name, $handler(&mut msg, arg))
             })
@@ -321,8 +318,7 @@ macro_rules! param {
             val: *mut ::std::ffi::c_void,
         ) -> ::std::ffi::c_int {
             $crate::guard::guarded("modparam", -1, || {
-                // SAFETY: the core calls the setter with the declared type and
-                // a value valid for this call.
+                // SAFETY: the core calls the setter with the declared type and a value valid for this call.
                 let value = unsafe { $crate::params::decode(ty, val) };
                 $crate::export::param_result($name, $setter($name, value))
             })
@@ -386,8 +382,7 @@ macro_rules! kemi {
             $($arg: *mut $crate::sys::str_),+
         ) -> ::std::ffi::c_int {
             $crate::guard::guarded($name, -1, || {
-                // SAFETY: the KEMI engine passes the current message and
-                // valid `str` arguments for the duration of the call.
+                // SAFETY: the KEMI engine passes the current message and valid `str` arguments for the duration of the call.
                 let (mut msg, args) = unsafe {
                     (
                         $crate::SipMsg::from_raw(msg),
@@ -432,7 +427,6 @@ pub fn register_kemi(table: &'static [sys::sr_kemi_t]) -> bool {
     if table.last().is_none_or(|last| !last.func.is_null()) {
         return false;
     }
-    // SAFETY: the table is static and ends with an all-zero entry; the core
-    // keeps the pointer.
+    // SAFETY: the table is static and ends with an all-zero entry; the core keeps the pointer.
     unsafe { sys::sr_kemi_modules_add(table.as_ptr()) == 0 }
 }

@@ -34,8 +34,7 @@ pub use msg::SipMsg;
 /// Release of the running Kamailio core, e.g. `5.6.3` (the C module's
 /// `App-Version`).
 pub fn core_release() -> String {
-    // SAFETY: `ver_version` is a NUL-terminated string constant of the core,
-    // alive for the whole process.
+    // SAFETY: `ver_version` is a NUL-terminated string constant of the core, alive for the whole process.
     let version = unsafe { std::ffi::CStr::from_ptr(std::ptr::addr_of!(sys::ver_version).cast()) };
     version.to_string_lossy().into_owned()
 }

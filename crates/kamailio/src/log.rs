@@ -61,8 +61,7 @@ pub fn emit(level: Level, location: Option<(&str, u32)>, message: &str) {
     }
     let name = module_name();
     let idx = (level as i32 - sys::L_ALERT) as usize;
-    // SAFETY: `log_level_info` has 9 entries, one per level L_ALERT..L_DBG,
-    // and `idx` is in 0..=8 because `Level` only holds those values.
+    // SAFETY: `log_level_info` has 9 entries, one per level L_ALERT..L_DBG, and `idx` is in 0..=8 because `Level` only holds those values.
     let info = unsafe { &*std::ptr::addr_of!(sys::log_level_info[idx]) };
     // SAFETY: entry names are NUL-terminated string constants of the core.
     let lname = unsafe { CStr::from_ptr(info.name) }.to_string_lossy();
@@ -75,8 +74,7 @@ pub fn emit(level: Level, location: Option<(&str, u32)>, message: &str) {
         name.to_string_lossy(),
         message.replace('\0', "\\0")
     );
-    // SAFETY: plain ints of the core, updated on the host thread only; the
-    // increment marks the logger as busy exactly as the C macros do.
+    // SAFETY: plain ints of the core, updated on the host thread only; the increment marks the logger as busy exactly as the C macros do.
     unsafe { sys::dprint_crit += 1 };
     // SAFETY: reading function-pointer and int globals of the core.
     let (slog, to_stderr) = unsafe {
@@ -101,8 +99,7 @@ pub fn emit(level: Level, location: Option<(&str, u32)>, message: &str) {
             v_pid: 0,
             v_pidx: 0,
         };
-        // SAFETY: a valid logdata struct, a constant "%s\n" format and a
-        // NUL-terminated argument.
+        // SAFETY: a valid logdata struct, a constant "%s\n" format and a NUL-terminated argument.
         unsafe { slog(&mut data, c"%s\n".as_ptr(), text.as_ptr()) };
     } else if to_stderr {
         // SAFETY: plain core getters/ints, read on the host thread.

@@ -13,8 +13,7 @@ use crate::sys;
 /// `ptr` must be a live pkg allocation of this process, not used afterwards;
 /// call only on the host thread.
 pub unsafe fn pkg_free(ptr: *mut c_void) {
-    // SAFETY: `_pkg_root` is initialised by the core before any module code
-    // runs; its `xfree` takes the pool, the block and static location strings.
+    // SAFETY: `_pkg_root` is initialised by the core before any module code runs; its `xfree` takes the pool, the block and static location strings.
     unsafe {
         let root = &*std::ptr::addr_of!(sys::_pkg_root);
         if let Some(free) = root.xfree {
@@ -35,8 +34,7 @@ pub unsafe fn pkg_free(ptr: *mut c_void) {
 /// # Safety
 /// `ptr` must be a live shm allocation not used afterwards.
 pub unsafe fn shm_free(ptr: *mut c_void) {
-    // SAFETY: `_shm_root` is initialised by the core at start-up; its `xfree`
-    // takes the pool, the block and static location strings.
+    // SAFETY: `_shm_root` is initialised by the core at start-up; its `xfree` takes the pool, the block and static location strings.
     unsafe {
         let root = &*std::ptr::addr_of!(sys::_shm_root);
         if let Some(free) = root.xfree {

@@ -46,8 +46,7 @@ pub unsafe fn decode<'a>(ty: sys::modparam_t, val: *mut c_void) -> ParamValue<'a
         ParamValue::Int(val as usize as i64 as i32)
     } else if base & sys::PARAM_STR != 0 {
         let s = val as *const sys::str_;
-        // SAFETY: for PARAM_STR setters the core passes a `str*` that is valid
-        // for the duration of the call.
+        // SAFETY: for PARAM_STR setters the core passes a `str*` that is valid for the duration of the call.
         unsafe {
             if s.is_null() || (*s).s.is_null() || (*s).len <= 0 {
                 ParamValue::Str(&[])
@@ -61,8 +60,7 @@ pub unsafe fn decode<'a>(ty: sys::modparam_t, val: *mut c_void) -> ParamValue<'a
     } else if val.is_null() {
         ParamValue::Str(&[])
     } else {
-        // SAFETY: for PARAM_STRING setters the core passes a NUL-terminated
-        // string valid for the call.
+        // SAFETY: for PARAM_STRING setters the core passes a NUL-terminated string valid for the call.
         ParamValue::Str(unsafe { CStr::from_ptr(val as *const c_char) }.to_bytes())
     }
 }

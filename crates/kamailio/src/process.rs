@@ -50,14 +50,12 @@ pub fn fork(kind: ProcessKind, description: &str) -> Result<Forked, String> {
         ProcessKind::IoOnly => (sys::PROC_NOCHLDINIT, 0),
     };
     let desc = CString::new(description).map_err(|_| "description has a NUL byte")?;
-    // SAFETY: called from child_init(PROC_MAIN) in the main process; the core
-    // copies the description.
+    // SAFETY: called from child_init(PROC_MAIN) in the main process; the core copies the description.
     let pid = unsafe { sys::fork_process(rank, desc.as_ptr() as *mut _, make_sock) };
     match pid {
         p if p < 0 => Err(format!("cannot fork {description}")),
         0 => {
-            // SAFETY: first call in the new child, as the core requires for
-            // processes counted by cfg_register_child.
+            // SAFETY: first call in the new child, as the core requires for processes counted by cfg_register_child.
             if unsafe { sys::cfg_child_init() } != 0 {
                 return Err(format!("{description}: cfg_child_init failed"));
             }
@@ -71,8 +69,7 @@ pub fn fork(kind: ProcessKind, description: &str) -> Result<Forked, String> {
 /// code). Kamailio's main process sees the exit and shuts the server down,
 /// so callers use it only when the process's job is impossible.
 pub fn exit(code: i32) -> ! {
-    // SAFETY: `_exit` ends the process without running atexit handlers, as
-    // Kamailio's own children do.
+    // SAFETY: `_exit` ends the process without running atexit handlers, as Kamailio's own children do.
     unsafe { libc_exit(code) }
 }
 

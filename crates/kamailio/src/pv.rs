@@ -44,8 +44,7 @@ impl ByteSlot {
             bytes.push(0);
             bytes
         });
-        // SAFETY: host thread only (checked), and no reference into the cell
-        // outlives a call of this module.
+        // SAFETY: host thread only (checked), and no reference into the cell outlives a call of this module.
         unsafe { *self.value.get() = value };
     }
 
@@ -53,8 +52,7 @@ impl ByteSlot {
     /// slot (only crate code that never does calls this).
     fn with<R>(&self, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
         Self::check_thread();
-        // SAFETY: host thread only (checked), and the closures in this file
-        // never call `set` while they hold the borrow.
+        // SAFETY: host thread only (checked), and the closures in this file never call `set` while they hold the borrow.
         let stored = unsafe { (*self.value.get()).as_deref() };
         f(stored.map(|bytes| &bytes[..bytes.len().saturating_sub(1)]))
     }
@@ -81,8 +79,7 @@ impl ByteSlot {
                     s: bytes.as_ptr() as *mut c_char,
                     len,
                 };
-                // SAFETY: the bytes stay in the slot until it is next replaced,
-                // which happens only after the core has consumed this value.
+                // SAFETY: the bytes stay in the slot until it is next replaced, which happens only after the core has consumed this value.
                 unsafe { sys::pv_get_strval(msg, param, res, &mut s) }
             }
         })
@@ -102,8 +99,7 @@ impl NamedPv {
             s: name.as_ptr() as *mut c_char,
             len: c_int::try_from(name.len()).ok()?,
         };
-        // SAFETY: `text` views `name` for the call; the cache copies it and
-        // keeps the parsed spec for the process lifetime.
+        // SAFETY: `text` views `name` for the call; the cache copies it and keeps the parsed spec for the process lifetime.
         let spec = unsafe { sys::pv_cache_get(&mut text) };
         (!spec.is_null()).then_some(NamedPv { spec })
     }

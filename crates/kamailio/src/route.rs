@@ -27,8 +27,7 @@ pub fn event_route_exists(name: &CStr) -> bool {
 }
 
 fn lookup(name: &CStr) -> Option<*mut sys::action> {
-    // SAFETY: `event_rt` is the core's route table; `route_lookup` only reads
-    // it and never creates entries (unlike `route_get`).
+    // SAFETY: `event_rt` is the core's route table; `route_lookup` only reads it and never creates entries (unlike `route_get`).
     unsafe {
         let table = std::ptr::addr_of_mut!(sys::event_rt);
         let idx = sys::route_lookup(table, name.as_ptr() as *mut _);
@@ -48,9 +47,7 @@ pub fn run_event_route(name: &CStr) -> RouteOutcome {
     };
     let mut ctx = RunActCtx([0; sys::RUN_ACT_CTX_SIZE / 4]);
     let ctx_ptr = std::ptr::addr_of_mut!(ctx) as *mut sys::run_act_ctx;
-    // SAFETY: the faked message was initialised in mod_init; route_type is a
-    // plain int of the core saved and restored around the run; the context
-    // is zeroed storage of the core's size (what `init_run_actions_ctx` does).
+    // SAFETY: the faked message was initialised in mod_init; route_type is a plain int of the core saved and restored around the run; the context is zeroed storage of the core's size (what `init_run_actions_ctx` does).
     unsafe {
         let msg = sys::faked_msg_next();
         let saved = sys::route_type;
@@ -112,8 +109,7 @@ pub fn run_kemi_event(callback: &[u8], event: &[u8]) -> Result<(), KemiError> {
         s: event.as_ptr() as *mut _,
         len: event.as_bytes().len() as c_int,
     };
-    // SAFETY: the engine is live, the strs view buffers that outlive the
-    // call, and route_type is saved and restored as the core requires.
+    // SAFETY: the engine is live, the strs view buffers that outlive the call, and route_type is saved and restored as the core requires.
     let rc = unsafe {
         let msg = sys::faked_msg_next();
         let saved = sys::route_type;

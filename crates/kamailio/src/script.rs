@@ -55,8 +55,7 @@ impl SpveArg {
     /// variable is expanded (the C module reads `kazoo_query`'s target
     /// variable name this way).
     pub fn literal(&self) -> Vec<u8> {
-        // SAFETY: `param` is a live `fparam_t` made by the core's fixup; `orig`
-        // is its NUL-terminated original text (or null).
+        // SAFETY: `param` is a live `fparam_t` made by the core's fixup; `orig` is its NUL-terminated original text (or null).
         unsafe {
             let orig = (*self.param).orig;
             if orig.is_null() {
@@ -71,8 +70,7 @@ impl SpveArg {
     /// result lives in a static buffer that the next evaluation overwrites).
     pub fn value(&self, msg: &mut SipMsg) -> Result<Vec<u8>, ArgError> {
         let mut out = sys::str_::NULL;
-        // SAFETY: `param` was produced by the core's spve fixup and `msg` is
-        // the current message.
+        // SAFETY: `param` was produced by the core's spve fixup and `msg` is the current message.
         let rc = unsafe { sys::get_str_fparam(&mut out, msg.as_ptr(), self.param) };
         if rc != 0 {
             return Err(ArgError::Evaluate);
@@ -132,8 +130,7 @@ impl PvDest {
     }
 
     fn assign(&self, msg: &mut SipMsg, val: &mut sys::pv_value_t) -> Result<(), ArgError> {
-        // SAFETY: a writable spec (checked at fixup), the current message and
-        // a value whose string the setter copies before returning.
+        // SAFETY: a writable spec (checked at fixup), the current message and a value whose string the setter copies before returning.
         let rc = unsafe { sys::pv_set_spec_value(msg.as_ptr(), self.spec, sys::EQ_T, val) };
         if rc < 0 {
             Err(ArgError::Assign)
@@ -174,8 +171,7 @@ pub unsafe fn str_bytes<'a>(s: &sys::str_) -> &'a [u8] {
 /// # Safety
 /// Called by the core with a parameter slot of a function declared with it.
 pub unsafe extern "C" fn fixup_spve(param: *mut *mut c_void, _param_no: c_int) -> c_int {
-    // SAFETY: the core's fixup handles position 1; the position only selects
-    // which fixup applies, and every position of these functions is a string.
+    // SAFETY: the core's fixup handles position 1; the position only selects which fixup applies, and every position of these functions is a string.
     unsafe { sys::fixup_spve_null(param, 1) }
 }
 

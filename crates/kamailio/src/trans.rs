@@ -82,8 +82,7 @@ impl TransParam {
                 pvp: [0; 56],
                 trans: std::ptr::null_mut(),
             }));
-            // SAFETY: `input` views `rest`, which outlives the call, and `spec`
-            // is zeroed storage of the right size.
+            // SAFETY: `input` views `rest`, which outlives the call, and `spec` is zeroed storage of the right size.
             let end = unsafe { sys::pv_parse_spec2(&mut input, spec, 0) };
             if end.is_null() {
                 return Err(format!(
@@ -129,8 +128,7 @@ impl TransParam {
                     ri: 0,
                     flags: 0,
                 };
-                // SAFETY: a spec parsed by the core, the current message, and
-                // an output value the core fills.
+                // SAFETY: a spec parsed by the core, the current message, and an output value the core fills.
                 let rc = unsafe { sys::pv_get_spec_value(msg.as_ptr(), *spec, &mut val) };
                 if rc != 0 || val.flags & sys::PV_VAL_NULL != 0 || val.flags & sys::PV_VAL_STR == 0
                 {
@@ -151,8 +149,7 @@ impl TransParam {
                 if unsafe { sys::pv_printf_s(msg.as_ptr(), *elem, &mut out) } != 0 {
                     return Err("cannot evaluate the parameter".into());
                 }
-                // SAFETY: the core's print buffer holds the result until the
-                // next print; it is copied at once.
+                // SAFETY: the core's print buffer holds the result until the next print; it is copied at once.
                 Ok(unsafe { str_bytes(&out) }.to_vec())
             }
         }
@@ -197,8 +194,7 @@ impl OutputRing {
             "transformation off the host thread"
         );
         let len = c_int::try_from(bytes.len()).map_err(|_| "result too large".to_string())?;
-        // SAFETY: host thread only, and no reference into the ring escapes
-        // except the raw pointer handed to the core.
+        // SAFETY: host thread only, and no reference into the ring escapes except the raw pointer handed to the core.
         let (slots, next) = unsafe { &mut *self.slots.get() };
         *next = (*next + 1) % slots.len();
         slots[*next] = bytes;
@@ -346,7 +342,6 @@ pub fn register_class(
     if exports.last().is_none_or(|last| last.tparse.is_some()) {
         return false;
     }
-    // SAFETY: the path is the one the core passed to mod_register, and the
-    // static table ends with a zero entry; the core copies the entries.
+    // SAFETY: the path is the one the core passed to mod_register, and the static table ends with a zero entry; the core copies the entries.
     unsafe { sys::register_trans_mod(path.as_ptr(), exports.as_ptr()) == 0 }
 }

@@ -12,7 +12,8 @@ use lapin::uri::{
     AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo, SASLMechanism,
 };
 use lapin::{Connection, ConnectionProperties, ErrorKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::{lock, tls, BrokerOptions, Event, Role, Slot, HANDSHAKE_TIMEOUT};
 use crate::config::Scheme;
@@ -247,6 +248,62 @@ impl Backoff {
 }
 
 /// A connection open this long resets the back-off.
+/// Serves one open connection; returns why it ended, or `None` on shutdown.
+pub(crate) trait Serve {
+    async fn serve(
+        &mut self,
+        connection: &Arc<Connection>,
+        reported: &mut Reported,
+        shutdown: &mut watch::Receiver<()>,
+    ) -> Option<String>;
+}
+
+/// A connection's life: connect, serve, and on loss report it and reconnect
+/// with back-off (reset after a stable session), until shutdown.
+pub(crate) async fn connection_loop(
+    ctx: &ConnCtx,
+    mut shutdown: watch::Receiver<()>,
+    session: &mut impl Serve,
+) {
+    let tls_cache = Mutex::new(None);
+    let mut backoff = Backoff::reconnect();
+    let mut reported = Reported::Nothing;
+    loop {
+        let attempt = tokio::select! {
+            attempt = ctx.connect(&tls_cache) => attempt,
+            _ = shutdown.changed() => return,
+        };
+        let reason = match attempt {
+            Err(reason) => reason,
+            Ok(connection) => {
+                let connection = Arc::new(connection);
+                let since = Instant::now();
+                let outcome = session
+                    .serve(&connection, &mut reported, &mut shutdown)
+                    .await;
+                match outcome {
+                    None => {
+                        close(&connection, "shutting down").await;
+                        return;
+                    }
+                    Some(reason) => {
+                        close(&connection, "reconnecting").await;
+                        if since.elapsed() >= STABLE {
+                            backoff.reset();
+                        }
+                        reason
+                    }
+                }
+            }
+        };
+        ctx.report_down(&mut reported, &reason).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 pub(crate) const STABLE: Duration = Duration::from_secs(10);
 
 /// How often a connection task checks lapin's view of its connection, on

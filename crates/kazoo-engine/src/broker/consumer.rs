@@ -23,7 +23,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::connect::{close, error_text, next, Backoff, ConnCtx, Reported, STABLE, WATCH_INTERVAL};
+use super::connect::{
+    connection_loop, error_text, next, Backoff, ConnCtx, Reported, Serve, STABLE, WATCH_INTERVAL,
+};
 use super::{lock, Acker, Delivery, Event, Source};
 use crate::subscription::{ExchangeFlags, QueueFlags, Subscription};
 
@@ -78,50 +80,39 @@ pub(crate) async fn run(
     ctx: Arc<ConnCtx>,
     subscriptions: Arc<Vec<Subscription>>,
     handle: tokio::runtime::Handle,
-    mut shutdown: watch::Receiver<()>,
+    shutdown: watch::Receiver<()>,
 ) {
-    let tls_cache = Mutex::new(None);
-    let mut backoff = Backoff::reconnect();
-    let mut reported = Reported::Nothing;
-    loop {
-        let attempt = tokio::select! {
-            attempt = ctx.connect(&tls_cache) => attempt,
-            _ = shutdown.changed() => return,
-        };
-        let reason = match attempt {
-            Err(reason) => reason,
-            Ok(connection) => {
-                let connection = Arc::new(connection);
-                let since = Instant::now();
-                let outcome = serve(
-                    &ctx,
-                    &connection,
-                    &subscriptions,
-                    &handle,
-                    &mut reported,
-                    &mut shutdown,
-                )
-                .await;
-                match outcome {
-                    None => {
-                        close(&connection, "shutting down").await;
-                        return;
-                    }
-                    Some(reason) => {
-                        close(&connection, "reconnecting").await;
-                        if since.elapsed() >= STABLE {
-                            backoff.reset();
-                        }
-                        reason
-                    }
-                }
-            }
-        };
-        ctx.report_down(&mut reported, &reason).await;
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = shutdown.changed() => return,
-        }
+    let mut consumer = Consuming {
+        ctx: ctx.clone(),
+        subscriptions,
+        handle,
+    };
+    connection_loop(&ctx, shutdown, &mut consumer).await;
+}
+
+/// What a consuming connection serves.
+struct Consuming {
+    ctx: Arc<ConnCtx>,
+    subscriptions: Arc<Vec<Subscription>>,
+    handle: tokio::runtime::Handle,
+}
+
+impl Serve for Consuming {
+    async fn serve(
+        &mut self,
+        connection: &Arc<Connection>,
+        reported: &mut Reported,
+        shutdown: &mut watch::Receiver<()>,
+    ) -> Option<String> {
+        serve(
+            &self.ctx,
+            connection,
+            &self.subscriptions,
+            &self.handle,
+            reported,
+            shutdown,
+        )
+        .await
     }
 }
 

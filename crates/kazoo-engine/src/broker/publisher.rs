@@ -2,56 +2,43 @@
 //! [`super::Brokers::publish`], reopened when the broker closes it, and the
 //! connection reopened when it drops.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
-use super::connect::{close, error_text, next, Backoff, ConnCtx, Reported, STABLE, WATCH_INTERVAL};
+use super::connect::{connection_loop, error_text, next, ConnCtx, Reported, Serve, WATCH_INTERVAL};
 use super::{lock, Inner, PubLink};
 
 /// Opening the confirm channel may take this long.
 const CHANNEL_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) async fn run(ctx: Arc<ConnCtx>, inner: Arc<Inner>, mut shutdown: watch::Receiver<()>) {
-    let tls_cache = Mutex::new(None);
-    let mut backoff = Backoff::reconnect();
-    let mut reported = Reported::Nothing;
-    loop {
-        let attempt = tokio::select! {
-            attempt = ctx.connect(&tls_cache) => attempt,
-            _ = shutdown.changed() => return,
-        };
-        let reason = match attempt {
-            Err(reason) => reason,
-            Ok(connection) => {
-                let since = Instant::now();
-                let outcome =
-                    session(&ctx, &inner, &connection, &mut reported, &mut shutdown).await;
-                set_link(&ctx, &inner, None);
-                match outcome {
-                    None => {
-                        close(&connection, "shutting down").await;
-                        return;
-                    }
-                    Some(reason) => {
-                        close(&connection, "reconnecting").await;
-                        if since.elapsed() >= STABLE {
-                            backoff.reset();
-                        }
-                        reason
-                    }
-                }
-            }
-        };
-        ctx.report_down(&mut reported, &reason).await;
-        tokio::select! {
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-            _ = shutdown.changed() => return,
-        }
+pub(crate) async fn run(ctx: Arc<ConnCtx>, inner: Arc<Inner>, shutdown: watch::Receiver<()>) {
+    let mut publishing = Publishing {
+        ctx: ctx.clone(),
+        inner,
+    };
+    connection_loop(&ctx, shutdown, &mut publishing).await;
+}
+
+/// What a publisher connection serves.
+struct Publishing {
+    ctx: Arc<ConnCtx>,
+    inner: Arc<Inner>,
+}
+
+impl Serve for Publishing {
+    async fn serve(
+        &mut self,
+        connection: &Arc<Connection>,
+        reported: &mut Reported,
+        shutdown: &mut watch::Receiver<()>,
+    ) -> Option<String> {
+        let outcome = session(&self.ctx, &self.inner, connection, reported, shutdown).await;
+        set_link(&self.ctx, &self.inner, None);
+        outcome
     }
 }
 

@@ -137,6 +137,12 @@ fn target(delivery: &Delivery) -> Option<Target> {
         |name: &str| CString::new(name).is_ok_and(|name| route::event_route_exists(&name));
     match routes::first_defined(&names, defined).map(CString::new) {
         Some(Ok(name)) => Some(Target::Route(name)),
+        // A configuration that consumes nothing defines no route for the
+        // synthetic connection events: not an error then.
+        _ if delivery.routing_key.is_none() => {
+            kamailio::debug!("no event route for a connection event");
+            None
+        }
         _ => {
             kamailio::error!(
                 "kazoo:consumer-event not found: no event route among {}",

@@ -1,0 +1,215 @@
+//! Side-by-side benchmark: Kamailio CPU per script operation with this
+//! module and with the C `kazoo.so` (when it is installed), same machine,
+//! same configuration.
+//!
+//! ```text
+//! cargo build --release -p kazoo
+//! cargo run --release -p kazoo --example bench [-- --requests 400 --ops 200]
+//! ```
+//!
+//! For each module, Kamailio is started with a configuration whose request
+//! route repeats one operation `ops` times per SIP request; `requests`
+//! requests are sent, and the CPU time (user + system) of every Kamailio
+//! process (the main process and all its children: SIP workers, the AMQP
+//! and worker processes of either module) is read from `/proc` before and
+//! after. A run with an empty loop body is subtracted, so the figure is the
+//! operation's own cost. Publishing goes to the local RabbitMQ; this module
+//! waits for the broker's confirm, the C module does not (see docs). CPU
+//! time is counted in clock ticks (10 ms): keep `requests × ops` large.
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kamailio_test::{system_broker_url, Kamailio, SipClient};
+
+const C_MODULE: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/kazoo.so";
+
+/// A Kazoo-style payload of about 1.9 KB.
+const PAYLOAD: &str = r#"{'Event-Category':'call_event','Event-Name':'CHANNEL_CREATE','Call-ID':'a84b4c76e66710@pc33.example.com','Caller-ID-Name':'Alice','Caller-ID-Number':'+15551234567','Callee-ID-Name':'Bob','Callee-ID-Number':'+15557654321','Channels':[{'switch_url':'sip:mod_sofia@10.0.0.1:11000','node':'freeswitch@fs1.example.com','uuid':'0d4c3f80-8f36-4b86-9f7e-5f8d1e4f5a01'},{'switch_url':'sip:mod_sofia@10.0.0.2:11000','node':'freeswitch@fs2.example.com','uuid':'6e0a9b55-0b8e-4c1f-8a0f-2b7f5b0d9c02'}],'Custom-Channel-Vars':{'Account-ID':'3a4f1b2c5d6e7f8091a2b3c4d5e6f708','Authorizing-ID':'9f8e7d6c5b4a39281706f5e4d3c2b1a0','Authorizing-Type':'device','Owner-ID':'0a1b2c3d4e5f60718293a4b5c6d7e8f9','Realm':'example.com','Username':'alice','Inception':'on-net','Presence-ID':'alice@example.com','Global-Resource':'false','Bridge-ID':'a84b4c76e66710@pc33.example.com'},'Custom-SIP-Headers':{'X-Kazoo-Cookie':'f1e2d3c4b5a69788','P-Asserted-Identity':'<sip:+15551234567@example.com>'},'Direction':'inbound','Disposition':'ANSWER','Hangup-Cause':'NORMAL_CLEARING','Media-Server':'fs1.example.com','Other-Leg-Call-ID':'b95c5d87f77821@pc34.example.com','Presence-ID':'alice@example.com','Timestamp':63830000000,'Duration-Seconds':125,'Billing-Seconds':120,'Ringing-Seconds':5,'User-Agent':'Kamailio benchmark client 1.0 (Linux x86_64)','To':'bob@example.com','From':'alice@example.com','Request':'bob@example.com','Switch-Hostname':'fs1.example.com','Switch-Nodename':'freeswitch@fs1.example.com','Switch-URI':'sip:10.0.0.1:11000','Switch-URL':'sip:mod_sofia@10.0.0.1:11000'}"#;
+
+/// The operations measured: a name and the script statement repeated.
+const OPERATIONS: &[(&str, &str)] = &[
+    ("baseline (empty loop)", ""),
+    (
+        "{kz.json} nested field",
+        "$var(x) = $(var(p){kz.json,Channels[1].switch_url});",
+    ),
+    (
+        "kazoo_json top-level field",
+        "kazoo_json(\"$var(p)\", \"Event-Name\", \"$var(x)\");",
+    ),
+    ("kazoo_encode", "kazoo_encode(\"$ci\", \"$var(x)\");"),
+    ("{kz.encode}", "$var(x) = $(ci{kz.encode});"),
+    (
+        "kazoo_publish (1.9 KB)",
+        "kazoo_publish(\"amq.topic\", \"bench.nobody\", \"$var(p)\");",
+    ),
+];
+
+fn config(module: &str, statement: &str) -> String {
+    format!(
+        r#"#!KAMAILIO
+debug=1
+log_stderror=yes
+children=2
+disable_tcp=yes
+pv_buffer_size=65536
+listen=udp:127.0.0.1:{{{{PORT}}}}
+mpath="{{{{MPATH}}}}"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "textops.so"
+loadmodule "{module}"
+modparam("kazoo", "node_hostname", "bench.local")
+modparam("kazoo", "pua_mode", 0)
+modparam("kazoo", "amqp_connection", "{broker}")
+request_route {{
+    if (is_method("OPTIONS")) {{ sl_send_reply("200", "OK"); exit; }}
+    $var(p) = "{payload}";
+    $var(n) = $(hdr(X-Ops){{s.int}});
+    $var(i) = 0;
+    while ($var(i) < $var(n)) {{
+        {statement}
+        $var(i) = $var(i) + 1;
+    }}
+    sl_send_reply("200", "OK");
+}}
+"#,
+        broker = system_broker_url(),
+        payload = PAYLOAD.replace('"', "\\\""),
+    )
+}
+
+/// CPU time (user + system, in clock ticks) of `pid` and its children.
+fn cpu_ticks(pid: u32) -> u64 {
+    let mut total = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for entry in entries.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name, which is in parentheses.
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, rest)| rest) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(ppid), Some(utime), Some(stime)) =
+            (fields.get(1), fields.get(11), fields.get(12))
+        else {
+            continue;
+        };
+        let this: u32 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
+        if this == pid || ppid.parse::<u32>() == Ok(pid) {
+            total += utime.parse::<u64>().unwrap_or(0) + stime.parse::<u64>().unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// Kamailio CPU microseconds for `requests` requests of `ops` operations.
+fn measure(module: &str, statement: &str, requests: u32, ops: u32) -> Result<f64, String> {
+    let kamailio = Kamailio::start(&config(module, statement)).map_err(|e| e.to_string())?;
+    let client = SipClient::new().map_err(|e| e.to_string())?;
+    // Let broker connections settle before measuring.
+    std::thread::sleep(Duration::from_secs(2));
+    let ops_text = ops.to_string();
+    let before = cpu_ticks(kamailio.pid());
+    let started = Instant::now();
+    for _ in 0..requests {
+        let reply = client
+            .send_request(
+                kamailio.port(),
+                "MESSAGE",
+                "bench",
+                &[("X-Ops", &ops_text)],
+                b"",
+                Duration::from_secs(30),
+            )
+            .map_err(|e| e.to_string())?;
+        if reply.code != 200 {
+            return Err(format!("reply {}", reply.code));
+        }
+    }
+    let wall = started.elapsed();
+    let ticks = cpu_ticks(kamailio.pid()) - before;
+    // Clock ticks are 1/100 s on Linux x86_64 (sysconf(_SC_CLK_TCK)).
+    let micros = ticks as f64 * 10_000.0;
+    eprintln!("  {module}: {ticks} ticks over {wall:.2?} for {requests}x{ops} ({statement})");
+    Ok(micros)
+}
+
+fn arg(name: &str, default: u32) -> u32 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let requests = arg("--requests", 400);
+    let ops = arg("--ops", 200);
+    let ours = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/libkazoo.so");
+    if !ours.exists() {
+        eprintln!("build the module first: cargo build --release -p kazoo");
+        std::process::exit(2);
+    }
+    let ours = ours.canonicalize().unwrap().display().to_string();
+    let mut modules = vec![("rust", ours)];
+    if std::path::Path::new(C_MODULE).exists() {
+        modules.push(("C", C_MODULE.to_string()));
+    } else {
+        eprintln!("no C module at {C_MODULE} (Debian package kamailio-kazoo-modules): Rust only");
+    }
+    let total_ops = f64::from(requests) * f64::from(ops);
+    let mut table: Vec<(String, Vec<Option<f64>>)> = Vec::new();
+    let mut baseline = vec![0.0; modules.len()];
+    for (name, statement) in OPERATIONS {
+        eprintln!("{name}");
+        let mut row = Vec::new();
+        for (i, (_, module)) in modules.iter().enumerate() {
+            match measure(module, statement, requests, ops) {
+                Ok(micros) if statement.is_empty() => {
+                    baseline[i] = micros;
+                    row.push(Some(micros / total_ops));
+                }
+                Ok(micros) => row.push(Some(((micros - baseline[i]) / total_ops).max(0.0))),
+                Err(e) => {
+                    eprintln!("  {module}: failed: {e}");
+                    row.push(None);
+                }
+            }
+        }
+        table.push((name.to_string(), row));
+    }
+    println!();
+    print!("{:<30}", "Kamailio CPU µs per operation");
+    for (name, _) in &modules {
+        print!("{name:>10}");
+    }
+    if modules.len() == 2 {
+        print!("{:>14}", "rust / C");
+    }
+    println!();
+    for (name, row) in &table {
+        print!("{name:<30}");
+        for cell in row {
+            match cell {
+                Some(v) => print!("{v:>10.2}"),
+                None => print!("{:>10}", "failed"),
+            }
+        }
+        if let [Some(r), Some(c)] = row.as_slice() {
+            if *c > 0.0 {
+                print!("{:>14.2}", r / c);
+            }
+        }
+        println!();
+    }
+    println!(
+        "\n{requests} requests x {ops} operations; baseline subtracted; CPU of all Kamailio processes."
+    );
+}

@@ -53,6 +53,7 @@ log_stderror=yes
 children=2
 disable_tcp=yes
 pv_buffer_size=65536
+max_while_loops=1000000
 listen=udp:127.0.0.1:{{{{PORT}}}}
 mpath="{{{{MPATH}}}}"
 loadmodule "tm.so"

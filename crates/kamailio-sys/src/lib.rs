@@ -367,6 +367,34 @@ pub struct ksr_logdata_t {
     pub v_pidx: c_int,
 }
 
+/// Opaque tm `struct cell` (a transaction).
+#[repr(C)]
+pub struct tm_cell {
+    _private: [u8; 0],
+}
+
+/// `NO_SCRIPT`: the `param_no` that finds functions exported for modules.
+pub const NO_SCRIPT: c_int = -1;
+
+/// `T_UNDEFINED`: what `t_gett` returns before the transaction is looked up.
+pub const T_UNDEFINED: *mut tm_cell = usize::MAX as *mut tm_cell;
+
+pub type load_tm_f = unsafe extern "C" fn(*mut c_void) -> c_int;
+pub type t_gett_f = unsafe extern "C" fn() -> *mut tm_cell;
+pub type t_newtran_f = unsafe extern "C" fn(*mut sip_msg) -> c_int;
+pub type t_suspend_f = unsafe extern "C" fn(*mut sip_msg, *mut c_uint, *mut c_uint) -> c_int;
+pub type t_continue_f = unsafe extern "C" fn(c_uint, c_uint, *mut action) -> c_int;
+pub type t_cancel_suspend_f = unsafe extern "C" fn(c_uint, c_uint) -> c_int;
+
+/// Offsets in `struct tm_binds` of Kamailio 5.6 (every member is a pointer;
+/// 5.7 inserts two members after `t_gett`, moving the later ones).
+pub const TM_BINDS_SIZE: usize = 560;
+pub const TM_T_NEWTRAN: usize = 40;
+pub const TM_T_GETT: usize = 208;
+pub const TM_T_SUSPEND: usize = 352;
+pub const TM_T_CONTINUE: usize = 360;
+pub const TM_T_CANCEL_SUSPEND: usize = 384;
+
 /// Log levels (`L_*`).
 pub const L_ALERT: c_int = -5;
 pub const L_BUG: c_int = -4;
@@ -419,8 +447,13 @@ extern "C" {
     pub fn pv_printf_s(msg: *mut sip_msg, list: *mut pv_elem_t, s: *mut str_) -> c_int;
     pub fn register_trans_mod(mod_name: *mut c_char, items: *const tr_export_t) -> c_int;
 
+    // --- module exports (tm's API is reached through `load_tm`)
+    pub fn find_export(name: *mut c_char, param_no: c_int, flags: c_int) -> *const c_void;
+
     // --- routes
     pub static mut event_rt: route_list;
+    pub static mut onreply_rt: route_list;
+    pub static mut failure_rt: route_list;
     pub static mut route_type: c_int;
     pub fn route_lookup(rt: *mut route_list, name: *mut c_char) -> c_int;
     pub fn run_top_route(a: *mut action, msg: *mut sip_msg, c: *mut run_act_ctx) -> c_int;

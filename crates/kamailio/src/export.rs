@@ -61,20 +61,41 @@ pub const KEMI_END: sys::sr_kemi_t = sys::sr_kemi_t {
     ptypes: [0; 6],
 };
 
-/// Maps a script handler's result to the function's return code.
-///
-/// A handler never returns 0 by accident: 0 makes Kamailio stop the script
-/// silently, so an `Ok(0)` is logged as a bug and turned into -1.
-pub fn script_result<E: Display>(function: &str, result: Result<i32, E>) -> c_int {
-    match result {
-        Ok(0) => {
+/// What a script handler may return on success.
+pub trait ScriptReturn {
+    /// The function's return code.
+    fn code(self, function: &str) -> c_int;
+}
+
+/// A plain return code. A handler never returns 0 by accident: 0 makes
+/// Kamailio stop the script silently, so an `Ok(0)` is logged as a bug and
+/// turned into -1.
+impl ScriptReturn for i32 {
+    fn code(self, function: &str) -> c_int {
+        if self == 0 {
             crate::log::plain(
                 crate::log::Level::Err,
                 format_args!("{function}: internal error, return code 0 refused"),
             );
-            -1
+            return -1;
         }
-        Ok(code) => code,
+        self
+    }
+}
+
+/// The transaction was suspended: 0 ends the script, as asynchronous
+/// functions must.
+impl ScriptReturn for crate::tm::Suspended {
+    fn code(self, _function: &str) -> c_int {
+        0
+    }
+}
+
+/// Maps a script handler's result to the function's return code; errors are
+/// logged with the function's name and give -1.
+pub fn script_result<R: ScriptReturn, E: Display>(function: &str, result: Result<R, E>) -> c_int {
+    match result {
+        Ok(value) => value.code(function),
         Err(err) => {
             crate::log::plain(crate::log::Level::Err, format_args!("{function}: {err}"));
             -1

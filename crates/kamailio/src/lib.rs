@@ -11,6 +11,7 @@
 //! - [`pv`]: pseudo-variable values exported by the module.
 //! - [`trans`]: transformation classes (`{class.name,param}`).
 //! - [`route`]: running `event_route[...]` blocks and KEMI event callbacks.
+//! - [`tm`]: suspending and resuming transactions (asynchronous functions).
 //! - [`mem`]: the few places where Kamailio's pkg allocator must be used.
 //! - [`process`]: registering and forking module processes.
 //! - [`export`]: the macros that emit a module's exported symbols and tables.
@@ -26,6 +27,7 @@ pub mod pv;
 pub mod route;
 pub mod script;
 pub mod thread;
+pub mod tm;
 pub mod trans;
 
 pub use kamailio_sys as sys;

@@ -98,6 +98,27 @@ pub struct Delivery {
     pub needs_ack: bool,
 }
 
+/// A suspended transaction to resume in a worker (an asynchronous query's
+/// end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// tm's transaction id.
+    pub hash: u32,
+    pub label: u32,
+    /// Whether the query was answered (`onreply_route[route]` with the reply
+    /// in `$kzR`) or not (`failure_route[route]`, `$kzR` null).
+    pub answered: bool,
+    pub route: String,
+    pub reply: Option<Vec<u8>>,
+}
+
+/// What a worker receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Work {
+    Deliver(Delivery),
+    Resume(Resume),
+}
+
 /// Everything that travels on the sockets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
@@ -113,6 +134,17 @@ pub enum Message {
     Deliver(Delivery),
     /// Worker → AMQP: the route for `delivery` has run.
     Ack { delivery: u64 },
+    /// Process → AMQP: publish a query whose end resumes a suspended
+    /// transaction in a worker; no answer is sent back to the caller.
+    AsyncQuery {
+        outgoing: Outgoing,
+        hash: u32,
+        label: u32,
+        ok_route: String,
+        err_route: String,
+    },
+    /// AMQP → worker: resume a suspended transaction.
+    Resume(Resume),
     /// Worker 1 → AMQP: what the KEMI `kazoo:mod-init` callback declared
     /// (subscription descriptions as JSON text) and published; the AMQP
     /// process waits for it before connecting when a KEMI engine is used.
@@ -141,6 +173,8 @@ const TAG_HELLO: u8 = 4;
 const TAG_DELIVER: u8 = 5;
 const TAG_ACK: u8 = 6;
 const TAG_STARTUP_DONE: u8 = 7;
+const TAG_ASYNC_QUERY: u8 = 8;
+const TAG_RESUME: u8 = 9;
 
 const OUTCOME_PUBLISHED: u8 = 0;
 const OUTCOME_REPLY: u8 = 1;
@@ -325,6 +359,28 @@ impl Message {
                 w.u8(TAG_ACK);
                 w.u64(*delivery);
             }
+            Message::AsyncQuery {
+                outgoing,
+                hash,
+                label,
+                ok_route,
+                err_route,
+            } => {
+                w.u8(TAG_ASYNC_QUERY);
+                write_outgoing(&mut w, outgoing);
+                w.u32(*hash);
+                w.u32(*label);
+                w.bytes(ok_route.as_bytes());
+                w.bytes(err_route.as_bytes());
+            }
+            Message::Resume(resume) => {
+                w.u8(TAG_RESUME);
+                w.u32(resume.hash);
+                w.u32(resume.label);
+                w.u8(resume.answered as u8);
+                w.bytes(resume.route.as_bytes());
+                w.opt_bytes(resume.reply.as_deref());
+            }
             Message::StartupDone {
                 subscriptions,
                 publishes,
@@ -372,6 +428,20 @@ impl Message {
                 needs_ack: r.bool()?,
             }),
             TAG_ACK => Message::Ack { delivery: r.u64()? },
+            TAG_ASYNC_QUERY => Message::AsyncQuery {
+                outgoing: read_outgoing(&mut r)?,
+                hash: r.u32()?,
+                label: r.u32()?,
+                ok_route: r.string()?,
+                err_route: r.string()?,
+            },
+            TAG_RESUME => Message::Resume(Resume {
+                hash: r.u32()?,
+                label: r.u32()?,
+                answered: r.bool()?,
+                route: r.string()?,
+                reply: r.opt_bytes()?,
+            }),
             TAG_STARTUP_DONE => {
                 let count = r.u32()? as usize;
                 let mut subscriptions = Vec::with_capacity(count.min(1024));
@@ -543,18 +613,34 @@ impl Requester {
         result
     }
 
+    /// Sends a message that gets no answer (an asynchronous query).
+    pub fn send(&mut self, message: &Message, deadline: Instant) -> Result<(), IpcError> {
+        let frame = message.encode();
+        let result = self
+            .connected()
+            .and_then(|stream| write_frame(stream, &frame, deadline));
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    fn connected(&mut self) -> Result<&mut UnixStream, IpcError> {
+        if self.stream.is_none() {
+            self.stream = Some(connect(&self.name).map_err(IpcError::Connect)?);
+        }
+        self.stream
+            .as_mut()
+            .ok_or(IpcError::Wire(WireError("no connection")))
+    }
+
     fn exchange(
         &mut self,
         frame: &[u8],
         request: u64,
         deadline: Instant,
     ) -> Result<Outcome, IpcError> {
-        let stream = match &mut self.stream {
-            Some(stream) => stream,
-            None => self
-                .stream
-                .insert(connect(&self.name).map_err(IpcError::Connect)?),
-        };
+        let stream = self.connected()?;
         write_frame(stream, frame, deadline)?;
         loop {
             match read_frame(stream, deadline)? {
@@ -591,11 +677,12 @@ impl WorkerLink {
         Ok(WorkerLink { stream })
     }
 
-    /// The next delivery, or `None` when nothing arrived within `wait`.
-    pub fn next(&mut self, wait: Duration) -> Result<Option<Delivery>, IpcError> {
+    /// The next work item, or `None` when nothing arrived within `wait`.
+    pub fn next(&mut self, wait: Duration) -> Result<Option<Work>, IpcError> {
         match read_frame(&mut self.stream, Instant::now() + wait)? {
             None => Ok(None),
-            Some(Message::Deliver(delivery)) => Ok(Some(delivery)),
+            Some(Message::Deliver(delivery)) => Ok(Some(Work::Deliver(delivery))),
+            Some(Message::Resume(resume)) => Ok(Some(Work::Resume(resume))),
             Some(_) => Err(IpcError::Wire(WireError("unexpected message"))),
         }
     }
@@ -667,6 +754,20 @@ mod tests {
                 needs_ack: true,
             }),
             Message::Ack { delivery: 9 },
+            Message::AsyncQuery {
+                outgoing: outgoing(),
+                hash: 1234,
+                label: 99,
+                ok_route: "KZ_OK".into(),
+                err_route: "KZ_ERR".into(),
+            },
+            Message::Resume(Resume {
+                hash: 1234,
+                label: 99,
+                answered: true,
+                route: "KZ_OK".into(),
+                reply: Some(b"{ }".to_vec()),
+            }),
             Message::StartupDone {
                 subscriptions: vec![b"{'exchange':'x','type':'topic'}".to_vec(), Vec::new()],
                 publishes: vec![outgoing()],

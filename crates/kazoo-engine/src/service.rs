@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use crate::broker::{Acker, BrokerOptions, Brokers, Event, Source};
 use crate::config::Broker;
-use crate::ipc::{Delivery, Message, Outcome, Outgoing, Target, MAX_FRAME};
+use crate::ipc::{Delivery, Message, Outcome, Outgoing, Resume, Target, MAX_FRAME};
 use crate::payload::{annotate_consumed, connection_event, PreparedPublish};
 use crate::subscription::Subscription;
 
@@ -323,6 +323,45 @@ impl Shared {
         }
     }
 
+    /// Runs an asynchronous query and has a worker resume its transaction:
+    /// in `ok_route` with the reply, or in `err_route` when it failed or
+    /// timed out (the reason is logged).
+    async fn async_query(
+        &self,
+        outgoing: Outgoing,
+        hash: u32,
+        label: u32,
+        ok_route: String,
+        err_route: String,
+    ) {
+        let resume = match self.answer_query(outgoing).await {
+            Outcome::Reply(reply) => Resume {
+                hash,
+                label,
+                answered: true,
+                route: ok_route,
+                reply: Some(reply),
+            },
+            other => {
+                let why = match other {
+                    Outcome::Failed(reason) => reason,
+                    _ => "no reply in time".to_string(),
+                };
+                log::info!("asynchronous query not answered ({why}): resuming in failure_route[{err_route}]");
+                Resume {
+                    hash,
+                    label,
+                    answered: false,
+                    route: err_route,
+                    reply: None,
+                }
+            }
+        };
+        let worker =
+            self.round_robin.fetch_add(1, Ordering::Relaxed) % lock(&self.workers).links.len();
+        lock(&self.workers).send(worker, Message::Resume(resume).encode());
+    }
+
     /// Hands a delivery to a worker; `key` picks the worker for
     /// consistent-worker subscriptions.
     fn deliver(&self, delivery: Delivery, key: Option<&[u8]>) {
@@ -539,6 +578,20 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                     let _ = tx.send(Message::Answer { request, outcome }.encode());
                 });
             }
+            Message::AsyncQuery {
+                outgoing,
+                hash,
+                label,
+                ok_route,
+                err_route,
+            } => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    shared
+                        .async_query(outgoing, hash, label, ok_route, err_route)
+                        .await;
+                });
+            }
             Message::Hello { worker: number } => {
                 let index = number.saturating_sub(1) as usize;
                 let mut workers = lock(&shared.workers);
@@ -562,7 +615,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                     log::error!("IPC: a start-up report came too late or twice; ignored");
                 }
             }
-            Message::Answer { .. } | Message::Deliver(_) => {
+            Message::Answer { .. } | Message::Deliver(_) | Message::Resume(_) => {
                 log::error!("IPC: unexpected message from a Kamailio process");
             }
         }

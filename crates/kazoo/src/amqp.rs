@@ -1,6 +1,6 @@
-//! `kazoo_publish` and `kazoo_query` (and the functions whose engine is not
-//! in this build yet: `kazoo_async_query` / `kazoo_query_async` and
-//! `kazoo_pua_publish*`, which return -1).
+//! `kazoo_publish`, `kazoo_query`, `kazoo_async_query` / `kazoo_query_async`
+//! (and `kazoo_pua_publish*`, whose presence writer is not in this build
+//! yet: they return -1).
 //!
 //! The calling process prepares the payload (the C module's rules, see
 //! `kazoo_engine::payload`) and hands it to the AMQP process, waiting for
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use kamailio::pv::NamedPv;
 use kamailio::script::{ArgError, SpveArg};
+use kamailio::tm::{self, ResumeRoute, Suspended};
 use kamailio::SipMsg;
 use kazoo_engine::ipc::{IpcError, Message, Outcome, Outgoing, Target};
 use kazoo_engine::payload::{self, CommonFields, PayloadError, PreparedPublish, PublishTarget};
@@ -227,8 +228,64 @@ pub fn query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
     Ok(1)
 }
 
-pub fn async_query(_msg: &mut SipMsg, _args: &[SpveArg]) -> Result<i32, AmqpError> {
-    Err(AmqpError::NotAvailable)
+/// `kazoo_async_query(exchange, routing_key, payload, ok_route, err_route
+/// [, flags])` (also `kazoo_query_async`): suspends the transaction, which a
+/// kazoo worker resumes in `onreply_route[ok_route]` with the reply in `$kzR`,
+/// or in `failure_route[err_route]` when no reply came in time. The script
+/// stops here (0); -1 when nothing was suspended (the script goes on). The
+/// sixth parameter is ignored, as in the C module.
+pub fn async_query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<Suspended, AmqpError> {
+    if events::in_mod_init() {
+        return Err(AmqpError::NotInModInit);
+    }
+    let exchange = args[0].value(msg)?;
+    let routing_key = args[1].value(msg)?;
+    let payload = args[2].value(msg)?;
+    let routes = [args[3].value(msg)?, args[4].value(msg)?]
+        .map(|r| String::from_utf8_lossy(&r).into_owned());
+    let [ok_route, err_route] = routes;
+    for (kind, name) in [
+        (ResumeRoute::OnReply, &ok_route),
+        (ResumeRoute::Failure, &err_route),
+    ] {
+        if !tm::route_exists(kind, name) {
+            let block = match kind {
+                ResumeRoute::OnReply => "onreply_route",
+                ResumeRoute::Failure => "failure_route",
+            };
+            return Err(AmqpError::Failed(format!("{block}[{name}] does not exist")));
+        }
+    }
+    let timeout = query_timeout(msg);
+    let outgoing = outgoing(
+        Target::Primary,
+        exchange,
+        &routing_key,
+        &payload,
+        None,
+        timeout,
+    )?;
+    let suspended = tm::suspend(msg).map_err(AmqpError::Failed)?;
+    let id = suspended.id();
+    let message = Message::AsyncQuery {
+        outgoing,
+        hash: id.hash,
+        label: id.label,
+        ok_route,
+        err_route,
+    };
+    let sent = processes::with_requester(|requester| {
+        requester.send(&message, Instant::now() + ANSWER_MARGIN)
+    })
+    .map_err(AmqpError::Failed)
+    .and_then(|sent| sent.map_err(AmqpError::Ipc));
+    match sent {
+        Ok(()) => Ok(suspended),
+        Err(e) => {
+            tm::cancel_suspend(suspended);
+            Err(e)
+        }
+    }
 }
 
 pub fn pua_publish(_msg: &mut SipMsg, _payload: Vec<u8>) -> Result<i32, AmqpError> {

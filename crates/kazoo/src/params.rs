@@ -59,6 +59,9 @@ pub fn mod_init() -> Result<(), String> {
     if !kamailio::route::init_faked_msg() {
         return Err("cannot initialise the faked message for event routes".into());
     }
+    if let Err(e) = kamailio::tm::bind() {
+        kamailio::warn!("{e}: kazoo_async_query and kazoo_query_async will return -1");
+    }
     if !kamailio::process::register(crate::processes::process_count(&config)) {
         return Err("cannot register the kazoo processes".into());
     }

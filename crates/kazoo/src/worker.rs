@@ -1,6 +1,7 @@
 //! A consumer worker process: runs the event route for each delivery the
 //! AMQP process hands it, then tells it the route ran (so the broker ack,
-//! when the subscription waits for it, follows the route, not the receipt).
+//! when the subscription waits for it, follows the route, not the receipt);
+//! and resumes the transactions of asynchronous queries.
 //!
 //! The route is the first of the C module's five candidate names that the
 //! configuration defines (`kazoo_engine::routes`); with `event_callback` set,
@@ -11,10 +12,11 @@ use std::time::Duration;
 use kamailio::route::{self, KemiError, RouteOutcome};
 use std::time::Instant;
 
-use kazoo_engine::ipc::{self, Delivery, Message, WorkerLink};
+use kamailio::tm::{self, ResumeRoute, TransactionId};
+use kazoo_engine::ipc::{self, Delivery, Message, Resume, Work, WorkerLink};
 use kazoo_engine::routes;
 
-use crate::events::{self, EVENT_PAYLOAD, EVENT_ROUTING_KEY};
+use crate::events::{self, EVENT_PAYLOAD, EVENT_ROUTING_KEY, QUERY_RESULT};
 use crate::params::config;
 
 /// The worker's loop; never returns.
@@ -41,7 +43,7 @@ pub fn run(worker: u32, socket: &str) -> ! {
         };
         loop {
             match link.next(Duration::from_secs(1)) {
-                Ok(Some(delivery)) => {
+                Ok(Some(Work::Deliver(delivery))) => {
                     let (id, needs_ack) = (delivery.id, delivery.needs_ack);
                     kamailio::guard::guarded("kazoo consumer event", (), || handle(delivery));
                     if needs_ack {
@@ -51,6 +53,11 @@ pub fn run(worker: u32, socket: &str) -> ! {
                         }
                     }
                 }
+                Ok(Some(Work::Resume(resume))) => {
+                    kamailio::guard::guarded("kazoo asynchronous query", (), || {
+                        resume_query(resume)
+                    });
+                }
                 Ok(None) => {}
                 Err(e) => {
                     kamailio::error!("kazoo worker {worker}: lost the AMQP process: {e}");
@@ -58,6 +65,24 @@ pub fn run(worker: u32, socket: &str) -> ! {
                 }
             }
         }
+    }
+}
+
+/// Resumes a transaction suspended by `kazoo_async_query`, with `$kzR` set
+/// to the reply (or `$null`).
+fn resume_query(resume: Resume) {
+    QUERY_RESULT.set(resume.reply);
+    let kind = if resume.answered {
+        ResumeRoute::OnReply
+    } else {
+        ResumeRoute::Failure
+    };
+    let id = TransactionId {
+        hash: resume.hash,
+        label: resume.label,
+    };
+    if let Err(e) = tm::resume(id, kind, &resume.route) {
+        kamailio::error!("kazoo_async_query: cannot resume the transaction: {e}");
     }
 }
 

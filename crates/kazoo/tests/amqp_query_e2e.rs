@@ -16,6 +16,18 @@ event_route[kazoo:consumer-event]
     xlog("L_INFO", "EVENT-AFTER rk=$kzRK e=$kzE\n");
 }
 
+onreply_route[KZ_OK]
+{
+    xlog("L_INFO", "ASYNC-OK kzR=$kzR\n");
+    t_reply("200", "ASYNC OK");
+}
+
+failure_route[KZ_ERR]
+{
+    xlog("L_INFO", "ASYNC-ERR kzR=$kzR\n");
+    t_reply("503", "ASYNC ERR");
+}
+
 event_route[kazoo:consumer-event-query-from-event]
 {
     kazoo_query("$(kzE{kz.json,Exchange})", "q.from-event", "{'Event-Category':'q','Event-Name':'inner','X-Test-Reply-Hex':'7b224d73672d4944223a227b7b4d534749447d7d222c22416e73776572223a22696e6e6572227d'}");
@@ -37,8 +49,17 @@ request_route {
     } else if ($rU == "q5") {
         $var(h) = $(hdr(X-D){s.decode.hexa});
         kazoo_query("$var(ex)", "$var(rk)", "$var(pl)", "$var(res)", "$var(h)");
+    } else if ($rU == "asyncbad") {
+        kazoo_async_query("$var(ex)", "$var(rk)", "$var(pl)", "NO_SUCH_ROUTE", "KZ_ERR");
+        append_to_reply("X-RC: $rc\r\n");
+        sl_send_reply("500", "Not suspended");
+        exit;
     } else if ($rU == "async") {
         kazoo_async_query("$var(ex)", "$var(rk)", "$var(pl)", "KZ_OK", "KZ_ERR");
+        # Only reached when nothing was suspended.
+        append_to_reply("X-RC: $rc\r\n");
+        sl_send_reply("500", "Not suspended");
+        exit;
     }
     $var(rc) = $rc;
     append_to_reply("X-RC: $var(rc)\r\n");
@@ -173,12 +194,55 @@ fn queries_match_the_c_module_row_for_row() {
             timeout_ms,
         );
         let elapsed = started.elapsed();
-        let rc = int(&reply, "X-RC");
         if form == "async" {
-            // Asynchronous queries come with the tm suspend/continue work.
-            assert_eq!(rc, -1, "{id}");
+            // The transaction was suspended (the script stopped) and resumed
+            // in the route the C module resumed it in, which replied.
+            let expected = &row["async_result"];
+            let status = format!("SIP/2.0 {} {}", reply.code, reply.reason);
+            assert_eq!(status, expected["sip_reply"].as_str().unwrap(), "{id}");
+            let requests = bed.responder.requests();
+            let msg_id = requests
+                .get(seen_before)
+                .map(|r| msg_id_of(&r.body))
+                .unwrap_or_default();
+            let logged = match expected["kzR"].as_str() {
+                Some(template) => {
+                    let marker = "ASYNC-OK kzR=";
+                    let log = bed.proxy.kamailio.log();
+                    let line = log
+                        .lines()
+                        .rev()
+                        .find(|l| l.contains(marker))
+                        .unwrap_or_else(|| panic!("{id}: {marker} not logged"))
+                        .to_string();
+                    let actual = line.split(marker).nth(1).unwrap().to_string();
+                    assert_eq!(
+                        actual,
+                        common::fill_placeholders(template, &actual, &msg_id, &bed.node),
+                        "{id}: $kzR in the route"
+                    );
+                    "ASYNC-OK"
+                }
+                None => {
+                    assert!(
+                        bed.proxy.kamailio.log().contains("ASYNC-ERR kzR=<null>"),
+                        "{id}"
+                    );
+                    "ASYNC-ERR"
+                }
+            };
+            if let Some(ms) = timeout_ms.filter(|_| logged == "ASYNC-ERR") {
+                let expect = Duration::from_millis(ms);
+                assert!(
+                    elapsed >= expect.mul_f64(0.8)
+                        && elapsed <= expect.mul_f64(1.2) + Duration::from_millis(100),
+                    "{id}: async timeout {expect:?} took {elapsed:?}"
+                );
+            }
+            checked += 1;
             continue;
         }
+        let rc = int(&reply, "X-RC");
         assert_eq!(rc, row["rc"].as_i64().unwrap(), "{id}: rc");
         let requests = bed.responder.requests();
         let msg_id = requests
@@ -251,6 +315,23 @@ fn queries_match_the_c_module_row_for_row() {
     }
     println!("{checked} queries checked against the C module");
     assert!(checked >= 10);
+}
+
+#[test]
+fn an_async_query_with_a_missing_route_is_refused_before_suspending() {
+    let bed = Bed::start();
+    let reply = bed.query("asyncbad", "q.x", "{'Event-Category':'q'}", "", None);
+    assert_eq!((reply.code, int(&reply, "X-RC")), (500, -1));
+    assert!(bed
+        .proxy
+        .kamailio
+        .log()
+        .contains("kazoo_async_query: onreply_route[NO_SUCH_ROUTE] does not exist"));
+    // A well-formed one right after works (nothing was left suspended).
+    let reply_hex = kamailio_test::hex_encode(br#"{"Msg-ID":"{{MSGID}}","Answer":"late ok"}"#);
+    let payload = format!("{{'Event-Category':'q','X-Test-Reply-Hex':'{reply_hex}'}}");
+    let reply = bed.query("async", "q.after", &payload, "", None);
+    assert_eq!((reply.code, reply.reason.as_str()), (200, "ASYNC OK"));
 }
 
 #[test]

@@ -395,6 +395,109 @@ pub const TM_T_SUSPEND: usize = 352;
 pub const TM_T_CONTINUE: usize = 360;
 pub const TM_T_CANCEL_SUSPEND: usize = 384;
 
+/// Opaque `db1_con_t` (a database connection of one process).
+#[repr(C)]
+pub struct db1_con_t {
+    _private: [u8; 0],
+}
+
+/// Opaque `db1_res_t`.
+#[repr(C)]
+pub struct db1_res_t {
+    _private: [u8; 0],
+}
+
+/// `db_key_t`: a column name.
+pub type db_key_t = *const str_;
+/// `db_op_t`: a comparison operator (`"="`).
+pub type db_op_t = *const c_char;
+
+/// `db_type_t` values.
+pub const DB1_INT: c_int = 0;
+pub const DB1_STR: c_int = 4;
+pub const DB1_BLOB: c_int = 6;
+
+/// `db_val_t` (32 bytes): the value union at 16 holds an int or a `str`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct db_val_t {
+    pub type_: c_int,
+    pub nul: c_int,
+    pub free: c_int,
+    pub val: db_val_union,
+}
+
+/// The value part of `db_val_t` (16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union db_val_union {
+    pub int_val: c_int,
+    pub str_val: str_,
+}
+
+pub type db_use_table_f = unsafe extern "C" fn(*mut db1_con_t, *const str_) -> c_int;
+pub type db_init_f = unsafe extern "C" fn(*const str_) -> *mut db1_con_t;
+pub type db_close_f = unsafe extern "C" fn(*mut db1_con_t);
+pub type db_insert_f =
+    unsafe extern "C" fn(*const db1_con_t, *const db_key_t, *const db_val_t, c_int) -> c_int;
+pub type db_delete_f = unsafe extern "C" fn(
+    *const db1_con_t,
+    *const db_key_t,
+    *const db_op_t,
+    *const db_val_t,
+    c_int,
+) -> c_int;
+pub type db_replace_f = unsafe extern "C" fn(
+    *const db1_con_t,
+    *const db_key_t,
+    *const db_val_t,
+    c_int,
+    c_int,
+    c_int,
+) -> c_int;
+pub type db_start_transaction_f = unsafe extern "C" fn(*mut db1_con_t, c_int) -> c_int;
+pub type db_end_transaction_f = unsafe extern "C" fn(*mut db1_con_t) -> c_int;
+
+/// `db_func_t` (184 bytes): a DB module's API. Only the members the module
+/// calls are typed; any may be NULL when the driver lacks it.
+#[repr(C)]
+pub struct db_func_t {
+    pub cap: c_uint,
+    pub use_table: Option<db_use_table_f>,
+    pub init: Option<db_init_f>,
+    pub init2: *const c_void,
+    pub close: Option<db_close_f>,
+    pub query: *const c_void,
+    pub fetch_result: *const c_void,
+    pub raw_query: *const c_void,
+    pub free_result: *const c_void,
+    pub insert: Option<db_insert_f>,
+    pub delete: Option<db_delete_f>,
+    pub update: *const c_void,
+    pub replace: Option<db_replace_f>,
+    pub last_inserted_id: *const c_void,
+    pub insert_update: *const c_void,
+    pub insert_delayed: *const c_void,
+    pub insert_async: *const c_void,
+    pub affected_rows: *const c_void,
+    pub start_transaction: Option<db_start_transaction_f>,
+    pub end_transaction: Option<db_end_transaction_f>,
+    pub abort_transaction: Option<db_end_transaction_f>,
+    pub query_lock: *const c_void,
+    pub raw_query_async: *const c_void,
+}
+
+/// `DB_CAP_ALL`: query, insert, delete and update (what the C module requires).
+pub const DB_CAP_ALL: c_uint = 1 | 4 | 8 | 16;
+
+/// `int db_bind_mod(const str *url, db_func_t *dbf)` in libsrdb1, which is
+/// not linked in: it is looked up with `dlsym` in the copy the DB modules
+/// already loaded.
+pub type db_bind_mod_f = unsafe extern "C" fn(*const str_, *mut db_func_t) -> c_int;
+
+/// `dlopen` flag.
+pub const RTLD_NOW: c_int = 2;
+
 /// Log levels (`L_*`).
 pub const L_ALERT: c_int = -5;
 pub const L_BUG: c_int = -4;
@@ -489,6 +592,10 @@ extern "C" {
     pub fn get_debug_facility(mname: *const c_char, mnlen: c_int) -> c_int;
     pub fn my_pid() -> c_int;
 
+    // --- the dynamic loader (libc)
+    pub fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
+    pub fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+
     // --- version data of the running core
     pub static ver_version: [c_char; 0];
 }
@@ -521,4 +628,10 @@ const _: () = {
     assert!(offset_of!(sr_shm_api_t, xfree) == 72);
     assert!(size_of::<log_level_info_t>() == 16);
     assert!(size_of::<ksr_logdata_t>() == 64);
+    assert!(size_of::<db_val_t>() == 32);
+    assert!(offset_of!(db_val_t, val) == 16);
+    assert!(size_of::<db_func_t>() == 184);
+    assert!(offset_of!(db_func_t, insert) == 72);
+    assert!(offset_of!(db_func_t, replace) == 96);
+    assert!(offset_of!(db_func_t, start_transaction) == 144);
 };

@@ -12,10 +12,12 @@
 //! - [`trans`]: transformation classes (`{class.name,param}`).
 //! - [`route`]: running `event_route[...]` blocks and KEMI event callbacks.
 //! - [`tm`]: suspending and resuming transactions (asynchronous functions).
+//! - [`db`]: the generic DB API (presentity writes).
 //! - [`mem`]: the few places where Kamailio's pkg allocator must be used.
 //! - [`process`]: registering and forking module processes.
 //! - [`export`]: the macros that emit a module's exported symbols and tables.
 
+pub mod db;
 pub mod export;
 pub mod guard;
 pub mod log;

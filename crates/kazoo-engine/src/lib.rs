@@ -8,6 +8,8 @@
 //!   module's parameters.
 //! - [`payload`]: the wire rules for payloads: fields added on publish, the
 //!   annotation of consumed messages, headers, `consumer://` targets.
+//! - [`presence`]: the presentity rows and bodies (PIDF, MWI, dialog-info)
+//!   that `kazoo_pua_publish*` writes.
 //! - [`routes`]: the event-route names a consumed message may run.
 //! - [`subscription`]: `kazoo_subscribe` descriptions.
 //! - [`ipc`]: messages between Kamailio's processes and the AMQP process,
@@ -22,6 +24,7 @@ pub mod encode;
 pub mod ipc;
 pub mod json;
 pub mod payload;
+pub mod presence;
 pub mod routes;
 pub mod service;
 pub mod subscription;

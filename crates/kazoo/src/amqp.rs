@@ -1,6 +1,4 @@
-//! `kazoo_publish`, `kazoo_query`, `kazoo_async_query` / `kazoo_query_async`
-//! (and `kazoo_pua_publish*`, whose presence writer is not in this build
-//! yet: they return -1).
+//! `kazoo_publish`, `kazoo_query`, `kazoo_async_query` / `kazoo_query_async`.
 //!
 //! The calling process prepares the payload (the C module's rules, see
 //! `kazoo_engine::payload`) and hands it to the AMQP process, waiting for
@@ -40,7 +38,6 @@ pub enum AmqpError {
     Ipc(IpcError),
     Failed(String),
     Timeout(u32),
-    NotAvailable,
 }
 
 impl std::fmt::Display for AmqpError {
@@ -55,9 +52,6 @@ impl std::fmt::Display for AmqpError {
             AmqpError::Ipc(e) => write!(f, "{e}"),
             AmqpError::Failed(reason) => write!(f, "{reason}"),
             AmqpError::Timeout(ms) => write!(f, "no reply within {ms} ms"),
-            AmqpError::NotAvailable => {
-                f.write_str("not available yet in this build of the kazoo module (returns -1)")
-            }
         }
     }
 }
@@ -286,8 +280,4 @@ pub fn async_query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<Suspended, Amqp
             Err(e)
         }
     }
-}
-
-pub fn pua_publish(_msg: &mut SipMsg, _payload: Vec<u8>) -> Result<i32, AmqpError> {
-    Err(AmqpError::NotAvailable)
 }

@@ -6,8 +6,8 @@
 //! - [`trans`]: `{kz.json,...}`, `{kz.json.count,...}`, `{kz.encode}`;
 //! - [`events`]: `event_route[kazoo:mod-init]`, the KEMI event callback,
 //!   `kazoo_subscribe` and the `$kzR` / `$kzE` / `$kzRK` values;
-//! - [`amqp`]: `kazoo_publish`, `kazoo_query`; `kazoo_async_query` and the
-//!   `kazoo_pua_*` functions, whose engine is not in this build yet;
+//! - [`amqp`]: `kazoo_publish`, `kazoo_query`, `kazoo_async_query`;
+//! - [`pua`]: the `kazoo_pua_*` presence writes;
 //! - [`processes`]: the module's own processes and the IPC socket;
 //! - [`worker`]: a consumer worker's loop (event routes for deliveries);
 //! - [`logger`]: the engine's `log` records into Kamailio's logger;
@@ -21,6 +21,7 @@ mod json;
 mod logger;
 mod params;
 mod processes;
+mod pua;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
 mod trans;
@@ -49,10 +50,10 @@ macro_rules! command_table {
             cmd!("kazoo_json", spve_pv<3>(json, path; target) => json::kazoo_json),
             cmd!("kazoo_json_keys", spve_pv<3>(json, path; target) => json::kazoo_json_keys),
             cmd!("kazoo_encode", spve_pv<2>(input; target) => json::kazoo_encode),
-            cmd!("kazoo_pua_publish", raw(payload) => amqp::pua_publish),
-            cmd!("kazoo_pua_publish_mwi", raw(payload) => amqp::pua_publish),
-            cmd!("kazoo_pua_publish_presence", raw(payload) => amqp::pua_publish),
-            cmd!("kazoo_pua_publish_dialoginfo", raw(payload) => amqp::pua_publish),
+            cmd!("kazoo_pua_publish", raw(payload) => pua::publish_any),
+            cmd!("kazoo_pua_publish_mwi", raw(payload) => pua::publish_mwi),
+            cmd!("kazoo_pua_publish_presence", raw(payload) => pua::publish_presence),
+            cmd!("kazoo_pua_publish_dialoginfo", raw(payload) => pua::publish_dialoginfo),
 CMD_END,
         ]
     };

@@ -45,10 +45,12 @@ pub fn mod_init() -> Result<(), String> {
     for name in &config.params.ignored {
         kamailio::info!("modparam \"{name}\" is accepted for compatibility and has no effect");
     }
-    if config.params.pua_mode == 1 && config.params.db_url.is_none() {
-        kamailio::warn!(
+    match (&config.params.db_url, config.params.pua_mode) {
+        (Some(url), 1) => kamailio::db::bind(url)?,
+        (None, 1) => kamailio::warn!(
             "pua_mode is 1 but db_url is not set: the kazoo_pua_* functions will return -1"
-        );
+        ),
+        _ => {}
     }
     if config.params.event_callback.is_some() && !kamailio::route::kemi_engine_present() {
         kamailio::warn!(

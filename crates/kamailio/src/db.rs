@@ -1,0 +1,308 @@
+//! Kamailio's generic DB API (libsrdb1 and a `db_*` module), for the module's
+//! writes to the presentity table.
+//!
+//! [`bind`] runs in `mod_init`: it finds `db_bind_mod` in the libsrdb1 the DB
+//! modules already loaded (`dlopen` of an already-loaded library returns it),
+//! and binds the driver named by the URL's scheme (`sqlite://` →
+//! `db_sqlite`, which must be loaded). Connections cannot cross a fork, so
+//! each process opens its own on first use ([`with_connection`]).
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::sync::OnceLock;
+
+use crate::sys;
+
+/// Where Debian installs libsrdb1, tried when no loaded copy is found.
+const SRDB1_PATH: &str = "/usr/lib/x86_64-linux-gnu/kamailio/libsrdb1.so.1";
+
+struct Api {
+    url: CString,
+    funcs: sys::db_func_t,
+}
+
+// SAFETY: the function table is written once in mod_init (main process,
+// before any thread or fork) and only read afterwards.
+unsafe impl Sync for Api {}
+// SAFETY: as above; nothing in it is tied to a thread.
+unsafe impl Send for Api {}
+
+static API: OnceLock<Api> = OnceLock::new();
+
+fn text_str(text: &[u8]) -> sys::str_ {
+    sys::str_ {
+        s: text.as_ptr() as *mut c_char,
+        len: text.len() as c_int,
+    }
+}
+
+/// Binds the DB driver for `url` (call in `mod_init`).
+pub fn bind(url: &str) -> Result<(), String> {
+    let url = CString::new(url).map_err(|_| "the DB URL has a NUL byte")?;
+    // SAFETY: plain libc calls with NUL-terminated names.
+    let handle = unsafe {
+        let loaded = sys::dlopen(c"libsrdb1.so.1".as_ptr(), sys::RTLD_NOW);
+        if loaded.is_null() {
+            let path = CString::new(SRDB1_PATH).unwrap_or_default();
+            sys::dlopen(path.as_ptr(), sys::RTLD_NOW)
+        } else {
+            loaded
+        }
+    };
+    if handle.is_null() {
+        return Err("cannot find libsrdb1 (is a db_* module loaded?)".into());
+    }
+    // SAFETY: a symbol lookup in the handle just opened.
+    let symbol = unsafe { sys::dlsym(handle, c"db_bind_mod".as_ptr()) };
+    if symbol.is_null() {
+        return Err("libsrdb1 has no db_bind_mod".into());
+    }
+    // SAFETY: `db_bind_mod` has this signature (srdb1/db.h).
+    let bind_mod = unsafe { std::mem::transmute::<*mut c_void, sys::db_bind_mod_f>(symbol) };
+    // SAFETY: `db_func_t` is plain pointers and an int: all-zero is valid.
+    let mut funcs: sys::db_func_t = unsafe { std::mem::zeroed() };
+    let url_str = text_str(url.as_bytes());
+    // SAFETY: a valid URL `str` and a writable function table.
+    if unsafe { bind_mod(&url_str, &mut funcs) } != 0 {
+        return Err(format!(
+            "cannot bind the DB module for {} (is its db_* module loaded before kazoo.so?)",
+            redact(url.to_str().unwrap_or_default())
+        ));
+    }
+    if funcs.cap & sys::DB_CAP_ALL != sys::DB_CAP_ALL
+        || funcs.insert.is_none()
+        || funcs.delete.is_none()
+    {
+        return Err("the DB module cannot query, insert, delete and update".into());
+    }
+    let _ = API.set(Api { url, funcs });
+    Ok(())
+}
+
+/// The URL without its password, for log lines.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A value to write.
+#[derive(Clone, Copy, Debug)]
+pub enum DbValue<'a> {
+    Str(&'a [u8]),
+    Blob(&'a [u8]),
+    Int(i32),
+}
+
+impl DbValue<'_> {
+    fn raw(&self) -> sys::db_val_t {
+        match self {
+            DbValue::Str(s) => sys::db_val_t {
+                type_: sys::DB1_STR,
+                nul: 0,
+                free: 0,
+                val: sys::db_val_union {
+                    str_val: text_str(s),
+                },
+            },
+            DbValue::Blob(b) => sys::db_val_t {
+                type_: sys::DB1_BLOB,
+                nul: 0,
+                free: 0,
+                val: sys::db_val_union {
+                    str_val: text_str(b),
+                },
+            },
+            DbValue::Int(i) => sys::db_val_t {
+                type_: sys::DB1_INT,
+                nul: 0,
+                free: 0,
+                val: sys::db_val_union { int_val: *i },
+            },
+        }
+    }
+}
+
+/// This process's connection (opened on first use, after the fork).
+pub struct Connection {
+    con: *mut sys::db1_con_t,
+    api: &'static Api,
+}
+
+thread_local! {
+    static CONNECTION: RefCell<Option<Connection>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this process's connection, opening it first if needed.
+pub fn with_connection<R>(f: impl FnOnce(&Connection) -> Result<R, String>) -> Result<R, String> {
+    let api = API.get().ok_or("no database is configured (db_url)")?;
+    CONNECTION.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.is_none() {
+            let init = api
+                .funcs
+                .init
+                .ok_or("the DB module cannot open connections")?;
+            let url = text_str(api.url.as_bytes());
+            // SAFETY: the driver's init with a valid URL; the connection
+            // belongs to this process.
+            let con = unsafe { init(&url) };
+            if con.is_null() {
+                return Err("cannot connect to the database".into());
+            }
+            *slot = Some(Connection { con, api });
+        }
+        match slot.as_ref() {
+            Some(connection) => f(connection),
+            None => Err("cannot connect to the database".into()),
+        }
+    })
+}
+
+/// Column names and values as the driver takes them (keys stay borrowed).
+struct Columns<'a> {
+    names: Vec<sys::str_>,
+    values: Vec<sys::db_val_t>,
+    _borrow: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(columns: &[(&'a str, DbValue<'a>)]) -> Columns<'a> {
+        Columns {
+            names: columns
+                .iter()
+                .map(|(n, _)| text_str(n.as_bytes()))
+                .collect(),
+            values: columns.iter().map(|(_, v)| v.raw()).collect(),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    fn keys(&self) -> Vec<sys::db_key_t> {
+        self.names.iter().map(|n| n as *const sys::str_).collect()
+    }
+}
+
+impl Connection {
+    fn check(rc: c_int, what: &str) -> Result<(), String> {
+        if rc < 0 {
+            Err(format!("database {what} failed"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Selects the table for the next statements (`table` must be static:
+    /// drivers keep the pointer).
+    pub fn use_table(&self, table: &'static str) -> Result<(), String> {
+        let use_table = self
+            .api
+            .funcs
+            .use_table
+            .ok_or("the DB module has no use_table")?;
+        let name: &'static sys::str_ = Box::leak(Box::new(text_str(table.as_bytes())));
+        // SAFETY: this process's connection and a name that lives forever.
+        Self::check(unsafe { use_table(self.con, name) }, "use_table")
+    }
+
+    /// `DELETE ... WHERE` every column equals its value (no columns: every row).
+    pub fn delete(&self, matching: &[(&str, DbValue<'_>)]) -> Result<(), String> {
+        let delete = self.api.funcs.delete.ok_or("the DB module cannot delete")?;
+        let columns = Columns::new(matching);
+        let keys = columns.keys();
+        let ops: Vec<sys::db_op_t> = matching.iter().map(|_| c"=".as_ptr()).collect();
+        let (k, o, v) = if matching.is_empty() {
+            (std::ptr::null(), std::ptr::null(), std::ptr::null())
+        } else {
+            (keys.as_ptr(), ops.as_ptr(), columns.values.as_ptr())
+        };
+        // SAFETY: arrays of `matching.len()` keys, operators and values that
+        // outlive the call, on this process's connection.
+        Self::check(
+            unsafe { delete(self.con, k, o, v, matching.len() as c_int) },
+            "delete",
+        )
+    }
+
+    /// `INSERT` one row.
+    pub fn insert(&self, row: &[(&str, DbValue<'_>)]) -> Result<(), String> {
+        let insert = self.api.funcs.insert.ok_or("the DB module cannot insert")?;
+        let columns = Columns::new(row);
+        let keys = columns.keys();
+        // SAFETY: arrays of `row.len()` keys and values that outlive the call.
+        Self::check(
+            unsafe {
+                insert(
+                    self.con,
+                    keys.as_ptr(),
+                    columns.values.as_ptr(),
+                    row.len() as c_int,
+                )
+            },
+            "insert",
+        )
+    }
+
+    /// Whether the driver can `REPLACE`.
+    pub fn can_replace(&self) -> bool {
+        self.api.funcs.replace.is_some()
+    }
+
+    /// `REPLACE` one row, unique on its first `unique` columns.
+    pub fn replace(&self, row: &[(&str, DbValue<'_>)], unique: usize) -> Result<(), String> {
+        let replace = self
+            .api
+            .funcs
+            .replace
+            .ok_or("the DB module cannot replace")?;
+        let columns = Columns::new(row);
+        let keys = columns.keys();
+        // SAFETY: arrays of `row.len()` keys and values that outlive the call.
+        Self::check(
+            unsafe {
+                replace(
+                    self.con,
+                    keys.as_ptr(),
+                    columns.values.as_ptr(),
+                    row.len() as c_int,
+                    unique as c_int,
+                    0,
+                )
+            },
+            "replace",
+        )
+    }
+
+    /// Runs `f` in a transaction when the driver has them (`lock`: 0 none,
+    /// 1 write, 2 full), aborting it when `f` fails.
+    pub fn transaction<R>(
+        &self,
+        lock: i32,
+        f: impl FnOnce() -> Result<R, String>,
+    ) -> Result<R, String> {
+        let funcs = &self.api.funcs;
+        let (Some(start), Some(end), Some(abort)) = (
+            funcs.start_transaction,
+            funcs.end_transaction,
+            funcs.abort_transaction,
+        ) else {
+            return f();
+        };
+        // SAFETY: this process's connection.
+        Self::check(unsafe { start(self.con, lock) }, "start_transaction")?;
+        match f() {
+            Ok(value) => {
+                // SAFETY: as above, closing the transaction just started.
+                Self::check(unsafe { end(self.con) }, "end_transaction")?;
+                Ok(value)
+            }
+            Err(e) => {
+                // SAFETY: as above, aborting the transaction just started.
+                unsafe { abort(self.con) };
+                Err(e)
+            }
+        }
+    }
+}

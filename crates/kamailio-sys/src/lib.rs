@@ -276,7 +276,7 @@ pub struct module_exports {
     pub dlflags: c_uint,
     pub cmds: *const cmd_export_t,
     pub params: *const param_export_t,
-    pub rpc_methods: *const c_void,
+    pub rpc_methods: *const rpc_export_t,
     pub pv_items: *const pv_export_t,
     pub response_f: Option<response_function>,
     pub init_mod_f: Option<init_function>,
@@ -394,6 +394,38 @@ pub const TM_T_GETT: usize = 208;
 pub const TM_T_SUSPEND: usize = 352;
 pub const TM_T_CONTINUE: usize = 360;
 pub const TM_T_CANCEL_SUSPEND: usize = 384;
+
+/// `rpc_t` (96 bytes): the RPC transport's reply API. Most members are
+/// C-variadic; only those the module calls are typed.
+#[repr(C)]
+pub struct rpc_t {
+    pub fault: Option<unsafe extern "C" fn(*mut c_void, c_int, *const c_char, ...) -> c_int>,
+    pub send: *const c_void,
+    pub add: Option<unsafe extern "C" fn(*mut c_void, *const c_char, ...) -> c_int>,
+    pub scan: *const c_void,
+    pub rpl_printf: *const c_void,
+    pub struct_add: *const c_void,
+    pub array_add: *const c_void,
+    pub struct_scan: *const c_void,
+    pub struct_printf: *const c_void,
+    pub capabilities: *const c_void,
+    pub delayed_ctx_new: *const c_void,
+    pub delayed_ctx_close: *const c_void,
+}
+
+pub type rpc_function_t = unsafe extern "C" fn(*mut rpc_t, *mut c_void);
+
+/// One RPC command (`rpc_export_t`, 32 bytes).
+#[repr(C)]
+pub struct rpc_export_t {
+    pub name: *const c_char,
+    pub function: Option<rpc_function_t>,
+    pub doc_str: *const *const c_char,
+    pub flags: c_uint,
+}
+
+// SAFETY: export tables are immutable statics; the core only reads them.
+unsafe impl Sync for rpc_export_t {}
 
 /// Opaque `db1_con_t` (a database connection of one process).
 #[repr(C)]
@@ -629,6 +661,8 @@ const _: () = {
     assert!(size_of::<log_level_info_t>() == 16);
     assert!(size_of::<ksr_logdata_t>() == 64);
     assert!(size_of::<db_val_t>() == 32);
+    assert!(size_of::<rpc_t>() == 96);
+    assert!(size_of::<rpc_export_t>() == 32);
     assert!(offset_of!(db_val_t, val) == 16);
     assert!(size_of::<db_func_t>() == 184);
     assert!(offset_of!(db_func_t, insert) == 72);

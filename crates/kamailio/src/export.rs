@@ -52,6 +52,14 @@ pub const TRANS_END: sys::tr_export_t = sys::tr_export_t {
     tparse: None,
 };
 
+/// Terminator of an RPC table.
+pub const RPC_END: sys::rpc_export_t = sys::rpc_export_t {
+    name: std::ptr::null(),
+    function: None,
+    doc_str: std::ptr::null(),
+    flags: 0,
+};
+
 /// Terminator of a KEMI table.
 pub const KEMI_END: sys::sr_kemi_t = sys::sr_kemi_t {
     mname: sys::str_::NULL,
@@ -177,6 +185,7 @@ macro_rules! module {
         cmds: $cmds:path,
         params: $params:path,
         pvs: $pvs:path,
+        rpc: $rpc:path,
         register: $register:path,
         init: $init:path,
         child_init: $child_init:path,
@@ -203,7 +212,7 @@ macro_rules! module {
             dlflags: 0,
             cmds: $cmds.as_ptr(),
             params: $params.as_ptr(),
-            rpc_methods: ::std::ptr::null(),
+            rpc_methods: $rpc.as_ptr(),
             pv_items: $pvs.as_ptr(),
             response_f: None,
             init_mod_f: Some(__kamailio_mod_init),
@@ -390,6 +399,35 @@ macro_rules! trans_class {
             tparse: Some($crate::trans::parse_entry::<$ty>),
         }
     };
+}
+
+/// One row of an RPC table: `$handler(&Rpc) -> Result<String, E>`; the text
+/// is the reply, an error becomes fault 500.
+#[macro_export]
+macro_rules! rpc {
+    ($name:literal, $doc:literal, $handler:path) => {{
+        static DOC: $crate::rpc::RpcDoc = $crate::rpc::RpcDoc([
+            concat!($doc, "\0").as_ptr() as *const ::std::ffi::c_char,
+            ::std::ptr::null(),
+        ]);
+        #[allow(unsafe_code)]
+        unsafe extern "C" fn entry(api: *mut $crate::sys::rpc_t, ctx: *mut ::std::ffi::c_void) {
+            $crate::guard::guarded($name, (), || {
+                // SAFETY: the arguments the core passed to this RPC function.
+                let rpc = unsafe { $crate::rpc::Rpc::from_raw(api, ctx) };
+                match $handler(&rpc) {
+                    Ok(text) => rpc.add_str(&text),
+                    Err(err) => rpc.fault(500, &err.to_string()),
+                }
+            })
+        }
+        $crate::sys::rpc_export_t {
+            name: concat!($name, "\0").as_ptr() as *const ::std::ffi::c_char,
+            function: Some(entry),
+            doc_str: DOC.0.as_ptr(),
+            flags: 0,
+        }
+    }};
 }
 
 /// One row of a KEMI table: `KSR.<module>.<name>(str, ...)` returning int;

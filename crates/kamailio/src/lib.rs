@@ -11,6 +11,7 @@
 //! - [`pv`]: pseudo-variable values exported by the module.
 //! - [`trans`]: transformation classes (`{class.name,param}`).
 //! - [`route`]: running `event_route[...]` blocks and KEMI event callbacks.
+//! - [`rpc`]: RPC commands.
 //! - [`tm`]: suspending and resuming transactions (asynchronous functions).
 //! - [`db`]: the generic DB API (presentity writes).
 //! - [`mem`]: the few places where Kamailio's pkg allocator must be used.
@@ -27,6 +28,7 @@ pub mod params;
 pub mod process;
 pub mod pv;
 pub mod route;
+pub mod rpc;
 pub mod script;
 pub mod thread;
 pub mod tm;

@@ -145,6 +145,9 @@ pub enum Message {
     },
     /// AMQP → worker: resume a suspended transaction.
     Resume(Resume),
+    /// Process → AMQP: the service's state and counters, answered with
+    /// [`Outcome::Reply`] holding a JSON document (the `kazoo.status` RPC).
+    Status { request: u64 },
     /// Worker 1 → AMQP: what the KEMI `kazoo:mod-init` callback declared
     /// (subscription descriptions as JSON text) and published; the AMQP
     /// process waits for it before connecting when a KEMI engine is used.
@@ -175,6 +178,7 @@ const TAG_ACK: u8 = 6;
 const TAG_STARTUP_DONE: u8 = 7;
 const TAG_ASYNC_QUERY: u8 = 8;
 const TAG_RESUME: u8 = 9;
+const TAG_STATUS: u8 = 10;
 
 const OUTCOME_PUBLISHED: u8 = 0;
 const OUTCOME_REPLY: u8 = 1;
@@ -373,6 +377,10 @@ impl Message {
                 w.bytes(ok_route.as_bytes());
                 w.bytes(err_route.as_bytes());
             }
+            Message::Status { request } => {
+                w.u8(TAG_STATUS);
+                w.u64(*request);
+            }
             Message::Resume(resume) => {
                 w.u8(TAG_RESUME);
                 w.u32(resume.hash);
@@ -435,6 +443,7 @@ impl Message {
                 ok_route: r.string()?,
                 err_route: r.string()?,
             },
+            TAG_STATUS => Message::Status { request: r.u64()? },
             TAG_RESUME => Message::Resume(Resume {
                 hash: r.u32()?,
                 label: r.u32()?,
@@ -602,6 +611,7 @@ impl Requester {
                 o.request = request;
                 Message::Query(o)
             }
+            Message::Status { .. } => Message::Status { request },
             other => other,
         };
         let frame = message.encode();
@@ -754,6 +764,7 @@ mod tests {
                 needs_ack: true,
             }),
             Message::Ack { delivery: 9 },
+            Message::Status { request: 5 },
             Message::AsyncQuery {
                 outgoing: outgoing(),
                 hash: 1234,

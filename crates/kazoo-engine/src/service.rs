@@ -103,6 +103,19 @@ async fn serve(
         ackers: Mutex::new(HashMap::new()),
         next_delivery: AtomicU64::new(1),
         round_robin: AtomicUsize::new(0),
+        counters: Counters::default(),
+        brokers_state: Mutex::new(
+            config
+                .brokers
+                .iter()
+                .map(|b| BrokerState {
+                    id: b.id,
+                    zone: b.zone.clone(),
+                    host: b.host.clone(),
+                    connections: Default::default(),
+                })
+                .collect(),
+        ),
     });
     tokio::spawn(accept(listener, shared.clone()));
     if let Some(wait) = config.await_startup {
@@ -177,6 +190,33 @@ fn same_user(stream: &UnixStream) -> bool {
     }
 }
 
+/// What the service counts, for the `kazoo.status` RPC.
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    publish_failed: AtomicU64,
+    query_answered: AtomicU64,
+    query_timed_out: AtomicU64,
+    query_failed: AtomicU64,
+    async_answered: AtomicU64,
+    async_not_answered: AtomicU64,
+    delivered: AtomicU64,
+    dropped: AtomicU64,
+    unmatched_replies: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A broker and whether each of its connections is up.
+struct BrokerState {
+    id: u32,
+    zone: String,
+    host: String,
+    connections: std::collections::BTreeMap<String, bool>,
+}
+
 struct Shared {
     /// The broker layer, once started (after the start-up report when a
     /// KEMI engine runs `kazoo:mod-init`).
@@ -195,6 +235,8 @@ struct Shared {
     ackers: Mutex<HashMap<u64, Acker>>,
     next_delivery: AtomicU64,
     round_robin: AtomicUsize,
+    counters: Counters,
+    brokers_state: Mutex<Vec<BrokerState>>,
 }
 
 /// The consumer workers' connections, and what waits for those not yet
@@ -292,8 +334,14 @@ impl Shared {
     async fn answer_publish(&self, outgoing: Outgoing) -> Outcome {
         let wait = Duration::from_millis(outgoing.timeout_ms.into()).min(self.publish_timeout);
         match self.publish(&outgoing, Instant::now() + wait).await {
-            Ok(()) => Outcome::Published,
-            Err(reason) => Outcome::Failed(reason),
+            Ok(()) => {
+                bump(&self.counters.published);
+                Outcome::Published
+            }
+            Err(reason) => {
+                bump(&self.counters.publish_failed);
+                Outcome::Failed(reason)
+            }
         }
     }
 
@@ -312,12 +360,17 @@ impl Shared {
         }
         if let Err(reason) = self.publish(&outgoing, deadline).await {
             lock(&self.pending).remove(&outgoing.msg_id);
+            bump(&self.counters.query_failed);
             return Outcome::Failed(reason);
         }
         match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(reply)) => Outcome::Reply(reply),
+            Ok(Ok(reply)) => {
+                bump(&self.counters.query_answered);
+                Outcome::Reply(reply)
+            }
             _ => {
                 lock(&self.pending).remove(&outgoing.msg_id);
+                bump(&self.counters.query_timed_out);
                 Outcome::Timeout
             }
         }
@@ -335,14 +388,18 @@ impl Shared {
         err_route: String,
     ) {
         let resume = match self.answer_query(outgoing).await {
-            Outcome::Reply(reply) => Resume {
-                hash,
-                label,
-                answered: true,
-                route: ok_route,
-                reply: Some(reply),
-            },
+            Outcome::Reply(reply) => {
+                bump(&self.counters.async_answered);
+                Resume {
+                    hash,
+                    label,
+                    answered: true,
+                    route: ok_route,
+                    reply: Some(reply),
+                }
+            }
             other => {
+                bump(&self.counters.async_not_answered);
                 let why = match other {
                     Outcome::Failed(reason) => reason,
                     _ => "no reply in time".to_string(),
@@ -371,6 +428,88 @@ impl Shared {
             None => self.round_robin.fetch_add(1, Ordering::Relaxed) % workers,
         };
         lock(&self.workers).send(worker, Message::Deliver(delivery).encode());
+    }
+
+    fn set_connection(&self, broker_id: u32, role: &str, up: bool) {
+        let mut brokers = lock(&self.brokers_state);
+        if let Some(broker) = brokers.iter_mut().find(|b| b.id == broker_id) {
+            broker.connections.insert(role.to_string(), up);
+        }
+    }
+
+    /// The `kazoo.status` document.
+    fn status(&self) -> Vec<u8> {
+        use crate::json::Value;
+        let text = |s: &str| Value::String(s.as_bytes().to_vec());
+        let count = |c: &AtomicU64| Value::UInt(c.load(Ordering::Relaxed));
+        let object = |members: Vec<(&str, Value)>| {
+            Value::Object(
+                members
+                    .into_iter()
+                    .map(|(k, v)| (k.as_bytes().to_vec(), v))
+                    .collect(),
+            )
+        };
+        let brokers = lock(&self.brokers_state)
+            .iter()
+            .map(|b| {
+                object(vec![
+                    ("id", Value::UInt(u64::from(b.id))),
+                    ("zone", text(&b.zone)),
+                    ("host", text(&b.host)),
+                    (
+                        "connections",
+                        Value::Object(
+                            b.connections
+                                .iter()
+                                .map(|(role, up)| {
+                                    (
+                                        role.as_bytes().to_vec(),
+                                        text(if *up { "up" } else { "down" }),
+                                    )
+                                })
+                                .collect(),
+                        ),
+                    ),
+                ])
+            })
+            .collect();
+        let c = &self.counters;
+        let status = object(vec![
+            ("brokers", Value::Array(brokers)),
+            (
+                "publish",
+                object(vec![
+                    ("confirmed", count(&c.published)),
+                    ("failed", count(&c.publish_failed)),
+                ]),
+            ),
+            (
+                "query",
+                object(vec![
+                    ("answered", count(&c.query_answered)),
+                    ("timed_out", count(&c.query_timed_out)),
+                    ("failed", count(&c.query_failed)),
+                    ("pending", Value::UInt(lock(&self.pending).len() as u64)),
+                ]),
+            ),
+            (
+                "async_query",
+                object(vec![
+                    ("answered", count(&c.async_answered)),
+                    ("not_answered", count(&c.async_not_answered)),
+                ]),
+            ),
+            (
+                "consumed",
+                object(vec![
+                    ("delivered", count(&c.delivered)),
+                    ("dropped", count(&c.dropped)),
+                    ("unmatched_replies", count(&c.unmatched_replies)),
+                ]),
+            ),
+        ]);
+        crate::json::to_json(&status)
     }
 
     fn next_id(&self) -> u64 {
@@ -408,6 +547,7 @@ impl Shared {
                         // Redelivering it would fail the same way.
                         acker.ack();
                     }
+                    bump(&self.counters.dropped);
                     return;
                 }
             };
@@ -424,8 +564,12 @@ impl Shared {
         }
         let subscription = match delivery.source {
             Source::Subscription { index } => self.subscriptions.get().and_then(|s| s.get(index)),
-            Source::Reply { .. } => None,
+            Source::Reply { .. } => {
+                bump(&self.counters.unmatched_replies);
+                None
+            }
         };
+        bump(&self.counters.delivered);
         let id = self.next_id();
         let wait_for_route = subscription.is_some_and(|s| s.wait_for_consumer_ack);
         let needs_ack = match delivery.ack {
@@ -489,6 +633,7 @@ async fn broker_events(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>) {
                 role,
             } => {
                 log::info!("broker {broker_id} ({host}, zone {zone}): {role:?} connection open");
+                shared.set_connection(broker_id, &role.to_string(), true);
                 shared.connection_event(true, &host, &zone);
             }
             Event::Disconnected {
@@ -501,6 +646,7 @@ async fn broker_events(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>) {
                 log::warn!(
                     "broker {broker_id} ({host}, zone {zone}): {role:?} connection closed: {reason}"
                 );
+                shared.set_connection(broker_id, &role.to_string(), false);
                 shared.connection_event(false, &host, &zone);
             }
             Event::Delivery(delivery) => shared.consumed(delivery),
@@ -577,6 +723,10 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                     let outcome = shared.answer_query(outgoing).await;
                     let _ = tx.send(Message::Answer { request, outcome }.encode());
                 });
+            }
+            Message::Status { request } => {
+                let outcome = Outcome::Reply(shared.status());
+                let _ = tx.send(Message::Answer { request, outcome }.encode());
             }
             Message::AsyncQuery {
                 outgoing,

@@ -11,6 +11,7 @@
 //! - [`processes`]: the module's own processes and the IPC socket;
 //! - [`worker`]: a consumer worker's loop (event routes for deliveries);
 //! - [`logger`]: the engine's `log` records into Kamailio's logger;
+//! - [`rpc_commands`]: the `kazoo.status` RPC command;
 //! - `test_hooks` (feature `test-hooks`, never in release builds): script
 //!   functions that exist only to test the module's safety nets.
 #![deny(unsafe_code)]
@@ -22,13 +23,16 @@ mod logger;
 mod params;
 mod processes;
 mod pua;
+mod rpc_commands;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
 mod trans;
 mod worker;
 
-use kamailio::export::{CMD_END, KEMI_END, PARAM_END, PV_END, TRANS_END};
-use kamailio::sys::{cmd_export_t, param_export_t, pv_export_t, sr_kemi_t, tr_export_t};
+use kamailio::export::{CMD_END, KEMI_END, PARAM_END, PV_END, RPC_END, TRANS_END};
+use kamailio::sys::{
+    cmd_export_t, param_export_t, pv_export_t, rpc_export_t, sr_kemi_t, tr_export_t,
+};
 use kamailio::{cmd, kemi, param, pv, trans_class};
 
 /// The script functions, with room for test-only ones in front.
@@ -124,6 +128,15 @@ static PVS: [pv_export_t; 4] = [
     PV_END,
 ];
 
+static RPCS: [rpc_export_t; 2] = [
+    kamailio::rpc!(
+        "kazoo.status",
+        "Broker connections and counters of the kazoo module, as JSON.",
+        rpc_commands::status
+    ),
+    RPC_END,
+];
+
 static TRANSFORMATIONS: [tr_export_t; 2] =
     [trans_class!("kz", trans::KzTransformations), TRANS_END];
 
@@ -138,6 +151,7 @@ kamailio::module! {
     cmds: CMDS,
     params: PARAMS,
     pvs: PVS,
+    rpc: RPCS,
     register: register,
     init: params::mod_init,
     child_init: events::child_init,

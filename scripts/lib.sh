@@ -54,3 +54,21 @@ ensure_rabbitmq() {
 rabbitmq_port_open() {
     (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null
 }
+
+# ensure_mariadb: a local MariaDB answering root through its socket.
+ensure_mariadb() {
+    ensure_packages mariadb-server mariadb-client
+    if mysql -uroot -e 'SELECT 1' >/dev/null 2>&1; then
+        return 0
+    fi
+    echo "==> starting MariaDB"
+    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd >/dev/null 2>&1 || true
+    local i
+    for i in $(seq 1 60); do
+        mysql -uroot -e 'SELECT 1' >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    echo "MariaDB did not start" >&2
+    exit 1
+}

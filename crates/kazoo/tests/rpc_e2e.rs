@@ -24,7 +24,11 @@ fn status(proxy: &Proxy) -> serde_json::Value {
         .args(["-s", &socket, "kazoo.status"])
         .output()
         .expect("kamcmd (Debian package kamailio)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }

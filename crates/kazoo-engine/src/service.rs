@@ -688,7 +688,9 @@ async fn startup_publishes(shared: Arc<Shared>, publishes: Vec<Outgoing>) {
 
 /// Serves one IPC connection: requests from a process, or a worker's link.
 async fn connection(shared: Arc<Shared>, stream: UnixStream) {
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
+    // Buffered: a frame's length and body come in one read.
+    let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
@@ -777,7 +779,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
 }
 
 async fn read_message(
-    reader: &mut tokio::net::unix::OwnedReadHalf,
+    reader: &mut tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
 ) -> Result<Option<Message>, String> {
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len).await {

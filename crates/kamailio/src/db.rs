@@ -146,8 +146,7 @@ pub fn with_connection<R>(f: impl FnOnce(&Connection) -> Result<R, String>) -> R
                 .init
                 .ok_or("the DB module cannot open connections")?;
             let url = text_str(api.url.as_bytes());
-            // SAFETY: the driver's init with a valid URL; the connection
-            // belongs to this process.
+            // SAFETY: the driver's init with a valid URL; the connection belongs to this process.
             let con = unsafe { init(&url) };
             if con.is_null() {
                 return Err("cannot connect to the database".into());
@@ -218,12 +217,9 @@ impl Connection {
         } else {
             (keys.as_ptr(), ops.as_ptr(), columns.values.as_ptr())
         };
-        // SAFETY: arrays of `matching.len()` keys, operators and values that
-        // outlive the call, on this process's connection.
-        Self::check(
-            unsafe { delete(self.con, k, o, v, matching.len() as c_int) },
-            "delete",
-        )
+        // SAFETY: arrays of `matching.len()` keys, operators and values that outlive the call, on this process's connection.
+        let rc = unsafe { delete(self.con, k, o, v, matching.len() as c_int) };
+        Self::check(rc, "delete")
     }
 
     /// `INSERT` one row.
@@ -231,18 +227,10 @@ impl Connection {
         let insert = self.api.funcs.insert.ok_or("the DB module cannot insert")?;
         let columns = Columns::new(row);
         let keys = columns.keys();
+        let n = row.len() as c_int;
         // SAFETY: arrays of `row.len()` keys and values that outlive the call.
-        Self::check(
-            unsafe {
-                insert(
-                    self.con,
-                    keys.as_ptr(),
-                    columns.values.as_ptr(),
-                    row.len() as c_int,
-                )
-            },
-            "insert",
-        )
+        let rc = unsafe { insert(self.con, keys.as_ptr(), columns.values.as_ptr(), n) };
+        Self::check(rc, "insert")
     }
 
     /// Whether the driver can `REPLACE`.
@@ -259,20 +247,11 @@ impl Connection {
             .ok_or("the DB module cannot replace")?;
         let columns = Columns::new(row);
         let keys = columns.keys();
+        let (n, unique) = (row.len() as c_int, unique as c_int);
+        let (k, v) = (keys.as_ptr(), columns.values.as_ptr());
         // SAFETY: arrays of `row.len()` keys and values that outlive the call.
-        Self::check(
-            unsafe {
-                replace(
-                    self.con,
-                    keys.as_ptr(),
-                    columns.values.as_ptr(),
-                    row.len() as c_int,
-                    unique as c_int,
-                    0,
-                )
-            },
-            "replace",
-        )
+        let rc = unsafe { replace(self.con, k, v, n, unique, 0) };
+        Self::check(rc, "replace")
     }
 
     /// Runs `f` in a transaction when the driver has them (`lock`: 0 none,

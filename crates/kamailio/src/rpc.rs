@@ -20,8 +20,7 @@ impl Rpc {
     /// Adds a string to the reply.
     pub fn add_str(&self, text: &str) {
         let text = CString::new(text.replace('\0', " ")).unwrap_or_default();
-        // SAFETY: the transport's `add` with the constant format "s" and one
-        // NUL-terminated string, during the call.
+        // SAFETY: the transport's `add` with the constant format "s" and one NUL-terminated string, during the call.
         unsafe {
             if let Some(add) = (*self.api).add {
                 add(self.ctx, c"s".as_ptr(), text.as_ptr());
@@ -32,8 +31,7 @@ impl Rpc {
     /// Fails the call with `code` and `reason`.
     pub fn fault(&self, code: i32, reason: &str) {
         let reason = CString::new(reason.replace('\0', " ")).unwrap_or_default();
-        // SAFETY: the transport's `fault` with a constant "%s" format and one
-        // NUL-terminated string, during the call.
+        // SAFETY: the transport's `fault` with a constant "%s" format and one NUL-terminated string, during the call.
         unsafe {
             if let Some(fault) = (*self.api).fault {
                 fault(self.ctx, code, c"%s".as_ptr(), reason.as_ptr());

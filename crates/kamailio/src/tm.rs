@@ -34,8 +34,8 @@ pub fn bind() -> Result<(), String> {
     if load.is_null() {
         return Err("the tm module is not loaded (loadmodule \"tm.so\" before kazoo.so)".into());
     }
-    // SAFETY: `load_tm` has this signature in every tm version.
     let load: sys::load_tm_f =
+        // SAFETY: `load_tm` has this signature in every tm version.
         unsafe { std::mem::transmute::<*const c_void, sys::load_tm_f>(load) };
     // Larger than `struct tm_binds` of any version: load_tm fills its own.
     let mut binds = vec![0usize; 1024 / std::mem::size_of::<usize>()];
@@ -54,9 +54,7 @@ pub fn bind() -> Result<(), String> {
     if pointers.iter().any(|&o| at(o) == 0) {
         return Err("tm's API is incomplete (not Kamailio 5.6?)".into());
     }
-    // SAFETY: each offset holds the function of the named type in 5.6's
-    // `struct tm_binds` (checked non-null above); the build refuses other
-    // Kamailio versions.
+    // SAFETY: each offset holds the function of the named type in 5.6's `struct tm_binds` (checked non-null above); the build refuses other Kamailio versions.
     let tm = unsafe {
         Tm {
             gett: std::mem::transmute::<usize, sys::t_gett_f>(at(sys::TM_T_GETT)),
@@ -165,9 +163,7 @@ pub fn resume(id: TransactionId, kind: ResumeRoute, name: &str) -> Result<(), St
         };
         format!("{block}[{name}] does not exist")
     })?;
-    // SAFETY: tm's function with a transaction id from `suspend` and a route
-    // body of the configuration; the core's message environment is reset
-    // afterwards as after any route.
+    // SAFETY: tm's function with a transaction id from `suspend` and a route body of the configuration; the core's message environment is reset afterwards as after any route.
     let rc: c_int = unsafe { (tm.continue_)(id.hash, id.label, actions) };
     // SAFETY: plain core call after a route ran.
     unsafe { sys::ksr_msg_env_reset() };

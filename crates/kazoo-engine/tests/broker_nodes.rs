@@ -11,7 +11,7 @@ use std::time::Duration;
 use broker_support::*;
 use kamailio_test::{system_broker_url, unique_name, RabbitNode};
 use kazoo_engine::broker::{Brokers, Delivery, Event, PublishError, Role, TlsOptions};
-use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::BasicGetOptions;
 use tokio::sync::mpsc::Receiver;
 use tokio::time::Instant;
 
@@ -110,24 +110,7 @@ async fn broker_closes_restarts_and_failover() {
     // -- The broker closes every connection while publishes keep flowing:
     // each one confirmed must be in its queue; they work again afterwards.
     let raw = Raw::connect(&private_url).await;
-    raw.channel
-        .queue_declare(
-            counted.as_str().into(),
-            QueueDeclareOptions::default(),
-            no_args(),
-        )
-        .await
-        .unwrap();
-    raw.channel
-        .queue_bind(
-            counted.as_str().into(),
-            "amq.direct".into(),
-            "count".into(),
-            QueueBindOptions::default(),
-            no_args(),
-        )
-        .await
-        .unwrap();
+    raw.bound_queue(&counted, "amq.direct", "count").await;
     let stop = AtomicBool::new(false);
     let publishing = async {
         let mut confirmed = Vec::new();

@@ -10,9 +10,7 @@ use broker_support::*;
 use kamailio_test::{system_broker_url, system_rabbitmqctl, unique_name};
 use kazoo_engine::broker::{Brokers, Event, PublishError, Role, Source};
 use kazoo_engine::subscription::{ExchangeBinding, ExchangeFlags, QueueFlags};
-use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, ExchangeKind};
 use tokio::time::Instant;
@@ -48,24 +46,7 @@ async fn publish_sets_only_content_type_and_headers_and_waits_for_confirms() {
         )
         .await
         .unwrap();
-    raw.channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions::default(),
-            no_args(),
-        )
-        .await
-        .unwrap();
-    raw.channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "rk".into(),
-            QueueBindOptions::default(),
-            no_args(),
-        )
-        .await
-        .unwrap();
+    raw.bound_queue(&queue, &exchange, "rk").await;
 
     let mut opts = options(&unique_name("kztest"));
     opts.consumer_connections = 0;

@@ -6,7 +6,10 @@ use std::time::Duration;
 use kazoo_engine::broker::{BrokerOptions, Event, Role};
 use kazoo_engine::config::{parse_connection, Broker};
 use kazoo_engine::subscription::{ExchangeFlags, QueueFlags, Subscription};
-use lapin::options::{BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicPublishOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::sync::mpsc::Receiver;
@@ -182,6 +185,24 @@ impl Raw {
             connection,
             channel,
         }
+    }
+
+    /// Declares a plain queue and binds it to `exchange` with `key`.
+    pub async fn bound_queue(&self, queue: &str, exchange: &str, key: &str) {
+        self.channel
+            .queue_declare(queue.into(), QueueDeclareOptions::default(), no_args())
+            .await
+            .expect("test queue.declare");
+        self.channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                no_args(),
+            )
+            .await
+            .expect("test queue.bind");
     }
 
     /// Publishes (without confirms) a plain message.

@@ -8,7 +8,7 @@
 //! (`sip_msg`, `fparam_t`, `action`, ...) are opaque.
 #![allow(non_camel_case_types)]
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::ffi::{c_char, c_int, c_long, c_uint, c_ushort, c_void, CStr};
 
 /// `SER_FULL_VERSION` of the target Kamailio, e.g. `kamailio 5.6.3 (x86_64/linux)`.
 pub const MODULE_VERSION: &CStr =
@@ -675,4 +675,44 @@ const _: () = {
     assert!(offset_of!(db_func_t, insert) == 72);
     assert!(offset_of!(db_func_t, replace) == 96);
     assert!(offset_of!(db_func_t, start_transaction) == 144);
+};
+
+// --- statistics (core/counters.h): a counter is one `long` per process in a
+// shm array of `_cnts_row_len` counters per process row; its value is the
+// sum of the rows. `counter_inc`/`counter_add` are inline: a process adds to
+// its own row, `_cnts_vals[process_no * _cnts_row_len + id]`.
+
+/// A registered counter (`struct counter_handle_s`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct counter_handle_t {
+    pub id: c_ushort,
+}
+
+pub type counter_val_t = c_long;
+pub type counter_cbk_f =
+    Option<unsafe extern "C" fn(handle: counter_handle_t, param: *mut c_void) -> counter_val_t>;
+
+/// Counter flag: `stats.reset_statistics` leaves it alone.
+pub const CNT_F_NO_RESET: c_int = 1;
+
+extern "C" {
+    pub fn counter_register(
+        handle: *mut counter_handle_t,
+        group: *const c_char,
+        name: *const c_char,
+        flags: c_int,
+        cbk: counter_cbk_f,
+        cbk_param: *mut c_void,
+        doc: *const c_char,
+        reg_flags: c_int,
+    ) -> c_int;
+    /// `counter_array_t *`: rows of `struct counter_val_s { long v; }`.
+    pub static mut _cnts_vals: *mut counter_val_t;
+    pub static mut _cnts_row_len: c_int;
+}
+
+const _: () = {
+    assert!(size_of::<counter_handle_t>() == 2);
+    assert!(size_of::<counter_val_t>() == 8);
 };

@@ -15,7 +15,8 @@
 //! - [`tm`]: suspending and resuming transactions (asynchronous functions).
 //! - [`db`]: the generic DB API (presentity writes).
 //! - [`mem`]: the few places where Kamailio's pkg allocator must be used.
-//! - [`process`]: registering and forking module processes.
+//! - [`process`]: registering and forking module processes, and their duties.
+//! - [`stats`]: statistics (Kamailio's counters).
 //! - [`export`]: the macros that emit a module's exported symbols and tables.
 
 pub mod db;
@@ -30,6 +31,7 @@ pub mod pv;
 pub mod route;
 pub mod rpc;
 pub mod script;
+pub mod stats;
 pub mod thread;
 pub mod tm;
 pub mod trans;

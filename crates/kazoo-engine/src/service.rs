@@ -65,10 +65,46 @@ pub struct ServiceConfig {
     /// runs there) before connecting, at most this long.
     pub await_startup: Option<Duration>,
     /// Called every [`TICK`] on the runtime's thread (the process's main
-    /// thread): the host refreshes its per-process state there (Kamailio's
-    /// runtime configuration, which decides among other things what this
-    /// process logs).
-    pub on_tick: fn(),
+    /// thread) with the service's [`Stats`]: the host refreshes its
+    /// per-process state there (Kamailio's runtime configuration, which
+    /// decides among other things what this process logs) and publishes the
+    /// statistics.
+    pub on_tick: fn(&Stats),
+}
+
+/// What the service did since start-up (totals) and the state it is in
+/// now (gauges): the `kazoo.status` RPC and the host's statistics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Publishes the broker confirmed, and publishes that failed.
+    pub published: u64,
+    pub publish_failed: u64,
+    /// Synchronous queries answered, timed out, failed; queries waiting now.
+    pub query_answered: u64,
+    pub query_timed_out: u64,
+    pub query_failed: u64,
+    pub query_pending: u64,
+    /// Asynchronous queries resumed with a reply, and without one.
+    pub async_answered: u64,
+    pub async_not_answered: u64,
+    /// Consumed messages handed to workers, dropped as unreadable, and
+    /// replies nobody waited for (delivered as events).
+    pub delivered: u64,
+    pub dropped: u64,
+    pub unmatched_replies: u64,
+    /// Deliveries waiting for a consumer worker that is not connected.
+    pub worker_queued: u64,
+    pub brokers: Vec<BrokerStats>,
+}
+
+/// A broker and whether each of its connections is up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    pub id: u32,
+    pub zone: String,
+    pub host: String,
+    /// By role (`publisher`, `consumer 0`, ...).
+    pub connections: std::collections::BTreeMap<String, bool>,
 }
 
 /// How often [`ServiceConfig::on_tick`] runs.
@@ -116,7 +152,7 @@ async fn serve(
             config
                 .brokers
                 .iter()
-                .map(|b| BrokerState {
+                .map(|b| BrokerStats {
                     id: b.id,
                     zone: b.zone.clone(),
                     host: b.host.clone(),
@@ -125,7 +161,7 @@ async fn serve(
                 .collect(),
         ),
     });
-    tokio::spawn(tick(config.on_tick));
+    tokio::spawn(tick(shared.clone(), config.on_tick));
     tokio::spawn(accept(listener, shared.clone()));
     if let Some(wait) = config.await_startup {
         collect_startup(&mut config, startup_rx, wait).await;
@@ -145,12 +181,12 @@ async fn serve(
     std::future::pending().await
 }
 
-async fn tick(on_tick: fn()) {
+async fn tick(shared: Arc<Shared>, on_tick: fn(&Stats)) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        on_tick();
+        on_tick(&shared.stats());
     }
 }
 
@@ -227,14 +263,6 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A broker and whether each of its connections is up.
-struct BrokerState {
-    id: u32,
-    zone: String,
-    host: String,
-    connections: std::collections::BTreeMap<String, bool>,
-}
-
 struct Shared {
     /// The broker layer, once started (after the start-up report when a
     /// KEMI engine runs `kazoo:mod-init`).
@@ -254,7 +282,7 @@ struct Shared {
     next_delivery: AtomicU64,
     round_robin: AtomicUsize,
     counters: Counters,
-    brokers_state: Mutex<Vec<BrokerState>>,
+    brokers_state: Mutex<Vec<BrokerStats>>,
 }
 
 /// The consumer workers' connections, and what waits for those not yet
@@ -455,11 +483,37 @@ impl Shared {
         }
     }
 
+    /// What the service did since start-up and the state it is in.
+    fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let brokers = lock(&self.brokers_state).clone();
+        Stats {
+            published: count(&c.published),
+            publish_failed: count(&c.publish_failed),
+            query_answered: count(&c.query_answered),
+            query_timed_out: count(&c.query_timed_out),
+            query_failed: count(&c.query_failed),
+            query_pending: lock(&self.pending).len() as u64,
+            async_answered: count(&c.async_answered),
+            async_not_answered: count(&c.async_not_answered),
+            delivered: count(&c.delivered),
+            dropped: count(&c.dropped),
+            unmatched_replies: count(&c.unmatched_replies),
+            worker_queued: lock(&self.workers)
+                .queued
+                .iter()
+                .map(|q| q.len() as u64)
+                .sum(),
+            brokers,
+        }
+    }
+
     /// The `kazoo.status` document.
     fn status(&self) -> Vec<u8> {
         use crate::json::Value;
+        let stats = self.stats();
         let text = |s: &str| Value::String(s.as_bytes().to_vec());
-        let count = |c: &AtomicU64| Value::UInt(c.load(Ordering::Relaxed));
         let object = |members: Vec<(&str, Value)>| {
             Value::Object(
                 members
@@ -468,7 +522,8 @@ impl Shared {
                     .collect(),
             )
         };
-        let brokers = lock(&self.brokers_state)
+        let brokers = stats
+            .brokers
             .iter()
             .map(|b| {
                 object(vec![
@@ -492,38 +547,37 @@ impl Shared {
                 ])
             })
             .collect();
-        let c = &self.counters;
         let status = object(vec![
             ("brokers", Value::Array(brokers)),
             (
                 "publish",
                 object(vec![
-                    ("confirmed", count(&c.published)),
-                    ("failed", count(&c.publish_failed)),
+                    ("confirmed", Value::UInt(stats.published)),
+                    ("failed", Value::UInt(stats.publish_failed)),
                 ]),
             ),
             (
                 "query",
                 object(vec![
-                    ("answered", count(&c.query_answered)),
-                    ("timed_out", count(&c.query_timed_out)),
-                    ("failed", count(&c.query_failed)),
-                    ("pending", Value::UInt(lock(&self.pending).len() as u64)),
+                    ("answered", Value::UInt(stats.query_answered)),
+                    ("timed_out", Value::UInt(stats.query_timed_out)),
+                    ("failed", Value::UInt(stats.query_failed)),
+                    ("pending", Value::UInt(stats.query_pending)),
                 ]),
             ),
             (
                 "async_query",
                 object(vec![
-                    ("answered", count(&c.async_answered)),
-                    ("not_answered", count(&c.async_not_answered)),
+                    ("answered", Value::UInt(stats.async_answered)),
+                    ("not_answered", Value::UInt(stats.async_not_answered)),
                 ]),
             ),
             (
                 "consumed",
                 object(vec![
-                    ("delivered", count(&c.delivered)),
-                    ("dropped", count(&c.dropped)),
-                    ("unmatched_replies", count(&c.unmatched_replies)),
+                    ("delivered", Value::UInt(stats.delivered)),
+                    ("dropped", Value::UInt(stats.dropped)),
+                    ("unmatched_replies", Value::UInt(stats.unmatched_replies)),
                 ]),
             ),
         ]);

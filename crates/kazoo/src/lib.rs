@@ -12,6 +12,7 @@
 //! - [`worker`]: a consumer worker's loop (event routes for deliveries);
 //! - [`logger`]: the engine's `log` records into Kamailio's logger;
 //! - [`rpc_commands`]: the `kazoo.status` RPC command;
+//! - [`stats`]: the statistics (`kamcmd stats.get_statistics kazoo:`);
 //! - `test_hooks` (feature `test-hooks`, never in release builds): script
 //!   functions that exist only to test the module's safety nets.
 #![deny(unsafe_code)]
@@ -24,6 +25,7 @@ mod params;
 mod processes;
 mod pua;
 mod rpc_commands;
+mod stats;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
 mod trans;

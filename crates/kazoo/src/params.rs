@@ -64,6 +64,7 @@ pub fn mod_init() -> Result<(), String> {
     if let Err(e) = kamailio::tm::bind() {
         kamailio::warn!("{e}: kazoo_async_query and kazoo_query_async will return -1");
     }
+    crate::stats::register(&config)?;
     if !kamailio::process::register(crate::processes::process_count(&config)) {
         return Err("cannot register the kazoo processes".into());
     }

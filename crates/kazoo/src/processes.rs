@@ -109,7 +109,7 @@ fn run_amqp_process(config: &'static Config) -> ! {
             .event_callback
             .is_some()
             .then_some(Duration::from_secs(30)),
-        on_tick: process::refresh_config,
+        on_tick,
     };
     crate::logger::install();
     let error = match service::run(listener, service_config) {
@@ -118,4 +118,11 @@ fn run_amqp_process(config: &'static Config) -> ! {
     };
     kamailio::crit!("kazoo AMQP process cannot run: {error}");
     process::exit(1);
+}
+
+/// The AMQP process's tick: Kamailio's runtime configuration, then the
+/// statistics.
+fn on_tick(stats: &service::Stats) {
+    process::refresh_config();
+    crate::stats::update(stats);
 }

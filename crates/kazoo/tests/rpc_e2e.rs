@@ -18,10 +18,11 @@ request_route {
 }
 "#;
 
-fn status(proxy: &Proxy) -> serde_json::Value {
+fn kamcmd(proxy: &Proxy, args: &[&str]) -> String {
     let socket = format!("unix:{}/ctl.sock", proxy.kamailio.rundir().display());
     let out = Command::new("kamcmd")
-        .args(["-s", &socket, "kazoo.status"])
+        .args(["-s", &socket])
+        .args(args)
         .output()
         .expect("kamcmd (Debian package kamailio)");
     assert!(
@@ -29,8 +30,37 @@ fn status(proxy: &Proxy) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn status(proxy: &Proxy) -> serde_json::Value {
+    let text = kamcmd(proxy, &["kazoo.status"]);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// `kazoo:<name>` from `stats.get_statistics kazoo:`, once it equals
+/// `want` (the AMQP process writes the statistics every 100 ms), else its
+/// last value.
+fn statistic(proxy: &Proxy, name: &str, want: i64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let text = kamcmd(proxy, &["stats.get_statistics", "kazoo:"]);
+        let value = text
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .trim_matches('"')
+                    .strip_prefix(&format!("kazoo:{name} = "))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| panic!("no kazoo:{name} in {text}"))
+            .parse()
+            .unwrap();
+        if value == want || std::time::Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -40,7 +70,8 @@ fn kazoo_status_shows_brokers_and_counters() {
     probe.declare_exchange(&exchange, "topic").unwrap();
     let (config, _node) = amqp_cfg(
         &system_broker_url(),
-        "loadmodule \"ctl.so\"\nmodparam(\"ctl\", \"binrpc\", \"unix:{{RUNDIR}}/ctl.sock\")",
+        "loadmodule \"ctl.so\"\nloadmodule \"kex.so\"\n\
+         modparam(\"ctl\", \"binrpc\", \"unix:{{RUNDIR}}/ctl.sock\")",
         ROUTES,
     );
     let proxy = Proxy::start(&config);
@@ -63,5 +94,20 @@ fn kazoo_status_shows_brokers_and_counters() {
     assert_eq!(broker["connections"]["publisher"], "up", "{status}");
     assert_eq!(broker["connections"]["consumer 0"], "up", "{status}");
     assert_eq!(status["query"]["pending"], 0, "{status}");
+
+    // The same counts as Kamailio statistics, which reset.
+    assert_eq!(statistic(&proxy, "published", 2), 2);
+    assert_eq!(statistic(&proxy, "publish_failed", 1), 1);
+    assert_eq!(statistic(&proxy, "broker_1_publisher_up", 1), 1);
+    assert_eq!(statistic(&proxy, "broker_1_consumers_up", 1), 1);
+    kamcmd(&proxy, &["stats.reset_statistics", "kazoo:"]);
+    assert_eq!(statistic(&proxy, "published", 0), 0);
+    assert_eq!(
+        statistic(&proxy, "broker_1_publisher_up", 1),
+        1,
+        "gauges do not reset"
+    );
+    assert_eq!(int(&proxy.call("rpc", &[exchange.as_bytes()]), "X-RC"), 1);
+    assert_eq!(statistic(&proxy, "published", 1), 1);
     probe.delete_exchange(&exchange);
 }

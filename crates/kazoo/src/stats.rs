@@ -15,8 +15,11 @@ use kazoo_engine::service::Stats;
 
 const GROUP: &CStr = c"kazoo";
 
-/// A total and how to read it from the service's [`Stats`].
-type Total = (&'static CStr, &'static CStr, fn(&Stats) -> u64);
+/// How to read a total from the service's [`Stats`].
+type Read = fn(&Stats) -> u64;
+
+/// A total: its name, its description and how to read it.
+type Total = (&'static CStr, &'static CStr, Read);
 
 const TOTALS: [Total; 10] = [
     (c"published", c"Publishes confirmed by the broker", |s| {
@@ -69,7 +72,7 @@ const TOTALS: [Total; 10] = [
 
 /// The registered counters.
 struct Registered {
-    totals: Vec<(Counter, fn(&Stats) -> u64)>,
+    totals: Vec<(Counter, Read)>,
     query_pending: Counter,
     worker_queued: Counter,
     /// Per broker id: its publisher connection up (1/0), its consuming

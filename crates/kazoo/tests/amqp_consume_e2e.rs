@@ -95,7 +95,7 @@ fn routes_cfg(names: &Names, defined: &BTreeSet<String>) -> String {
         r#"event_route[kazoo:consumer-event-slow-ack]
 {
     xlog("L_INFO", "SLOW-START $pp $kzE\n");
-    usleep(1500000);
+    usleep(4000000);
     xlog("L_INFO", "SLOW-DONE\n");
 }
 request_route {

@@ -492,38 +492,14 @@ impl Shared {
         lock(&self.workers).send(worker, Message::Deliver(delivery).encode());
     }
 
-    /// Records a connection's state. For a consuming connection, returns its
-    /// zone and how many consuming connections of that zone were up before
-    /// and are up after.
+    /// Records a connection's state (see [`record_connection`]).
     fn set_connection(
         &self,
         broker_id: u32,
         role: Role,
         up: bool,
     ) -> Option<(String, usize, usize)> {
-        let mut brokers = lock(&self.brokers_state);
-        let zone = brokers.iter().find(|b| b.id == broker_id)?.zone.clone();
-        let consuming = |brokers: &[BrokerState]| {
-            brokers
-                .iter()
-                .filter(|b| b.zone == zone)
-                .flat_map(|b| b.consumers_up.iter())
-                .filter(|up| **up)
-                .count()
-        };
-        let before = consuming(&brokers);
-        let broker = brokers.iter_mut().find(|b| b.id == broker_id)?;
-        broker.connections.insert(role.to_string(), up);
-        let Role::Consumer(n) = role else {
-            return None;
-        };
-        let n = n as usize;
-        if broker.consumers_up.len() <= n {
-            broker.consumers_up.resize(n + 1, false);
-        }
-        broker.consumers_up[n] = up;
-        let after = consuming(&brokers);
-        Some((zone, before, after))
+        record_connection(&mut lock(&self.brokers_state), broker_id, role, up)
     }
 
     /// The `kazoo.status` document.
@@ -750,6 +726,39 @@ impl Shared {
             hash_key.as_deref(),
         );
     }
+}
+
+/// Records a connection's state. For a consuming connection, returns its
+/// zone and how many consuming connections of that zone were up before and
+/// are up after (0 to 1: the zone is available; 1 to 0: unavailable).
+fn record_connection(
+    brokers: &mut [BrokerState],
+    broker_id: u32,
+    role: Role,
+    up: bool,
+) -> Option<(String, usize, usize)> {
+    let zone = brokers.iter().find(|b| b.id == broker_id)?.zone.clone();
+    let consuming = |brokers: &[BrokerState]| {
+        brokers
+            .iter()
+            .filter(|b| b.zone == zone)
+            .flat_map(|b| b.consumers_up.iter())
+            .filter(|up| **up)
+            .count()
+    };
+    let before = consuming(brokers);
+    let broker = brokers.iter_mut().find(|b| b.id == broker_id)?;
+    broker.connections.insert(role.to_string(), up);
+    let Role::Consumer(n) = role else {
+        return None;
+    };
+    let n = n as usize;
+    if broker.consumers_up.len() <= n {
+        broker.consumers_up.resize(n + 1, false);
+    }
+    broker.consumers_up[n] = up;
+    let after = consuming(brokers);
+    Some((zone, before, after))
 }
 
 /// The value a consistent-worker subscription hashes: its key field when the
@@ -1018,5 +1027,33 @@ mod tests {
             workers.send(0, vec![(i % 256) as u8]);
         }
         assert_eq!(workers.queued[0].len(), MAX_QUEUED_PER_WORKER);
+    }
+
+    #[test]
+    fn zone_counts_follow_the_consuming_connections_only() {
+        let state = |id, zone: &str| BrokerState {
+            id,
+            zone: zone.into(),
+            host: "h".into(),
+            connections: Default::default(),
+            consumers_up: Vec::new(),
+        };
+        let mut brokers = vec![state(1, "local"), state(2, "local"), state(3, "remote")];
+        let mut record = |id, role, up| record_connection(&mut brokers, id, role, up);
+        let local = |before, after| Some(("local".to_string(), before, after));
+        assert_eq!(record(1, Role::Consumer(0), true), local(0, 1));
+        assert_eq!(record(1, Role::Consumer(1), true), local(1, 2));
+        assert_eq!(record(2, Role::Consumer(0), true), local(2, 3));
+        assert_eq!(record(1, Role::Publisher, false), None);
+        assert_eq!(
+            record(3, Role::Consumer(0), true),
+            Some(("remote".to_string(), 0, 1))
+        );
+        assert_eq!(record(1, Role::Consumer(0), false), local(3, 2));
+        // A retry that fails again changes nothing.
+        assert_eq!(record(1, Role::Consumer(0), false), local(2, 2));
+        assert_eq!(record(1, Role::Consumer(1), false), local(2, 1));
+        assert_eq!(record(2, Role::Consumer(0), false), local(1, 0));
+        assert_eq!(record(9, Role::Consumer(0), true), None);
     }
 }

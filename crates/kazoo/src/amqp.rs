@@ -244,20 +244,25 @@ fn query_timeout(msg: &mut SipMsg) -> Duration {
 /// `kazoo_query`'s fourth argument: the text of a variable name, as in the
 /// C module; unless it names no writable variable and its value is an
 /// unsigned integer: then it is flags (2600hz's builds).
-fn target_or_flags(msg: &mut SipMsg, arg: &SpveArg) -> Result<(Option<Vec<u8>>, Extra), AmqpError> {
+fn target_or_flags(msg: &mut SipMsg, arg: &SpveArg) -> (Option<Vec<u8>>, Extra) {
     let name = arg.literal();
     if NamedPv::lookup(&name).is_some_and(|pv| pv.is_writable()) {
-        return Ok((Some(name), Extra::default()));
+        return (Some(name), Extra::default());
     }
-    match PublishFlags::parse(&arg.value(msg)?) {
-        Some(flags) => Ok((
+    // A value that cannot be read is not flags: the name is kept, as upstream.
+    let flags = arg
+        .value(msg)
+        .ok()
+        .and_then(|value| PublishFlags::parse(&value));
+    match flags {
+        Some(flags) => (
             None,
             Extra {
                 headers: None,
                 flags: Some(flags),
             },
-        )),
-        None => Ok((Some(name), Extra::default())),
+        ),
+        None => (Some(name), Extra::default()),
     }
 }
 
@@ -271,7 +276,7 @@ pub fn query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
     let routing_key = args[1].value(msg)?;
     let payload = args[2].value(msg)?;
     let (target_var, mut extra) = match args.get(3) {
-        Some(arg) => target_or_flags(msg, arg)?,
+        Some(arg) => target_or_flags(msg, arg),
         None => (None, Extra::default()),
     };
     extra.headers = args.get(4).map(|h| h.value(msg)).transpose()?;

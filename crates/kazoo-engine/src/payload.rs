@@ -326,13 +326,13 @@ pub fn parse_headers(text: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
-/// The publish flags of 2600hz's builds of the module (AMQP-CPP's flag bits), given as the
+/// The publish flags of 2600hz's builds of the module (their AMQP client's flag bits), given as the
 /// `flags` argument (`kazoo_publish`'s and `kazoo_query`'s 4th, `kazoo_async_query`'s 6th).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublishFlags(pub u32);
 
 impl PublishFlags {
-    /// AMQP-CPP's `mandatory` (2048): the broker returns a message no queue takes.
+    /// `mandatory` (2048): the broker returns a message no queue takes.
     pub const MANDATORY: u32 = 0x800;
 
     /// The argument's value as flags: an unsigned decimal integer (nothing else, so `k=v`
@@ -352,8 +352,8 @@ impl PublishFlags {
         self.0 & Self::MANDATORY != 0
     }
 
-    /// The bits that have no effect here (every one but `mandatory`; AMQP-CPP's
-    /// `immediate`, 4096, among them: RabbitMQ refuses immediate publishes).
+    /// The bits that have no effect here (every one but `mandatory`; the
+    /// `immediate` bit, 4096, among them: RabbitMQ refuses immediate publishes).
     pub fn ignored(self) -> u32 {
         self.0 & !Self::MANDATORY
     }

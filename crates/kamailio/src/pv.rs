@@ -104,12 +104,17 @@ impl NamedPv {
         (!spec.is_null()).then_some(NamedPv { spec })
     }
 
+    /// Whether the variable can be assigned (`$var(x)`, `$avp(x)`; not
+    /// `$ci` or `$def(X)`).
+    pub fn is_writable(&self) -> bool {
+        // SAFETY: a spec owned by the core's cache for the process lifetime.
+        unsafe { (*self.spec).setf.is_some() }
+    }
+
     /// Assigns a string; false when the variable is read-only or the
     /// assignment fails.
     pub fn set_str(&self, msg: &mut crate::SipMsg, value: &[u8]) -> bool {
-        // SAFETY: a spec owned by the core's cache for the process lifetime.
-        let writable = unsafe { (*self.spec).setf.is_some() };
-        writable && PvDest::from_spec(self.spec).set_str(msg, value).is_ok()
+        self.is_writable() && PvDest::from_spec(self.spec).set_str(msg, value).is_ok()
     }
 
     /// The variable's value as an integer, when it holds one.

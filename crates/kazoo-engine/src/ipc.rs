@@ -69,6 +69,9 @@ pub struct Outgoing {
     pub msg_id: String,
     /// How long the caller waits for the answer.
     pub timeout_ms: u32,
+    /// Published `mandatory`: the broker returns it when no queue is bound
+    /// for it (the `flags` argument's 2048 bit).
+    pub mandatory: bool,
 }
 
 /// How a request ended.
@@ -287,6 +290,7 @@ fn write_outgoing(w: &mut Writer, o: &Outgoing) {
     w.u8(o.server_id_slot as u8);
     w.bytes(o.msg_id.as_bytes());
     w.u32(o.timeout_ms);
+    w.u8(o.mandatory as u8);
 }
 
 fn read_outgoing(r: &mut Reader<'_>) -> Result<Outgoing, WireError> {
@@ -314,6 +318,7 @@ fn read_outgoing(r: &mut Reader<'_>) -> Result<Outgoing, WireError> {
         server_id_slot: r.bool()?,
         msg_id: r.string()?,
         timeout_ms: r.u32()?,
+        mandatory: r.bool()?,
     })
 }
 
@@ -727,6 +732,7 @@ mod tests {
             server_id_slot: true,
             msg_id: "id-1".into(),
             timeout_ms: 2000,
+            mandatory: true,
         }
     }
 

@@ -5,7 +5,10 @@
 //! - the names of the targeted reply plumbing (`Server-ID`, reply queues);
 //! - the `k=v;k=v` AMQP headers argument and the `consumer://<N>/<rk>` routing-key prefix;
 //! - what a consumer does to every consumed message (`kz_amqp_send_worker_event`);
-//! - the synthetic connection event text (`kz_amqp_fire_connection_event`).
+//! - the synthetic connection event text (`kz_amqp_fire_connection_event`);
+//! - the events of 2600hz's builds of the module that configurations written for them route
+//!   (`connection-error`, `connection-listener-zone-*`, `amqp-error-message-returned`); the
+//!   C module has none, so these are json-c formatted objects, not vectors.
 //!
 //! Everything here is byte-exact against the vectors captured from the C module. Where the C
 //! module crashes (non-object payloads, long `Server-ID`s) we return an error or just work.
@@ -323,6 +326,39 @@ pub fn parse_headers(text: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// The publish flags of 2600hz's builds of the module (their AMQP client's flag bits), given as the
+/// `flags` argument (`kazoo_publish`'s and `kazoo_query`'s 4th, `kazoo_async_query`'s 6th).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishFlags(pub u32);
+
+impl PublishFlags {
+    /// `mandatory` (2048): the broker returns a message no queue takes.
+    pub const MANDATORY: u32 = 0x800;
+
+    /// The argument's value as flags: an unsigned decimal integer (nothing else, so `k=v`
+    /// headers and variable names are never taken for flags).
+    pub fn parse(value: &[u8]) -> Option<PublishFlags> {
+        if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(value)
+            .ok()?
+            .parse()
+            .ok()
+            .map(PublishFlags)
+    }
+
+    pub fn mandatory(self) -> bool {
+        self.0 & Self::MANDATORY != 0
+    }
+
+    /// The bits that have no effect here (every one but `mandatory`; the
+    /// `immediate` bit, 4096, among them: RabbitMQ refuses immediate publishes).
+    pub fn ignored(self) -> u32 {
+        self.0 & !Self::MANDATORY
+    }
+}
+
 /// Where a `kazoo_publish` goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishTarget {
@@ -493,6 +529,59 @@ pub fn connection_event(key: &str, subkey: &str, open: bool, host: &str, zone: &
     out
 }
 
+/// A connection event of 2600hz's builds (`connection-error`,
+/// `connection-listener-zone-available`, ...): `<key>` is `"connection"`, `<subkey>` is
+/// `name`, then `fields` in order, written as json-c writes an object.
+pub fn connection_notice(key: &str, subkey: &str, name: &str, fields: &[(&str, &str)]) -> Vec<u8> {
+    let text = |s: &str| Value::String(s.as_bytes().to_vec());
+    let mut entries = vec![
+        (key.as_bytes().to_vec(), text("connection")),
+        (subkey.as_bytes().to_vec(), text(name)),
+    ];
+    for (field, value) in fields {
+        set_member(&mut entries, field.as_bytes(), text(value));
+    }
+    to_json(&Value::Object(entries))
+}
+
+/// The event-key value of a message the broker returned (`amqp_error`, with
+/// [`RETURNED_SUBKEY_VALUE`]: route `kazoo:consumer-event-amqp-error-message-returned`).
+pub const RETURNED_KEY_VALUE: &str = "amqp_error";
+/// The event-subkey value of a returned message.
+pub const RETURNED_SUBKEY_VALUE: &str = "message_returned";
+
+/// A message the broker returned (`basic.return` of a mandatory publish), as 2600hz's builds
+/// hand it to the event routes: the published payload with `<key>`/`<subkey>` set to
+/// `amqp_error`/`message_returned`, their former values in `Original-<key>` and
+/// `Original-<subkey>` (`null` when absent), the broker's `Error-Code` and `Error-Reason`, and
+/// `AMQP-Broker-Zone`.
+pub fn returned_message(
+    body: &[u8],
+    key: &str,
+    subkey: &str,
+    zone: &str,
+    reply_code: u16,
+    reply_text: &str,
+) -> Result<Vec<u8>, PayloadError> {
+    let mut entries = parse_object(body)?;
+    let text = |s: &str| Value::String(s.as_bytes().to_vec());
+    for (field, value) in [(key, RETURNED_KEY_VALUE), (subkey, RETURNED_SUBKEY_VALUE)] {
+        let original = member(&entries, field.as_bytes())
+            .cloned()
+            .unwrap_or(Value::Null);
+        set_member(&mut entries, field.as_bytes(), text(value));
+        set_member(
+            &mut entries,
+            format!("Original-{field}").as_bytes(),
+            original,
+        );
+    }
+    set_member(&mut entries, b"Error-Code", Value::Int(reply_code.into()));
+    set_member(&mut entries, b"Error-Reason", text(reply_text));
+    set_member(&mut entries, KEY_BROKER_ZONE, text(zone));
+    Ok(to_json(&Value::Object(entries)))
+}
+
 /// A quoted string as C's `"\"%s\""` would write it, escaping only what would break the JSON.
 fn push_raw_string(text: &str, out: &mut Vec<u8>) {
     out.push(b'"');
@@ -599,5 +688,62 @@ mod tests {
                 .to_vec()
         );
         assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn connection_notices_are_json_c_objects_with_the_configured_keys() {
+        let text = connection_notice(
+            "K",
+            "S",
+            "error",
+            &[("host", "h"), ("zone", "z"), ("message", "403 \"no\"")],
+        );
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            r#"{ "K": "connection", "S": "error", "host": "h", "zone": "z", "message": "403 \"no\"" }"#
+        );
+    }
+
+    #[test]
+    fn a_returned_message_keeps_its_payload_and_names_the_returned_route() {
+        let body =
+            br#"{"Event-Category": "directory", "Event-Name": "reg_success", "Msg-ID": "m"}"#;
+        let text = returned_message(
+            body,
+            "Event-Category",
+            "Event-Name",
+            "local",
+            312,
+            "NO_ROUTE",
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            r#"{ "Event-Category": "amqp_error", "Event-Name": "message_returned", "Msg-ID": "m", "Original-Event-Category": "directory", "Original-Event-Name": "reg_success", "Error-Code": 312, "Error-Reason": "NO_ROUTE", "AMQP-Broker-Zone": "local" }"#
+        );
+        let missing = returned_message(b"{}", "K", "S", "z", 312, "NO_ROUTE").unwrap();
+        assert!(String::from_utf8(missing)
+            .unwrap()
+            .contains(r#""Original-K": null"#));
+        assert!(returned_message(b"[1]", "K", "S", "z", 312, "NO_ROUTE").is_err());
+    }
+
+    #[test]
+    fn flags_are_plain_unsigned_integers_and_2048_is_mandatory() {
+        assert_eq!(PublishFlags::parse(b"2048"), Some(PublishFlags(2048)));
+        assert!(PublishFlags::parse(b"2048").unwrap().mandatory());
+        assert_eq!(PublishFlags::parse(b"6144").unwrap().ignored(), 4096);
+        assert!(!PublishFlags::parse(b"0").unwrap().mandatory());
+        for not_flags in [
+            &b""[..],
+            b"k=v",
+            b"$var(x)",
+            b"-1",
+            b" 2048",
+            b"2048;a=b",
+            b"99999999999",
+        ] {
+            assert_eq!(PublishFlags::parse(not_flags), None, "{not_flags:?}");
+        }
     }
 }

@@ -11,8 +11,15 @@
 //!   to a consumer worker for the event routes, round-robin or by a
 //!   consistent hash; acked on the broker once the worker says the route ran
 //!   (subscriptions with `no_ack: 0` and `wait_for_consumer_ack`).
-//! - Connection events: every broker connection opening or closing becomes a
-//!   synthetic `connection` event for the routes, as in the C module.
+//! - Connection events: every broker connection opening or closing (each
+//!   failed attempt included) becomes a synthetic `connection` event for the
+//!   routes, as in the C module; and, as 2600hz's builds of the module raise
+//!   them, a `connection` `error` event with the reason, and
+//!   `listener-zone-available` / `-unavailable` per subscription when a zone
+//!   gains its first or loses its last consuming connection. A `mandatory`
+//!   publish the broker returns becomes an `amqp_error` `message_returned`
+//!   event. All of them travel to the workers as deliveries without an ack,
+//!   through one function (`synthetic_event`).
 //! - Publishes made during `kazoo:mod-init`, before any broker connection
 //!   existed, are published once a broker is connected.
 //! - With a KEMI engine, `kazoo:mod-init` runs in consumer worker 1 (engines
@@ -32,10 +39,14 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::broker::{Acker, BrokerOptions, Brokers, Event, Source};
+use crate::broker::{
+    Acker, BrokerOptions, Brokers, Event, PublishError, PublishProperties, Role, Source,
+};
 use crate::config::Broker;
 use crate::ipc::{Delivery, Message, Outcome, Outgoing, Resume, Target, MAX_FRAME};
-use crate::payload::{annotate_consumed, connection_event, PreparedPublish};
+use crate::payload::{
+    annotate_consumed, connection_event, connection_notice, returned_message, PreparedPublish,
+};
 use crate::subscription::Subscription;
 
 /// Deliveries kept for a worker that has not connected yet (at start-up);
@@ -138,6 +149,7 @@ async fn serve(
         brokers: brokers_rx,
         startup: startup_tx,
         node_hostname: config.options.node_hostname.clone(),
+        primary_zone: config.options.primary_zone.clone(),
         subscriptions: OnceLock::new(),
         event_key: config.event_key.clone(),
         event_subkey: config.event_subkey.clone(),
@@ -152,11 +164,12 @@ async fn serve(
             config
                 .brokers
                 .iter()
-                .map(|b| BrokerStats {
+                .map(|b| BrokerState {
                     id: b.id,
                     zone: b.zone.clone(),
                     host: b.host.clone(),
                     connections: Default::default(),
+                    consumers_up: Vec::new(),
                 })
                 .collect(),
         ),
@@ -263,6 +276,33 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A broker and whether each of its connections is up.
+struct BrokerState {
+    id: u32,
+    zone: String,
+    host: String,
+    connections: std::collections::BTreeMap<String, bool>,
+    /// Whether each consuming connection is up (for the zone events).
+    consumers_up: Vec<bool>,
+}
+
+/// Why a publish made by the service failed.
+enum Unpublished {
+    /// The broker layer is not started yet (the KEMI `kazoo:mod-init` report
+    /// is awaited).
+    NotStarted(String),
+    Broker(PublishError),
+}
+
+impl std::fmt::Display for Unpublished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unpublished::NotStarted(reason) => f.write_str(reason),
+            Unpublished::Broker(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 struct Shared {
     /// The broker layer, once started (after the start-up report when a
     /// KEMI engine runs `kazoo:mod-init`).
@@ -270,6 +310,7 @@ struct Shared {
     /// Where worker 1's start-up report goes.
     startup: mpsc::Sender<(Vec<Vec<u8>>, Vec<Outgoing>)>,
     node_hostname: String,
+    primary_zone: String,
     subscriptions: OnceLock<Vec<Subscription>>,
     event_key: String,
     event_subkey: String,
@@ -282,7 +323,7 @@ struct Shared {
     next_delivery: AtomicU64,
     round_robin: AtomicUsize,
     counters: Counters,
-    brokers_state: Mutex<Vec<BrokerStats>>,
+    brokers_state: Mutex<Vec<BrokerState>>,
 }
 
 /// The consumer workers' connections, and what waits for those not yet
@@ -355,38 +396,65 @@ impl Shared {
         }
     }
 
-    async fn publish(&self, outgoing: &Outgoing, deadline: Instant) -> Result<(), String> {
-        let brokers = self.brokers(deadline).await?;
+    async fn publish(&self, outgoing: &Outgoing, deadline: Instant) -> Result<(), Unpublished> {
+        let brokers = self
+            .brokers(deadline)
+            .await
+            .map_err(Unpublished::NotStarted)?;
         let target = match outgoing.target {
             Target::Primary => None,
             Target::Broker(id) => Some(id),
         };
         let exchange = String::from_utf8_lossy(&outgoing.exchange);
         let routing_key = String::from_utf8_lossy(&outgoing.routing_key);
+        let how = PublishProperties {
+            headers: &outgoing.headers,
+            mandatory: outgoing.mandatory,
+        };
         brokers
-            .publish(
+            .publish_with(
                 target,
                 &exchange,
                 &routing_key,
-                &outgoing.headers,
+                how,
                 self.body_for(outgoing),
                 deadline,
             )
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(Unpublished::Broker)
+    }
+
+    /// Publishes a `kazoo_publish` (or one queued in `kazoo:mod-init`); a
+    /// message the broker returned also goes to the event routes.
+    async fn publish_message(
+        &self,
+        outgoing: &Outgoing,
+        deadline: Instant,
+    ) -> Result<(), Unpublished> {
+        let result = self.publish(outgoing, deadline).await;
+        if let Err(Unpublished::Broker(PublishError::Returned {
+            broker_id,
+            reply_code,
+            reply_text,
+            body,
+        })) = &result
+        {
+            self.returned_event(outgoing, *broker_id, *reply_code, reply_text, body);
+        }
+        result
     }
 
     async fn answer_publish(&self, outgoing: Outgoing) -> Outcome {
         let wait = Duration::from_millis(outgoing.timeout_ms.into()).min(self.publish_timeout);
-        match self.publish(&outgoing, Instant::now() + wait).await {
+        match self.publish_message(&outgoing, Instant::now() + wait).await {
             Ok(()) => {
                 bump(&self.counters.published);
                 Outcome::Published
             }
-            Err(reason) => {
+            Err(failure) => {
                 bump(&self.counters.publish_failed);
-                Outcome::Failed(reason)
+                Outcome::Failed(failure.to_string())
             }
         }
     }
@@ -404,10 +472,12 @@ impl Shared {
             }
             pending.insert(outgoing.msg_id.clone(), tx);
         }
-        if let Err(reason) = self.publish(&outgoing, deadline).await {
+        // A query the broker returned fails at once (its caller is told; no
+        // event route runs for it).
+        if let Err(failure) = self.publish(&outgoing, deadline).await {
             lock(&self.pending).remove(&outgoing.msg_id);
             bump(&self.counters.query_failed);
-            return Outcome::Failed(reason);
+            return Outcome::Failed(failure.to_string());
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(reply)) => {
@@ -476,18 +546,29 @@ impl Shared {
         lock(&self.workers).send(worker, Message::Deliver(delivery).encode());
     }
 
-    fn set_connection(&self, broker_id: u32, role: &str, up: bool) {
-        let mut brokers = lock(&self.brokers_state);
-        if let Some(broker) = brokers.iter_mut().find(|b| b.id == broker_id) {
-            broker.connections.insert(role.to_string(), up);
-        }
+    /// Records a connection's state (see [`record_connection`]).
+    fn set_connection(
+        &self,
+        broker_id: u32,
+        role: Role,
+        up: bool,
+    ) -> Option<(String, usize, usize)> {
+        record_connection(&mut lock(&self.brokers_state), broker_id, role, up)
     }
 
     /// What the service did since start-up and the state it is in.
     fn stats(&self) -> Stats {
         let c = &self.counters;
         let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let brokers = lock(&self.brokers_state).clone();
+        let brokers = lock(&self.brokers_state)
+            .iter()
+            .map(|b| BrokerStats {
+                id: b.id,
+                zone: b.zone.clone(),
+                host: b.host.clone(),
+                connections: b.connections.clone(),
+            })
+            .collect();
         Stats {
             published: count(&c.published),
             publish_failed: count(&c.publish_failed),
@@ -588,17 +669,80 @@ impl Shared {
         self.next_delivery.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn connection_event(&self, open: bool, host: &str, zone: &str) {
-        let body = connection_event(&self.event_key, &self.event_subkey, open, host, zone);
+    /// Hands an event the module makes up (not consumed from a broker) to a
+    /// worker for the event routes: connection events (no routing key, so
+    /// `$kzRK` is null and a missing route is not an error) and returned
+    /// messages (the routing key they were published with).
+    fn synthetic_event(&self, body: Vec<u8>, routing_key: Option<Vec<u8>>) {
         let delivery = Delivery {
             id: self.next_id(),
-            routing_key: None,
+            routing_key,
             body,
             event_key: None,
             event_subkey: None,
             needs_ack: false,
         };
         self.deliver(delivery, None);
+    }
+
+    fn connection_event(&self, open: bool, host: &str, zone: &str) {
+        let body = connection_event(&self.event_key, &self.event_subkey, open, host, zone);
+        self.synthetic_event(body, None);
+    }
+
+    /// `connection` / `error`: why a connection closed or could not open.
+    fn connection_error(&self, host: &str, zone: &str, reason: &str) {
+        let fields = [("host", host), ("zone", zone), ("message", reason)];
+        let body = connection_notice(&self.event_key, &self.event_subkey, "error", &fields);
+        self.synthetic_event(body, None);
+    }
+
+    /// `connection` / `listener-zone-available` (or `-unavailable`), one per
+    /// subscription consumed in `zone` (every one in the primary zone, the
+    /// `federate` ones elsewhere), named by [`Subscription::listener_name`].
+    fn listener_zone_events(&self, zone: &str, available: bool) {
+        let name = if available {
+            "listener-zone-available"
+        } else {
+            "listener-zone-unavailable"
+        };
+        let primary = zone == self.primary_zone;
+        for subscription in self.subscriptions.get().into_iter().flatten() {
+            if !(primary || subscription.federate) {
+                continue;
+            }
+            let fields = [("name", subscription.listener_name()), ("zone", zone)];
+            let body = connection_notice(&self.event_key, &self.event_subkey, name, &fields);
+            self.synthetic_event(body, None);
+        }
+    }
+
+    /// A `mandatory` publish the broker returned, for the event routes
+    /// (`kazoo:consumer-event-amqp-error-message-returned`).
+    fn returned_event(
+        &self,
+        outgoing: &Outgoing,
+        broker_id: u32,
+        reply_code: u16,
+        reply_text: &str,
+        body: &[u8],
+    ) {
+        let zone = lock(&self.brokers_state)
+            .iter()
+            .find(|b| b.id == broker_id)
+            .map(|b| b.zone.clone())
+            .unwrap_or_default();
+        match returned_message(
+            body,
+            &self.event_key,
+            &self.event_subkey,
+            &zone,
+            reply_code,
+            reply_text,
+        ) {
+            Ok(event) => self.synthetic_event(event, Some(outgoing.routing_key.clone())),
+            Err(e) => log::error!("a returned message cannot go to the event routes: {e}"),
+        }
     }
 
     fn consumed(&self, delivery: crate::broker::Delivery) {
@@ -672,6 +816,39 @@ impl Shared {
     }
 }
 
+/// Records a connection's state. For a consuming connection, returns its
+/// zone and how many consuming connections of that zone were up before and
+/// are up after (0 to 1: the zone is available; 1 to 0: unavailable).
+fn record_connection(
+    brokers: &mut [BrokerState],
+    broker_id: u32,
+    role: Role,
+    up: bool,
+) -> Option<(String, usize, usize)> {
+    let zone = brokers.iter().find(|b| b.id == broker_id)?.zone.clone();
+    let consuming = |brokers: &[BrokerState]| {
+        brokers
+            .iter()
+            .filter(|b| b.zone == zone)
+            .flat_map(|b| b.consumers_up.iter())
+            .filter(|up| **up)
+            .count()
+    };
+    let before = consuming(brokers);
+    let broker = brokers.iter_mut().find(|b| b.id == broker_id)?;
+    broker.connections.insert(role.to_string(), up);
+    let Role::Consumer(n) = role else {
+        return None;
+    };
+    let n = n as usize;
+    if broker.consumers_up.len() <= n {
+        broker.consumers_up.resize(n + 1, false);
+    }
+    broker.consumers_up[n] = up;
+    let after = consuming(brokers);
+    Some((zone, before, after))
+}
+
 /// The value a consistent-worker subscription hashes: its key field when the
 /// payload has it as a string, else the routing key.
 fn consistent_key(subscription: &Subscription, body: &[u8], routing_key: &str) -> Vec<u8> {
@@ -705,8 +882,11 @@ async fn broker_events(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>) {
                 role,
             } => {
                 log::info!("broker {broker_id} ({host}, zone {zone}): {role:?} connection open");
-                shared.set_connection(broker_id, &role.to_string(), true);
+                let consuming = shared.set_connection(broker_id, role, true);
                 shared.connection_event(true, &host, &zone);
+                if let Some((zone, 0, 1..)) = consuming {
+                    shared.listener_zone_events(&zone, true);
+                }
             }
             Event::Disconnected {
                 broker_id,
@@ -715,11 +895,16 @@ async fn broker_events(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>) {
                 role,
                 reason,
             } => {
-                log::warn!(
+                // The broker layer logs the change; every retry comes here.
+                log::debug!(
                     "broker {broker_id} ({host}, zone {zone}): {role:?} connection closed: {reason}"
                 );
-                shared.set_connection(broker_id, &role.to_string(), false);
+                let consuming = shared.set_connection(broker_id, role, false);
                 shared.connection_event(false, &host, &zone);
+                shared.connection_error(&host, &zone, &reason);
+                if let Some((zone, 1.., 0)) = consuming {
+                    shared.listener_zone_events(&zone, false);
+                }
             }
             Event::Delivery(delivery) => shared.consumed(delivery),
             Event::SubscriptionFailed {
@@ -740,8 +925,10 @@ async fn startup_publishes(shared: Arc<Shared>, publishes: Vec<Outgoing>) {
         loop {
             attempt += 1;
             let deadline = Instant::now() + shared.publish_timeout;
-            match shared.publish(&outgoing, deadline).await {
+            match shared.publish_message(&outgoing, deadline).await {
                 Ok(()) => break,
+                // Reported to the event routes; publishing again would not help.
+                Err(Unpublished::Broker(PublishError::Returned { .. })) => break,
                 Err(reason) if attempt < STARTUP_PUBLISH_ATTEMPTS => {
                     log::debug!("publish from kazoo:mod-init not done yet: {reason}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -929,5 +1116,33 @@ mod tests {
             workers.send(0, vec![(i % 256) as u8]);
         }
         assert_eq!(workers.queued[0].len(), MAX_QUEUED_PER_WORKER);
+    }
+
+    #[test]
+    fn zone_counts_follow_the_consuming_connections_only() {
+        let state = |id, zone: &str| BrokerState {
+            id,
+            zone: zone.into(),
+            host: "h".into(),
+            connections: Default::default(),
+            consumers_up: Vec::new(),
+        };
+        let mut brokers = vec![state(1, "local"), state(2, "local"), state(3, "remote")];
+        let mut record = |id, role, up| record_connection(&mut brokers, id, role, up);
+        let local = |before, after| Some(("local".to_string(), before, after));
+        assert_eq!(record(1, Role::Consumer(0), true), local(0, 1));
+        assert_eq!(record(1, Role::Consumer(1), true), local(1, 2));
+        assert_eq!(record(2, Role::Consumer(0), true), local(2, 3));
+        assert_eq!(record(1, Role::Publisher, false), None);
+        assert_eq!(
+            record(3, Role::Consumer(0), true),
+            Some(("remote".to_string(), 0, 1))
+        );
+        assert_eq!(record(1, Role::Consumer(0), false), local(3, 2));
+        // A retry that fails again changes nothing.
+        assert_eq!(record(1, Role::Consumer(0), false), local(2, 2));
+        assert_eq!(record(1, Role::Consumer(1), false), local(2, 1));
+        assert_eq!(record(2, Role::Consumer(0), false), local(1, 0));
+        assert_eq!(record(9, Role::Consumer(0), true), None);
     }
 }

@@ -91,9 +91,22 @@ pub struct Subscription {
     pub consistent_worker: bool,
     /// The top-level payload member whose value is hashed; the routing key when unset.
     pub consistent_worker_key: Option<String>,
+    /// The description's `name` (2600hz's configurations name their listeners), for the
+    /// `listener-zone-*` connection events.
+    pub name: Option<String>,
 }
 
 impl Subscription {
+    /// The name the `listener-zone-*` events give: `name`, else the queue, else (a queue
+    /// named by the broker) the exchange.
+    pub fn listener_name(&self) -> &str {
+        match &self.name {
+            Some(name) => name,
+            None if !self.queue.is_empty() => &self.queue,
+            None => &self.exchange,
+        }
+    }
+
     /// When consumed messages are acknowledged.
     pub fn ack_mode(&self) -> AckMode {
         match (self.no_ack, self.wait_for_consumer_ack) {
@@ -193,7 +206,8 @@ pub fn parse_description(text: &[u8]) -> Result<Subscription, SubscriptionError>
 /// null as empty); flags and switches through [`json_c_int`], with null counting as absent.
 /// The exchange `type` and flags come from `exchange-def` when present, else from the top
 /// level; the queue flags from `queue-def` likewise, so a top-level `durable: 1` applies to
-/// both. `name` and unknown fields are ignored.
+/// both. `name` only names the subscription in connection events (never refused: a name
+/// that is not UTF-8 is kept lossily); unknown fields are ignored.
 pub fn from_description(value: &Value) -> Result<Subscription, SubscriptionError> {
     if !matches!(value, Value::Object(_)) {
         return Err(SubscriptionError::NotAnObject {
@@ -241,6 +255,8 @@ pub fn from_description(value: &Value) -> Result<Subscription, SubscriptionError
             None | Some(Value::Null) => None,
             Some(key) => Some(utf8("consistent-worker-key", c_text(key))?),
         },
+        name: Some(String::from_utf8_lossy(&text(value, "name")).into_owned())
+            .filter(|name| !name.is_empty()),
     })
 }
 
@@ -271,6 +287,7 @@ pub fn simple(
         federate: false,
         consistent_worker: false,
         consistent_worker_key: None,
+        name: None,
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use broker_support::*;
 use kamailio_test::{system_broker_url, system_rabbitmqctl, unique_name};
-use kazoo_engine::broker::{Brokers, Event, PublishError, Role, Source};
+use kazoo_engine::broker::{Brokers, Event, PublishError, PublishProperties, Role, Source};
 use kazoo_engine::subscription::{ExchangeBinding, ExchangeFlags, QueueFlags};
 use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -518,7 +518,7 @@ async fn refused_subscriptions_do_not_stop_the_others_or_the_replies() {
 }
 
 #[tokio::test]
-async fn unreachable_and_refused_brokers_are_reported_once_and_fail_fast() {
+async fn unreachable_and_refused_brokers_are_reported_on_every_attempt_and_fail_fast() {
     let password = "not-the-password-8231";
     let config = vec![
         broker("amqp://guest:guest@127.0.0.1:1", 1, "local"),
@@ -529,8 +529,9 @@ async fn unreachable_and_refused_brokers_are_reported_once_and_fail_fast() {
         ),
     ];
     let (brokers, mut events) = Brokers::start(config, vec![], options(&unique_name("kztest")));
-    let mut reasons = BTreeMap::new();
-    // Several reconnect attempts happen in this time (100, 200, 400, 800 ms).
+    let mut reasons: BTreeMap<(u32, String), Vec<String>> = BTreeMap::new();
+    // Several reconnect attempts happen in this time (100, 200, 400, 800 ms):
+    // each failed one is reported (the C module fires `closed` on each).
     let until = Instant::now() + Duration::from_millis(2500);
     while let Ok(Some(event)) = tokio::time::timeout_at(until, events.recv()).await {
         match event {
@@ -539,23 +540,26 @@ async fn unreachable_and_refused_brokers_are_reported_once_and_fail_fast() {
                 role,
                 reason,
                 ..
-            } => {
-                assert!(
-                    reasons
-                        .insert((broker_id, role.to_string()), reason)
-                        .is_none(),
-                    "reported twice: {broker_id} {role}"
-                );
-            }
+            } => reasons
+                .entry((broker_id, role.to_string()))
+                .or_default()
+                .push(reason),
             other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(reasons.len(), 4, "{reasons:?}");
-    for ((id, _), reason) in &reasons {
-        assert!(!reason.contains(password), "{reason}");
-        match id {
-            1 => assert!(reason.contains("refused"), "{reason}"),
-            _ => assert!(reason.contains("403 ACCESS_REFUSED"), "{reason}"),
+    for ((id, role), reported) in &reasons {
+        assert!(
+            (3..=6).contains(&reported.len()),
+            "broker {id} {role}: {} reports in 2.5 s: {reported:?}",
+            reported.len()
+        );
+        for reason in reported {
+            assert!(!reason.contains(password), "{reason}");
+            match id {
+                1 => assert!(reason.contains("refused"), "{reason}"),
+                _ => assert!(reason.contains("403 ACCESS_REFUSED"), "{reason}"),
+            }
         }
     }
     assert!(!brokers.is_connected(1) && !brokers.is_connected(2));
@@ -817,5 +821,62 @@ async fn a_subscription_breaking_the_connection_on_a_retry_is_quarantined() {
 
     brokers.close().await;
     raw.delete(&[&exchange, &source], &[]).await;
+    raw.close().await;
+}
+
+#[tokio::test]
+async fn a_mandatory_publish_nobody_takes_comes_back_with_the_brokers_reason() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let queue = unique_name("kztest-mandatory-q");
+    let bound = unique_name("kztest-bound");
+    raw.bound_queue(&queue, "amq.direct", &bound).await;
+    let mut opts = options(&unique_name("kztest"));
+    opts.consumer_connections = 0;
+    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![], opts);
+    wait_connected(&mut events, &[(1, Role::Publisher)], WAIT).await;
+    let mandatory = PublishProperties {
+        headers: &[],
+        mandatory: true,
+    };
+    let deadline = || Instant::now() + Duration::from_secs(5);
+    let nowhere = unique_name("kztest-nowhere");
+
+    // Nobody is bound for it: the broker returns it, with its reason.
+    let returned = brokers
+        .publish_with(None, "amq.direct", &nowhere, mandatory, body, deadline())
+        .await;
+    match returned {
+        Err(PublishError::Returned {
+            broker_id,
+            reply_code,
+            reply_text,
+            body: returned_body,
+        }) => {
+            assert_eq!((broker_id, reply_code), (1, 312));
+            assert_eq!(reply_text, "NO_ROUTE");
+            assert!(returned_body.starts_with(b"{ \"broker\": 1, \"idx\": "));
+        }
+        other => panic!("expected a returned message, got {other:?}"),
+    }
+    // Without mandatory the broker drops it and confirms, as before.
+    brokers
+        .publish(None, "amq.direct", &nowhere, &[], body, deadline())
+        .await
+        .expect("a plain publish is confirmed even when nobody takes it");
+    // Mandatory and bound: delivered and confirmed; the channel still works.
+    brokers
+        .publish_with(None, "amq.direct", &bound, mandatory, body, deadline())
+        .await
+        .expect("a mandatory publish that reaches a queue");
+    let got = raw
+        .channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the mandatory message is in its queue");
+    assert!(got.delivery.data.starts_with(b"{ \"broker\": 1"));
+    brokers.close().await;
+    raw.delete(&[], &[&queue]).await;
     raw.close().await;
 }

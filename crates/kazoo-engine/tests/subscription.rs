@@ -372,3 +372,24 @@ fn bad_subscriptions_are_refused_with_the_field_named() {
     assert!(e.contains("`exchange_type`"), "{e}");
     assert!(simple("x", "headers", "", "").is_ok());
 }
+
+#[test]
+fn the_name_field_names_the_listener_in_zone_events() {
+    let named = describe(
+        "{'name': 'presence', 'exchange': 'presence', 'type': 'topic', 'queue': 'presence-q'}",
+    );
+    assert_eq!(named.name.as_deref(), Some("presence"));
+    assert_eq!(named.listener_name(), "presence");
+    // Without a name: the queue; a queue named by the broker: the exchange.
+    let by_queue = describe("{'exchange': 'x', 'type': 'topic', 'queue': 'q1'}");
+    assert_eq!(
+        (by_queue.name.as_deref(), by_queue.listener_name()),
+        (None, "q1")
+    );
+    let by_exchange = describe("{'name': '', 'exchange': 'x', 'type': 'topic'}");
+    assert_eq!(by_exchange.listener_name(), "x");
+    assert_eq!(
+        simple("x", "direct", "q2", "rk").unwrap().listener_name(),
+        "q2"
+    );
+}

@@ -6,6 +6,12 @@
 //! confirmed it; a query returns 1 with the reply in `$kzR`. Every failure is
 //! -1 with a log line saying why; 0 (which silently stops the script) is
 //! never returned.
+//!
+//! Configurations written for 2600hz's builds pass a numeric `flags`
+//! argument (`"$def(X_AMQP_FLAGS)"`, e.g. 2048) where upstream has headers
+//! (`kazoo_publish`) or a target variable (`kazoo_query`); an argument whose
+//! value is an unsigned integer is read as flags (see [`Extra`]), and the
+//! 2048 bit publishes `mandatory`.
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -14,7 +20,9 @@ use kamailio::script::{ArgError, SpveArg};
 use kamailio::tm::{self, ResumeRoute, Suspended};
 use kamailio::SipMsg;
 use kazoo_engine::ipc::{IpcError, Message, Outcome, Outgoing, Target};
-use kazoo_engine::payload::{self, CommonFields, PayloadError, PreparedPublish, PublishTarget};
+use kazoo_engine::payload::{
+    self, CommonFields, PayloadError, PreparedPublish, PublishFlags, PublishTarget,
+};
 
 use crate::events::{self, QUERY_RESULT};
 use crate::params::config;
@@ -77,12 +85,53 @@ fn common_fields() -> CommonFields {
     }
 }
 
+/// What a publish or query carries besides its payload: the upstream
+/// headers argument, or the flags of 2600hz's builds.
+#[derive(Default)]
+struct Extra {
+    headers: Option<Vec<u8>>,
+    flags: Option<PublishFlags>,
+}
+
+impl Extra {
+    /// Reads `value` as flags when it is an unsigned integer, else as headers.
+    fn headers_or_flags(value: Vec<u8>) -> Extra {
+        match PublishFlags::parse(&value) {
+            Some(flags) => Extra {
+                headers: None,
+                flags: Some(flags),
+            },
+            None => Extra {
+                headers: Some(value),
+                flags: None,
+            },
+        }
+    }
+
+    /// Whether to publish `mandatory`; other flag bits are logged at debug
+    /// level and ignored.
+    fn mandatory(&self, function: &str) -> bool {
+        let Some(flags) = self.flags else {
+            return false;
+        };
+        if flags.ignored() != 0 {
+            kamailio::debug!(
+                "{function}: flags {} has bits without effect here ({:#x}); only 2048 (mandatory) is used",
+                flags.0,
+                flags.ignored()
+            );
+        }
+        flags.mandatory()
+    }
+}
+
 fn outgoing(
     target: Target,
     exchange: Vec<u8>,
     routing_key: &[u8],
     payload: &[u8],
     headers: Option<&[u8]>,
+    mandatory: bool,
     timeout: Duration,
 ) -> Result<Outgoing, AmqpError> {
     payload::check_routing_key(routing_key).map_err(|e| AmqpError::Target(e.to_string()))?;
@@ -100,6 +149,7 @@ fn outgoing(
         server_id_slot,
         msg_id: prepared.msg_id().to_string(),
         timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+        mandatory,
     })
 }
 
@@ -109,25 +159,28 @@ fn call(message: Message, deadline: Instant) -> Result<Outcome, AmqpError> {
         .map_err(AmqpError::Ipc)
 }
 
-/// `kazoo_publish(exchange, routing_key, payload [, headers])`.
+/// `kazoo_publish(exchange, routing_key, payload [, headers | flags])`.
 pub fn publish(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
     let exchange = args[0].value(msg)?;
     let routing_key = args[1].value(msg)?;
     let payload = args[2].value(msg)?;
-    let headers = args.get(3).map(|h| h.value(msg)).transpose()?;
-    publish_values(exchange, &routing_key, &payload, headers.as_deref())
+    let extra = match args.get(3) {
+        Some(arg) => Extra::headers_or_flags(arg.value(msg)?),
+        None => Extra::default(),
+    };
+    publish_values(exchange, &routing_key, &payload, extra)
 }
 
 /// `KSR.kazoo.kazoo_publish(exchange, routing_key, payload)`.
 pub fn publish_kemi(_msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, AmqpError> {
-    publish_values(args[0].to_vec(), args[1], args[2], None)
+    publish_values(args[0].to_vec(), args[1], args[2], Extra::default())
 }
 
 fn publish_values(
     exchange: Vec<u8>,
     routing_key: &[u8],
     payload: &[u8],
-    headers: Option<&[u8]>,
+    extra: Extra,
 ) -> Result<i32, AmqpError> {
     let (target, routing_key) =
         payload::parse_target(routing_key).map_err(|e| AmqpError::Target(e.to_string()))?;
@@ -136,7 +189,16 @@ fn publish_values(
         PublishTarget::Broker(id) => Target::Broker(id),
     };
     let timeout = Duration::from_millis(config().params.amqp_publish_timeout as u64);
-    let outgoing = outgoing(target, exchange, routing_key, payload, headers, timeout)?;
+    let mandatory = extra.mandatory("kazoo_publish");
+    let outgoing = outgoing(
+        target,
+        exchange,
+        routing_key,
+        payload,
+        extra.headers.as_deref(),
+        mandatory,
+        timeout,
+    )?;
     if events::in_mod_init() {
         STARTUP_PUBLISHES
             .lock()
@@ -179,8 +241,32 @@ fn query_timeout(msg: &mut SipMsg) -> Duration {
     }
 }
 
-/// `kazoo_query(exchange, routing_key, payload [, target_var [, headers]])`.
-/// `target_var` is the text of a variable name, as in the C module.
+/// `kazoo_query`'s fourth argument: the text of a variable name, as in the
+/// C module; unless it names no writable variable and its value is an
+/// unsigned integer: then it is flags (2600hz's builds).
+fn target_or_flags(msg: &mut SipMsg, arg: &SpveArg) -> (Option<Vec<u8>>, Extra) {
+    let name = arg.literal();
+    if NamedPv::lookup(&name).is_some_and(|pv| pv.is_writable()) {
+        return (Some(name), Extra::default());
+    }
+    // A value that cannot be read is not flags: the name is kept, as upstream.
+    let flags = arg
+        .value(msg)
+        .ok()
+        .and_then(|value| PublishFlags::parse(&value));
+    match flags {
+        Some(flags) => (
+            None,
+            Extra {
+                headers: None,
+                flags: Some(flags),
+            },
+        ),
+        None => (Some(name), Extra::default()),
+    }
+}
+
+/// `kazoo_query(exchange, routing_key, payload [, target_var | flags [, headers]])`.
 pub fn query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
     QUERY_RESULT.set(None);
     if events::in_mod_init() {
@@ -189,15 +275,19 @@ pub fn query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
     let exchange = args[0].value(msg)?;
     let routing_key = args[1].value(msg)?;
     let payload = args[2].value(msg)?;
-    let target_var = args.get(3).map(SpveArg::literal);
-    let headers = args.get(4).map(|h| h.value(msg)).transpose()?;
+    let (target_var, mut extra) = match args.get(3) {
+        Some(arg) => target_or_flags(msg, arg),
+        None => (None, Extra::default()),
+    };
+    extra.headers = args.get(4).map(|h| h.value(msg)).transpose()?;
     let timeout = query_timeout(msg);
     let outgoing = outgoing(
         Target::Primary,
         exchange,
         &routing_key,
         &payload,
-        headers.as_deref(),
+        extra.headers.as_deref(),
+        extra.mandatory("kazoo_query"),
         timeout,
     )?;
     let reply = match call(
@@ -227,7 +317,8 @@ pub fn query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
 /// kazoo worker resumes in `onreply_route[ok_route]` with the reply in `$kzR`,
 /// or in `failure_route[err_route]` when no reply came in time. The script
 /// stops here (0); -1 when nothing was suspended (the script goes on). The
-/// sixth parameter is ignored, as in the C module.
+/// sixth parameter is flags when its value is an unsigned integer (2600hz's
+/// builds), else ignored, as in the C module.
 pub fn async_query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<Suspended, AmqpError> {
     if events::in_mod_init() {
         return Err(AmqpError::NotInModInit);
@@ -250,6 +341,15 @@ pub fn async_query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<Suspended, Amqp
             return Err(AmqpError::Failed(format!("{block}[{name}] does not exist")));
         }
     }
+    // Never a reason to fail: upstream ignores this argument.
+    let flags = args
+        .get(5)
+        .and_then(|arg| arg.value(msg).ok())
+        .and_then(|value| PublishFlags::parse(&value));
+    let extra = Extra {
+        headers: None,
+        flags,
+    };
     let timeout = query_timeout(msg);
     let outgoing = outgoing(
         Target::Primary,
@@ -257,6 +357,7 @@ pub fn async_query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<Suspended, Amqp
         &routing_key,
         &payload,
         None,
+        extra.mandatory("kazoo_async_query"),
         timeout,
     )?;
     let suspended = tm::suspend(msg).map_err(AmqpError::Failed)?;

@@ -1,6 +1,6 @@
 //! Start-up events and subscriptions: `event_route[kazoo:mod-init]` (or the
 //! KEMI `event_callback`), `kazoo_subscribe`, and the per-process values
-//! behind `$kzR`, `$kzE` and `$kzRK`.
+//! behind `$kzR`, `$kzE`, `$kzRK` and `$knode`.
 //!
 //! `kazoo:mod-init` runs once in the main process before Kamailio forks
 //! (child_init with PROC_INIT); subscriptions made there are recorded and
@@ -24,6 +24,8 @@ pub static QUERY_RESULT: ByteSlot = ByteSlot::new();
 pub static EVENT_PAYLOAD: ByteSlot = ByteSlot::new();
 /// `$kzRK`: the routing key of the event being handled.
 pub static EVENT_ROUTING_KEY: ByteSlot = ByteSlot::new();
+/// `$knode`: this node's `Node` (`kamailio@<node_hostname>`), set at `mod_init`.
+pub static NODE_NAME: ByteSlot = ByteSlot::new();
 
 /// Subscriptions recorded during `kazoo:mod-init`.
 /// With each, its description as JSON text (what worker 1 reports when the

@@ -5,7 +5,7 @@
 //! - [`json`]: `kazoo_json`, `kazoo_json_keys`, `kazoo_encode`;
 //! - [`trans`]: `{kz.json,...}`, `{kz.json.count,...}`, `{kz.encode}`;
 //! - [`events`]: `event_route[kazoo:mod-init]`, the KEMI event callback,
-//!   `kazoo_subscribe` and the `$kzR` / `$kzE` / `$kzRK` values;
+//!   `kazoo_subscribe` and the `$kzR` / `$kzE` / `$kzRK` / `$knode` values;
 //! - [`amqp`]: `kazoo_publish`, `kazoo_query`, `kazoo_async_query`;
 //! - [`pua`]: the `kazoo_pua_*` presence writes;
 //! - [`processes`]: the module's own processes and the IPC socket;
@@ -123,10 +123,11 @@ static PARAMS: [param_export_t; 48] = [
     PARAM_END,
 ];
 
-static PVS: [pv_export_t; 4] = [
+static PVS: [pv_export_t; 5] = [
     pv!("kzR", events::QUERY_RESULT),
     pv!("kzE", events::EVENT_PAYLOAD),
     pv!("kzRK", events::EVENT_ROUTING_KEY),
+    pv!("knode", events::NODE_NAME),
     PV_END,
 ];
 

@@ -68,6 +68,8 @@ pub fn mod_init() -> Result<(), String> {
     if !kamailio::process::register(crate::processes::process_count(&config)) {
         return Err("cannot register the kazoo processes".into());
     }
+    // Before any fork, so every process (and `kazoo:mod-init`) has it.
+    crate::events::NODE_NAME.set(Some(config.node().into_bytes()));
     CONFIG
         .set(config)
         .map_err(|_| "mod_init ran twice".to_string())

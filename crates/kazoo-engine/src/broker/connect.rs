@@ -70,16 +70,14 @@ impl ConnCtx {
         .await;
     }
 
-    /// Reports a connection lost or an attempt failed, once per change.
+    /// Reports a connection lost or an attempt failed: an event for every
+    /// failed attempt (as the C module fires `closed` on each), a log line
+    /// at warning level once per change and at debug level on the retries.
     pub(crate) async fn report_down(&self, reported: &mut Reported, reason: &str) {
-        if *reported == Reported::Down {
-            log::debug!("{}: still not connected: {reason}", self.name());
-            return;
-        }
-        if *reported == Reported::Up {
-            log::info!("{}: disconnected: {reason}", self.name());
-        } else {
-            log::warn!("{}: cannot connect: {reason}", self.name());
+        match *reported {
+            Reported::Down => log::debug!("{}: still not connected: {reason}", self.name()),
+            Reported::Up => log::info!("{}: disconnected: {reason}", self.name()),
+            Reported::Nothing => log::warn!("{}: cannot connect: {reason}", self.name()),
         }
         *reported = Reported::Down;
         self.send(Event::Disconnected {

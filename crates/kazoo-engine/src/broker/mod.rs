@@ -14,7 +14,9 @@
 //!
 //! Every connection reconnects forever with back-off (100 ms doubling to 5 s,
 //! reset after a stable connection) and replays its whole topology. What
-//! happens is reported as [`Event`]s on the returned receiver.
+//! happens is reported as [`Event`]s on the returned receiver, a failed
+//! attempt every time (a broker that keeps refusing is reported at each
+//! retry, as the C module does).
 //!
 //! Differences from the C module, on purpose (reference §6, §7.5, §7.6):
 //! - the broker closing a connection or a channel is noticed at once (lapin
@@ -155,8 +157,9 @@ pub enum Event {
         host: String,
         role: Role,
     },
-    /// A connection closed or could not be opened; reported once per change
-    /// (the first failed attempt at start-up included), not on every retry.
+    /// A connection closed, or an attempt to open it failed: reported on
+    /// every failed attempt, so a broker that keeps refusing the login is
+    /// reported at each retry (every 5 s at most, the back-off cap).
     Disconnected {
         broker_id: u32,
         zone: String,
@@ -280,6 +283,15 @@ pub struct Published {
     pub idx: u32,
 }
 
+/// What a publish carries besides its body.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PublishProperties<'a> {
+    /// AMQP headers, each sent as a long string (the first of a repeated name).
+    pub headers: &'a [(Vec<u8>, Vec<u8>)],
+    /// `basic.publish` `mandatory`: the broker returns a message no queue takes.
+    pub mandatory: bool,
+}
+
 /// Why a publish was not confirmed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PublishError {
@@ -297,6 +309,14 @@ pub enum PublishError {
     /// The exchange, routing key or a header name cannot be sent (longer than
     /// 255 bytes, or a header name that is not UTF-8); nothing was sent.
     Invalid(String),
+    /// A `mandatory` publish that no queue took: the broker returned it
+    /// (`basic.return`) with this reply code and text; `body` is the message.
+    Returned {
+        broker_id: u32,
+        reply_code: u16,
+        reply_text: String,
+        body: Vec<u8>,
+    },
 }
 
 impl fmt::Display for PublishError {
@@ -310,6 +330,15 @@ impl fmt::Display for PublishError {
             PublishError::UnknownBroker(id) => write!(f, "no broker with id {id}"),
             PublishError::Closed(reason) => write!(f, "not confirmed: {reason}"),
             PublishError::Invalid(reason) => write!(f, "cannot publish: {reason}"),
+            PublishError::Returned {
+                broker_id,
+                reply_code,
+                reply_text,
+                ..
+            } => write!(
+                f,
+                "broker {broker_id} returned the message (no queue took it): {reply_code} {reply_text}"
+            ),
         }
     }
 }
@@ -416,6 +445,8 @@ impl Slot {
 enum Attempt {
     Confirmed,
     Nacked,
+    /// Confirmed, but returned first: no queue took it (mandatory publishes).
+    Returned(Box<lapin::message::BasicReturnMessage>),
     /// The channel was closed because of this publish (or one just before it
     /// on the same channel): worth one more try on a fresh channel only.
     Refused(String),
@@ -534,11 +565,36 @@ impl Brokers {
         body_for: impl Fn(u32, u32) -> Vec<u8>,
         deadline: Instant,
     ) -> Result<Published, PublishError> {
+        let how = PublishProperties {
+            headers,
+            mandatory: false,
+        };
+        self.publish_with(target, exchange, routing_key, how, body_for, deadline)
+            .await
+    }
+
+    /// [`Brokers::publish`] with every property: with `mandatory`, a message
+    /// no queue takes is returned by the broker and reported as
+    /// [`PublishError::Returned`] (not tried on another broker: the broker
+    /// works, the message has nowhere to go).
+    pub async fn publish_with(
+        &self,
+        target: Option<u32>,
+        exchange: &str,
+        routing_key: &str,
+        how: PublishProperties<'_>,
+        body_for: impl Fn(u32, u32) -> Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Published, PublishError> {
         let exchange = ShortString::try_new(exchange)
             .map_err(|_| PublishError::Invalid("exchange name longer than 255 bytes".into()))?;
         let routing_key = ShortString::try_new(routing_key)
             .map_err(|_| PublishError::Invalid("routing key longer than 255 bytes".into()))?;
-        let properties = properties(headers)?;
+        let properties = properties(how.headers)?;
+        let options = BasicPublishOptions {
+            mandatory: how.mandatory,
+            immediate: false,
+        };
         let candidates: Vec<usize> = match target {
             None => self.inner.primary.clone(),
             Some(id) => match self.inner.slots.iter().position(|s| s.broker.id == id) {
@@ -587,12 +643,25 @@ impl Brokers {
                 let body = body_for(broker_id, idx);
                 let attempt = tokio::time::timeout_at(
                     deadline,
-                    publish_once(&link, &exchange, &routing_key, &body, &properties),
+                    publish_once(&link, &exchange, &routing_key, &body, &properties, options),
                 )
                 .await
                 .map_err(|_| PublishError::Timeout)?;
                 match attempt {
                     Attempt::Confirmed => return Ok(Published { broker_id, idx }),
+                    Attempt::Returned(returned) => {
+                        log::warn!(
+                            "broker {broker_id}: publish to {exchange}/{routing_key} returned: {} {}",
+                            returned.reply_code,
+                            returned.reply_text
+                        );
+                        return Err(PublishError::Returned {
+                            broker_id,
+                            reply_code: returned.reply_code,
+                            reply_text: returned.reply_text.to_string(),
+                            body: returned.delivery.data,
+                        });
+                    }
                     Attempt::Nacked => {
                         log::warn!(
                             "broker {broker_id}: publish to {exchange}/{routing_key} nacked"
@@ -685,13 +754,14 @@ async fn publish_once(
     routing_key: &ShortString,
     body: &[u8],
     properties: &BasicProperties,
+    options: BasicPublishOptions,
 ) -> Attempt {
     let confirm = match link
         .channel
         .basic_publish(
             exchange.clone(),
             routing_key.clone(),
-            BasicPublishOptions::default(),
+            options,
             body,
             properties.clone(),
         )
@@ -701,7 +771,8 @@ async fn publish_once(
         Err(e) => return failed(&e),
     };
     match confirm.await {
-        Ok(Confirmation::Ack(_)) => Attempt::Confirmed,
+        Ok(Confirmation::Ack(Some(returned))) => Attempt::Returned(Box::new(returned)),
+        Ok(Confirmation::Ack(None)) => Attempt::Confirmed,
         Ok(Confirmation::Nack(_)) => Attempt::Nacked,
         Ok(Confirmation::NotRequested) => {
             Attempt::Lost("the channel is not in confirm mode".into())

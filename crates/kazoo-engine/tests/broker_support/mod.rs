@@ -77,6 +77,7 @@ pub fn subscription(
         federate: false,
         consistent_worker: false,
         consistent_worker_key: None,
+        name: None,
     }
 }
 

@@ -135,6 +135,8 @@ pub const PARAM_USE_FUNC: modparam_t = 0x8000_0000;
 /// Route masks for `cmd_export_t.flags`.
 pub const REQUEST_ROUTE: c_int = 1;
 pub const EVENT_ROUTE: c_int = 1 | 512;
+/// `exec_pre_script_cb` / `exec_post_script_cb` type of request callbacks.
+pub const REQUEST_CB_TYPE: c_int = 1;
 pub const ANY_ROUTE: c_uint = 0xFFFF_FFFF;
 
 /// Process ranks passed to `child_init` and `fork_process`.
@@ -554,7 +556,12 @@ extern "C" {
     // --- processes
     pub fn register_procs(no: c_int) -> c_int;
     pub fn cfg_register_child(num: c_int);
-    pub fn cfg_child_init() -> c_int;
+    /// Marks this process as one that runs no per-child cfg callbacks (the
+    /// main attendant's mode); must not be counted in `cfg_register_child`.
+    pub fn cfg_child_no_cb_init() -> c_int;
+    /// Points this process's cfg handles at the current global block
+    /// (`cfg_update_no_cbs`, exported where `cfg_update` is a macro).
+    pub fn cfg_main_set_local();
     pub fn fork_process(child_id: c_int, desc: *mut c_char, make_sock: c_int) -> c_int;
 
     // --- pseudo-variables and transformations

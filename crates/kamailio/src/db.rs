@@ -5,7 +5,10 @@
 //! modules already loaded (`dlopen` of an already-loaded library returns it),
 //! and binds the driver named by the URL's scheme (`sqlite://` →
 //! `db_sqlite`, which must be loaded). Connections cannot cross a fork, so
-//! each process opens its own on first use ([`with_connection`]).
+//! each process opens its own on first use ([`with_connection`], which
+//! never uses one opened by another process), and the main process closes
+//! the one its start-up scripts opened before Kamailio forks
+//! ([`close_connection`]).
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::OnceLock;
@@ -125,21 +128,31 @@ impl DbValue<'_> {
     }
 }
 
-/// This process's connection (opened on first use, after the fork).
+/// This process's connection (opened on first use).
 pub struct Connection {
     con: *mut sys::db1_con_t,
     api: &'static Api,
+    /// The process that opened it: a connection is one socket and one
+    /// driver state, which two processes must never share.
+    owner: u32,
 }
 
 thread_local! {
     static CONNECTION: RefCell<Option<Connection>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with this process's connection, opening it first if needed.
+/// Runs `f` with this process's connection, opening it first if needed. A
+/// connection inherited across a fork is left to the process that opened it
+/// (neither used nor closed here) and a new one is opened.
 pub fn with_connection<R>(f: impl FnOnce(&Connection) -> Result<R, String>) -> Result<R, String> {
     let api = API.get().ok_or("no database is configured (db_url)")?;
+    let pid = std::process::id();
     CONNECTION.with(|slot| {
         let mut slot = slot.borrow_mut();
+        if slot.as_ref().is_some_and(|c| c.owner != pid) {
+            crate::debug!("not using the DB connection inherited from the parent process");
+            *slot = None;
+        }
         if slot.is_none() {
             let init = api
                 .funcs
@@ -151,13 +164,35 @@ pub fn with_connection<R>(f: impl FnOnce(&Connection) -> Result<R, String>) -> R
             if con.is_null() {
                 return Err("cannot connect to the database".into());
             }
-            *slot = Some(Connection { con, api });
+            *slot = Some(Connection {
+                con,
+                api,
+                owner: pid,
+            });
         }
         match slot.as_ref() {
             Some(connection) => f(connection),
             None => Err("cannot connect to the database".into()),
         }
     })
+}
+
+/// Closes this process's connection, if it opened one. The main process
+/// calls it once its start-up scripts ran, so that no connection exists
+/// when Kamailio forks (as Kamailio's own DB users close theirs).
+pub fn close_connection() {
+    CONNECTION.with(|slot| {
+        let Some(connection) = slot.borrow_mut().take() else {
+            return;
+        };
+        if connection.owner != std::process::id() {
+            return;
+        }
+        if let Some(close) = connection.api.funcs.close {
+            // SAFETY: a connection this process opened and no longer uses.
+            unsafe { close(connection.con) };
+        }
+    });
 }
 
 /// Column names and values as the driver takes them (keys stay borrowed).

@@ -1,12 +1,26 @@
-//! Module processes: registering them in `mod_init` and forking them the
-//! Kamailio way in `child_init(PROC_MAIN)`.
+//! Module processes: registering them in `mod_init`, forking them the
+//! Kamailio way in `child_init(PROC_MAIN)`, and the duties every such process
+//! has towards the core while it runs.
 //!
 //! `fork_process` gives the child a slot in the process table (so `kamcmd
 //! core.ps` lists it) and, unless the rank is `PROC_NOCHLDINIT`, runs every
 //! module's `child_init(rank)` in the child first, which is what lets a
-//! process run script routes, `t_continue` or DB calls. A forked child must
-//! never return into the main process's start-up code: its entry point
-//! loops forever.
+//! process run script routes, `t_continue` or DB calls.
+//!
+//! What a forked module process owes the core, and where it is done here:
+//! - it never returns into the main process's start-up code: [`fork`] runs
+//!   the child's body, which never returns, and a child whose
+//!   initialisation fails exits ([`exit`]), which makes Kamailio shut down
+//!   as it does for its own children;
+//! - it sees runtime configuration changes (`kamcmd cfg.set_now_*`,
+//!   `cfg.seti`, `core.debug` through cfg): the child is set up for the cfg
+//!   framework without per-child callbacks (`cfg_child_no_cb_init`, the main
+//!   attendant's mode, so it is not counted in `cfg_register_child` and
+//!   never holds back the core's list of pending callbacks), and calls
+//!   [`refresh_config`] at the top of every iteration of its loop, as the
+//!   core's timer processes call `cfg_update()` (a macro over inline code,
+//!   not callable from Rust);
+//! - it opens its own DB connections (`crate::db` checks the owner pid).
 use std::ffi::{c_int, CString};
 
 use crate::sys;
@@ -21,48 +35,58 @@ pub enum ProcessKind {
     IoOnly,
 }
 
-/// Reserves `count` process slots (call from `mod_init` only).
+/// Reserves `count` process slots (call from `mod_init` only). They are not
+/// registered with the cfg framework's per-child callbacks (see the module
+/// comment).
 pub fn register(count: u32) -> bool {
     let Ok(count) = c_int::try_from(count) else {
         return false;
     };
-    // SAFETY: plain core calls, valid during mod_init.
-    unsafe {
-        if sys::register_procs(count) < 0 {
-            return false;
-        }
-        sys::cfg_register_child(count);
-    }
-    true
+    // SAFETY: plain core call, valid during mod_init.
+    unsafe { sys::register_procs(count) >= 0 }
 }
 
-/// Which side of a fork this is.
-pub enum Forked {
-    Parent { pid: i32 },
-    Child,
-}
-
-/// Forks one module process (call from `child_init(PROC_MAIN)` only). In the
-/// child, the configuration framework is initialised before returning.
-pub fn fork(kind: ProcessKind, description: &str) -> Result<Forked, String> {
+/// Forks one module process (call from `child_init(PROC_MAIN)` only) that
+/// runs `body`, and returns the child's pid in the parent. The child never
+/// comes back: it exits if `body` ever returns, and a child whose initialisation
+/// (the modules' `child_init` for its rank) failed exits at once.
+pub fn fork(kind: ProcessKind, description: &str, body: impl FnOnce()) -> Result<i32, String> {
     let (rank, make_sock) = match kind {
         ProcessKind::ScriptWorker => (sys::PROC_XWORKER, 1),
         ProcessKind::IoOnly => (sys::PROC_NOCHLDINIT, 0),
     };
     let desc = CString::new(description).map_err(|_| "description has a NUL byte")?;
+    let parent = std::process::id();
     // SAFETY: called from child_init(PROC_MAIN) in the main process; the core copies the description.
     let pid = unsafe { sys::fork_process(rank, desc.as_ptr() as *mut _, make_sock) };
+    if pid < 0 && std::process::id() != parent {
+        // fork_process returns -1 in the child when a module's child_init
+        // failed there; returning would run the main process's start-up
+        // code in this process.
+        crate::crit!("{description}: a module's child_init failed in the new process; exiting");
+        exit(1);
+    }
     match pid {
         p if p < 0 => Err(format!("cannot fork {description}")),
         0 => {
-            // SAFETY: first call in the new child, as the core requires for processes counted by cfg_register_child.
-            if unsafe { sys::cfg_child_init() } != 0 {
-                return Err(format!("{description}: cfg_child_init failed"));
-            }
-            Ok(Forked::Child)
+            // SAFETY: first call in the new child; the process is not counted in cfg_register_child (see `register`).
+            unsafe { sys::cfg_child_no_cb_init() };
+            refresh_config();
+            body();
+            crate::crit!("{description}: the process's loop ended; exiting");
+            exit(1)
         }
-        pid => Ok(Forked::Parent { pid }),
+        pid => Ok(pid),
     }
+}
+
+/// Points this process's configuration handles at the current global
+/// configuration, so that values changed at run time (`kamcmd cfg.*`) are
+/// seen from here on. Call at the top of every iteration of a module
+/// process's loop, on its main thread; cheap when nothing changed.
+pub fn refresh_config() {
+    // SAFETY: core call on the process's main thread, in a process set up with cfg_child_no_cb_init.
+    unsafe { sys::cfg_main_set_local() };
 }
 
 /// Ends a module process that cannot go on (never returns into start-up

@@ -39,30 +39,48 @@ fn lookup(name: &CStr) -> Option<*mut sys::action> {
     }
 }
 
-/// Runs `event_route[name]` as a request route on a fresh faked message,
-/// with the pre/post script callbacks, and resets AVPs/XAVPs afterwards.
+/// Runs `event_route[name]` as a request route on a fresh faked message
+/// (see [`on_faked_msg`]).
 pub fn run_event_route(name: &CStr) -> RouteOutcome {
     let Some(actions) = lookup(name) else {
         return RouteOutcome::Missing;
     };
     let mut ctx = RunActCtx([0; sys::RUN_ACT_CTX_SIZE / 4]);
     let ctx_ptr = std::ptr::addr_of_mut!(ctx) as *mut sys::run_act_ctx;
-    // SAFETY: the faked message was initialised in mod_init; route_type is a plain int of the core saved and restored around the run; the context is zeroed storage of the core's size (what `init_run_actions_ctx` does).
-    unsafe {
-        let msg = sys::faked_msg_next();
-        let saved = sys::route_type;
-        sys::route_type = sys::REQUEST_ROUTE;
-        if sys::exec_pre_script_cb(msg, 1) != 0 {
-            sys::run_top_route(actions, msg, ctx_ptr);
-            sys::exec_post_script_cb(msg, 1);
-        }
-        sys::ksr_msg_env_reset();
-        sys::route_type = saved;
-    }
+    on_faked_msg(sys::REQUEST_ROUTE, |msg| {
+        // SAFETY: `actions` is a route of the core's table, `msg` the faked message, and the context zeroed storage of the core's size (what `init_run_actions_ctx` does).
+        unsafe { sys::run_top_route(actions, msg, ctx_ptr) };
+    });
     if ctx.0[sys::RUN_ACT_CTX_RUN_FLAGS / 4] & sys::DROP_R_F != 0 {
         RouteOutcome::Dropped
     } else {
         RouteOutcome::Ran
+    }
+}
+
+/// Runs `script` on a fresh faked message the way the core runs a request:
+/// `route_type` set for the run and restored after, the pre-script
+/// callbacks first (one of them may skip the run, returning `None`), the
+/// post-script callbacks after, and the per-message state (AVPs, XAVPs)
+/// reset at the end. Native event routes and KEMI event callbacks both go
+/// through here, so modules that hook script execution (statistics, dialog,
+/// debugger) see both alike.
+fn on_faked_msg<R>(route_type: c_int, script: impl FnOnce(*mut sys::sip_msg) -> R) -> Option<R> {
+    // SAFETY: the faked message was initialised in mod_init; route_type is a plain int of the core, saved and restored around the run, on the process's main thread.
+    unsafe {
+        let msg = sys::faked_msg_next();
+        let saved = sys::route_type;
+        sys::route_type = route_type;
+        let result = if sys::exec_pre_script_cb(msg, sys::REQUEST_CB_TYPE) != 0 {
+            let result = script(msg);
+            sys::exec_post_script_cb(msg, sys::REQUEST_CB_TYPE);
+            Some(result)
+        } else {
+            None
+        };
+        sys::ksr_msg_env_reset();
+        sys::route_type = saved;
+        result
     }
 }
 
@@ -109,16 +127,12 @@ pub fn run_kemi_event(callback: &[u8], event: &[u8]) -> Result<(), KemiError> {
         s: event.as_ptr() as *mut _,
         len: event.as_bytes().len() as c_int,
     };
-    // SAFETY: the engine is live, the strs view buffers that outlive the call, and route_type is saved and restored as the core requires.
-    let rc = unsafe {
-        let msg = sys::faked_msg_next();
-        let saved = sys::route_type;
-        sys::route_type = sys::EVENT_ROUTE;
-        let rc = sys::sr_kemi_route(engine, msg, sys::EVENT_ROUTE, &mut name, &mut data);
-        sys::ksr_msg_env_reset();
-        sys::route_type = saved;
-        rc
-    };
+    let rc = on_faked_msg(sys::EVENT_ROUTE, |msg| {
+        // SAFETY: the engine is live and the strs view buffers that outlive the call.
+        unsafe { sys::sr_kemi_route(engine, msg, sys::EVENT_ROUTE, &mut name, &mut data) }
+    })
+    // A pre-script callback that skips the run is not the callback failing.
+    .unwrap_or(1);
     if rc < 0 {
         Err(KemiError::Failed(rc))
     } else {

@@ -64,7 +64,15 @@ pub struct ServiceConfig {
     /// Wait for worker 1's [`Message::StartupDone`] (the KEMI `kazoo:mod-init`
     /// runs there) before connecting, at most this long.
     pub await_startup: Option<Duration>,
+    /// Called every [`TICK`] on the runtime's thread (the process's main
+    /// thread): the host refreshes its per-process state there (Kamailio's
+    /// runtime configuration, which decides among other things what this
+    /// process logs).
+    pub on_tick: fn(),
 }
+
+/// How often [`ServiceConfig::on_tick`] runs.
+pub const TICK: Duration = Duration::from_millis(100);
 
 /// Runs the service forever on a current-thread runtime. Returns only when
 /// the runtime cannot be built.
@@ -117,6 +125,7 @@ async fn serve(
                 .collect(),
         ),
     });
+    tokio::spawn(tick(config.on_tick));
     tokio::spawn(accept(listener, shared.clone()));
     if let Some(wait) = config.await_startup {
         collect_startup(&mut config, startup_rx, wait).await;
@@ -134,6 +143,15 @@ async fn serve(
     broker_events(shared, events).await;
     // The broker layer never closes its event channel while it runs.
     std::future::pending().await
+}
+
+async fn tick(on_tick: fn()) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        on_tick();
+    }
 }
 
 async fn accept(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
@@ -727,6 +745,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 });
             }
             Message::Status { request } => {
+                log::debug!("status requested (RPC)");
                 let outcome = Outcome::Reply(shared.status());
                 let _ = tx.send(Message::Answer { request, outcome }.encode());
             }

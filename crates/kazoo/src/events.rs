@@ -156,6 +156,9 @@ pub fn in_mod_init() -> bool {
 pub fn child_init(rank: i32) -> Result<(), String> {
     if rank == kamailio::sys::PROC_INIT {
         run_mod_init();
+        // kazoo:mod-init may have written presence: its connection must not
+        // be inherited by the processes forked next.
+        kamailio::db::close_connection();
         kamailio::info!(
             "{} subscription(s) recorded at start-up",
             subscription_count()

@@ -11,7 +11,7 @@ use std::os::unix::net::UnixListener;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use kamailio::process::{self, Forked, ProcessKind};
+use kamailio::process::{self, ProcessKind};
 use kazoo_engine::broker::{BrokerOptions, TlsOptions};
 use kazoo_engine::config::Config;
 use kazoo_engine::ipc::{self, Requester};
@@ -56,15 +56,16 @@ pub fn with_requester<R>(f: impl FnOnce(&mut Requester) -> R) -> Result<R, Strin
 /// Forks the AMQP process and the consumer workers (child_init(PROC_MAIN)).
 pub fn fork_all() -> Result<(), String> {
     let config = config();
-    match process::fork(ProcessKind::IoOnly, "kazoo AMQP")? {
-        Forked::Child => run_amqp_process(config),
-        Forked::Parent { pid } => kamailio::info!("kazoo AMQP process started (pid {pid})"),
-    }
+    let pid = process::fork(ProcessKind::IoOnly, "kazoo AMQP", || {
+        run_amqp_process(config)
+    })?;
+    kamailio::info!("kazoo AMQP process started (pid {pid})");
     for worker in 1..=config.params.amqp_consumer_workers as u32 {
-        match process::fork(ProcessKind::ScriptWorker, &format!("kazoo worker {worker}"))? {
-            Forked::Child => crate::worker::run(worker, socket_name()),
-            Forked::Parent { .. } => {}
-        }
+        process::fork(
+            ProcessKind::ScriptWorker,
+            &format!("kazoo worker {worker}"),
+            || crate::worker::run(worker, socket_name()),
+        )?;
     }
     Ok(())
 }
@@ -108,6 +109,7 @@ fn run_amqp_process(config: &'static Config) -> ! {
             .event_callback
             .is_some()
             .then_some(Duration::from_secs(30)),
+        on_tick: process::refresh_config,
     };
     crate::logger::install();
     let error = match service::run(listener, service_config) {

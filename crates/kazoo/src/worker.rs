@@ -35,6 +35,7 @@ pub fn run(worker: u32, socket: &str) -> ! {
                 link
             }
             Err(e) => {
+                kamailio::process::refresh_config();
                 kamailio::debug!("kazoo worker {worker}: {e}; retrying");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -42,7 +43,10 @@ pub fn run(worker: u32, socket: &str) -> ! {
             }
         };
         loop {
-            match link.next(Duration::from_secs(1)) {
+            let work = link.next(Duration::from_secs(1));
+            // Runtime cfg changes apply from the next route on.
+            kamailio::process::refresh_config();
+            match work {
                 Ok(Some(Work::Deliver(delivery))) => {
                     let (id, needs_ack) = (delivery.id, delivery.needs_ack);
                     kamailio::guard::guarded("kazoo consumer event", (), || handle(delivery));

@@ -324,3 +324,62 @@ fn presence_writes_match_the_c_module_with_mariadb() {
     println!("{checked} presence steps checked with db_mysql on MariaDB");
     assert!(checked > 50);
 }
+
+/// A presence payload for `user`, as Kazoo publishes it.
+fn presence_payload(user: &str, call_id: &str) -> String {
+    format!(
+        "{{\"From\":\"sip:{user}@example.com\",\"From-User\":\"{user}\",\"From-Realm\":\"example.com\",\
+         \"To\":\"sip:{user}@example.com\",\"To-User\":\"{user}\",\"To-Realm\":\"example.com\",\
+         \"State\":\"confirmed\",\"Call-ID\":\"{call_id}\",\"Expires\":3600}}"
+    )
+}
+
+/// The connections MariaDB has open to `database`.
+fn connections(database: &str) -> usize {
+    mysql(
+        None,
+        &format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = '{database}';"),
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// A connection opened by `kazoo:mod-init` (main process, before the fork)
+/// is closed before Kamailio forks: no process inherits it, and each one
+/// that writes opens its own.
+#[test]
+fn a_connection_opened_in_mod_init_is_not_inherited() {
+    let db = Mariadb::create();
+    let mod_init = format!(
+        "event_route[kazoo:mod-init] {{\n    kazoo_pua_publish_presence(\"{}\");\n}}\n",
+        presence_payload("2001", "mod-init-cid").replace('"', "'")
+    );
+    let config = cfg(&db.params(), &format!("{mod_init}{ROUTES}")).replace(
+        "modparam(\"kazoo\", \"pua_mode\", 0)",
+        "modparam(\"kazoo\", \"pua_mode\", 1)",
+    );
+    let proxy = Proxy::start(&config);
+    proxy.assert_alive();
+    let users: Vec<String> = db
+        .rows()
+        .iter()
+        .map(|r| r["username"].to_string())
+        .collect();
+    assert_eq!(users, ["\"2001\""], "the mod-init write");
+    assert_eq!(
+        connections(&db.name),
+        0,
+        "the mod-init connection is still open after the fork"
+    );
+    for i in 0..20 {
+        let payload = presence_payload(&format!("30{i:02}"), &format!("cid-{i}"));
+        let reply = proxy.call("kazoo_pua_publish_presence", &[payload.as_bytes()]);
+        assert_eq!(int(&reply, "X-RC"), 1, "write {i}");
+    }
+    assert_eq!(db.rows().len(), 21);
+    // One connection per SIP worker that wrote (children=2), none shared.
+    let open = connections(&db.name);
+    assert!((1..=2).contains(&open), "{open} connections");
+    proxy.assert_alive();
+}

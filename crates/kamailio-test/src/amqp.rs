@@ -215,10 +215,10 @@ impl AmqpProbe {
     }
 
     /// Plays a Kazoo application asking a Kamailio node: publishes `request`
-    /// (a JSON object) with a fresh `Msg-ID` and a `Server-ID` naming a fresh
-    /// queue bound to the `targeted` exchange, and returns the first reply
-    /// that arrives there within `timeout` (`None` if none did). The module
-    /// must be running: it declares `targeted`.
+    /// (a JSON object; given a fresh `Msg-ID` when it has none) with a
+    /// `Server-ID` naming a fresh queue bound to the `targeted` exchange, and
+    /// returns the first reply that arrives there within `timeout` (`None` if
+    /// none did). The module must be running: it declares `targeted`.
     pub fn request(
         &self,
         exchange: &str,
@@ -229,7 +229,9 @@ impl AmqpProbe {
         let server_id = crate::unique_name("probe-reply");
         let queue = self.capture("targeted", &server_id)?;
         request["Server-ID"] = server_id.into();
-        request["Msg-ID"] = crate::unique_name("probe-msg").into();
+        if request.get("Msg-ID").is_none() {
+            request["Msg-ID"] = crate::unique_name("probe-msg").into();
+        }
         self.publish(exchange, routing_key, request.to_string().as_bytes())?;
         let reply = self.get(&queue, timeout);
         self.delete_queue(&queue);

@@ -293,7 +293,10 @@ impl Instance {
             .tempdir()
             .map_err(|e| HarnessError::io("creating run directory", e))?;
         let port = reserve_port()?;
-        let module = if cfg.contains("{{MODULE}}") {
+        let needs_module = std::iter::once(cfg)
+            .chain(files.iter().map(|(_, text)| text.as_str()))
+            .any(|text| text.contains("{{MODULE}}"));
+        let module = if needs_module {
             try_module_path()?
         } else {
             PathBuf::new()

@@ -335,19 +335,18 @@ impl SipClient {
         self.transact(&request, timeout)
     }
 
-    /// Like [`SipClient::send_request`], for a server that challenges: the
-    /// first reply must be a 401 or 407 with an MD5 digest challenge, which
-    /// is answered by sending the request again (same Call-ID, CSeq 2) with
-    /// `Authorization` / `Proxy-Authorization`. Returns the challenge and
-    /// the final reply to the authenticated request.
-    #[allow(clippy::too_many_arguments)]
+    /// Like [`SipClient::send_request`] without a body (REGISTER), for a
+    /// server that challenges: the first reply must be a 401 or 407 with an
+    /// MD5 digest challenge, which is answered by sending the request again
+    /// (same Call-ID, CSeq 2) with `Authorization` / `Proxy-Authorization`.
+    /// Returns the challenge and the final reply to the authenticated
+    /// request.
     pub fn send_with_digest(
         &self,
         target_port: u16,
         method: &str,
         ruri_user: &str,
         headers: &[(&str, &str)],
-        body: &[u8],
         credentials: DigestCredentials,
         timeout: Duration,
     ) -> Result<(SipReply, SipReply), HarnessError> {
@@ -359,7 +358,7 @@ impl SipClient {
             call_id: &call_id,
             cseq: 1,
             headers,
-            body,
+            body: b"",
         };
         let challenge = self.transact(&request, timeout)?;
         let (asked, answer) = match challenge.code {

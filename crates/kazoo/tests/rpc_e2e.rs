@@ -3,7 +3,6 @@
 //! did (confirmed and failed publishes here).
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{amqp_cfg, int, Proxy};
@@ -19,17 +18,10 @@ request_route {
 "#;
 
 fn status(proxy: &Proxy) -> serde_json::Value {
-    let socket = format!("unix:{}/ctl.sock", proxy.kamailio.rundir().display());
-    let out = Command::new("kamcmd")
-        .args(["-s", &socket, "kazoo.status"])
-        .output()
-        .expect("kamcmd (Debian package kamailio)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = proxy
+        .kamailio
+        .kamcmd(&["kazoo.status"])
+        .unwrap_or_else(|e| panic!("kamcmd kazoo.status: {e}"));
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
@@ -40,7 +32,7 @@ fn kazoo_status_shows_brokers_and_counters() {
     probe.declare_exchange(&exchange, "topic").unwrap();
     let (config, _node) = amqp_cfg(
         &system_broker_url(),
-        "loadmodule \"ctl.so\"\nmodparam(\"ctl\", \"binrpc\", \"unix:{{RUNDIR}}/ctl.sock\")",
+        "loadmodule \"ctl.so\"\nmodparam(\"ctl\", \"binrpc\", \"{{CTL}}\")",
         ROUTES,
     );
     let proxy = Proxy::start(&config);

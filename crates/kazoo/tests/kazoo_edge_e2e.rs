@@ -16,6 +16,7 @@
 //!   counts) and the other nodes' consumed into an htable;
 //! - an ACL cache filled on a timer from a 4-argument `kazoo_query`;
 //! - `dispatcher` from the same database;
+//! - the JSON subscriptions bound as written, their messages acked;
 //! - a clean stop: exit 0, no core file, no critical or signal line.
 mod common;
 
@@ -24,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use common::{read, sqlite};
 use kamailio_test::{
-    msg_id_of, system_broker_url, unique_name, AmqpProbe, DigestCredentials, Kamailio,
-    ProbeMessage, Responder, SipClient, SipReply, SipRequest,
+    msg_id_of, system_broker_url, system_rabbitmqctl, unique_name, AmqpProbe, DigestCredentials,
+    Kamailio, ProbeMessage, Responder, SipClient, SipReply, SipRequest,
 };
 use serde_json::{json, Value};
 
@@ -651,6 +652,52 @@ fn dispatcher_reads_the_same_database(edge: &Edge) {
     assert_eq!(reply.header("X-Media-Server"), Some(MEDIA_SERVER));
 }
 
+/// The JSON subscriptions (routing arrays, `no_ack: false`, `exclusive` and
+/// `federate` booleans) bound what they list, and every message they
+/// delivered was acked once its route ran.
+fn subscriptions_bound_and_acked(edge: &Edge) {
+    let bindings = system_rabbitmqctl(&[
+        "list_bindings",
+        "source_name",
+        "destination_name",
+        "routing_key",
+    ])
+    .unwrap();
+    let [_, api, presence, nodes] = edge.names.queues();
+    let names = &edge.names;
+    for (exchange, queue, key) in [
+        (&names.registrar, &api, "registration.search_req.*"),
+        (&names.registrar, &api, "registration.revision_req.*"),
+        (&names.presence, &presence, "dialog.*.*"),
+        (&names.presence, &presence, "update.*.*"),
+        (&names.presence, &presence, "mwi_updates.*.*"),
+        (&names.nodes, &nodes, ""),
+    ] {
+        let wanted = [exchange.as_str(), queue.as_str(), key];
+        assert!(
+            bindings
+                .lines()
+                .any(|l| l.split('\t').collect::<Vec<_>>() == wanted),
+            "{wanted:?} not bound:\n{bindings}"
+        );
+    }
+    let queues = system_rabbitmqctl(&[
+        "list_queues",
+        "name",
+        "exclusive",
+        "messages_ready",
+        "messages_unacknowledged",
+    ])
+    .unwrap();
+    for queue in [&api, &presence] {
+        let line = queues
+            .lines()
+            .find(|l| l.starts_with(&format!("{queue}\t")))
+            .unwrap_or_else(|| panic!("{queue} missing:\n{queues}"));
+        assert_eq!(line, format!("{queue}\tfalse\t0\t0"));
+    }
+}
+
 fn stops_cleanly(edge: &Edge) {
     assert!(edge.kamailio.is_running(), "Kamailio died during the test");
     let status = edge.kamailio.stop();
@@ -684,5 +731,6 @@ fn kazoo_edge_configuration_runs_every_flow() {
     nodes_advertise_and_track_each_other(&edge);
     acl_cache_is_filled_on_a_timer(&edge);
     dispatcher_reads_the_same_database(&edge);
+    subscriptions_bound_and_acked(&edge);
     stops_cleanly(&edge);
 }

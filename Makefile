@@ -4,6 +4,9 @@
 #   make PROFILE=dev      debug build:   target/debug/kazoo.so
 #   make install          copies kazoo.so into Kamailio's module directory
 #                         (MODULES_DIR, default Debian's), replacing the C module
+#   make deb              Debian packages in target/debian/ (scripts/build-deb):
+#                         the stripped module, diverting the C module's file,
+#                         and its -dbgsym package
 #
 # The build reads the version and flags strings of `kamailio -v` (or
 # KAMAILIO_BIN); the module only loads into that exact Kamailio build.
@@ -22,5 +25,8 @@ $(OUT_DIR)/kazoo.so: FORCE
 install: all
 	install -D -m 0644 $(OUT_DIR)/kazoo.so $(DESTDIR)$(MODULES_DIR)/kazoo.so
 
-.PHONY: all install FORCE
+deb:
+	scripts/build-deb $(PROFILE)
+
+.PHONY: all install deb FORCE
 FORCE:

@@ -154,6 +154,8 @@ pub fn in_mod_init() -> bool {
 /// main process before the fork of the SIP workers; forks the module's
 /// processes once Kamailio's own are running.
 pub fn child_init(rank: i32) -> Result<(), String> {
+    #[cfg(feature = "test-hooks")]
+    crate::test_hooks::child_init(rank)?;
     if rank == kamailio::sys::PROC_INIT {
         run_mod_init();
         // kazoo:mod-init may have written presence: its connection must not

@@ -90,6 +90,9 @@ function ksr_kazoo_event(evname) {{
         return;
     }}
     KSR.info("KEMI " + evname + " rk=" + KSR.pv.get("$kzRK") + " e=" + KSR.pv.get("$kzE") + "\n");
+    // The dialog module's script callbacks reset its context per message.
+    KSR.info("KEMI dlg_ctx before=" + KSR.pv.get("$dlg_ctx(timeout_bye)") + "\n");
+    KSR.pv.seti("$dlg_ctx(timeout_bye)", 5);
 }}
 function ksr_request_route() {{
     if (KSR.is_OPTIONS()) {{ KSR.sl.sl_send_reply(200, "OK"); return; }}
@@ -102,8 +105,10 @@ function ksr_request_route() {{
     )
     .unwrap();
     let params = format!(
-        "loadmodule \"app_jsdt.so\"\nmodparam(\"app_jsdt\", \"load\", \"{}\")\n\
-         modparam(\"kazoo\", \"event_callback\", \"ksr_kazoo_event\")\ncfgengine \"jsdt\"",
+        "loadmodule \"rr.so\"\nloadmodule \"dialog.so\"\n\
+         loadmodule \"app_jsdt.so\"\nmodparam(\"app_jsdt\", \"load\", \"{}\")\n\
+         modparam(\"kazoo\", \"event_callback\", \"ksr_kazoo_event\")\n\
+         modparam(\"kazoo\", \"amqp_consumer_workers\", 1)\ncfgengine \"jsdt\"",
         script.display()
     );
     let (config, node) = amqp_cfg(&system_broker_url(), &params, "");
@@ -177,6 +182,11 @@ function ksr_request_route() {{
         "{}",
         proxy.kamailio.log()
     );
+    // Each callback ran between the script callbacks, like a native route:
+    // what one event set in the dialog context is gone for the next.
+    let log = proxy.kamailio.log();
+    assert!(log.matches("KEMI dlg_ctx before=0").count() >= 3, "{log}");
+    assert!(!log.contains("KEMI dlg_ctx before=5"), "{log}");
     drop(proxy);
     probe.delete_exchange(&exchange);
     probe.delete_exchange(&format!("{exchange}-events"));

@@ -1,7 +1,10 @@
 //! A panic inside the module never takes Kamailio down: the panic guard
 //! turns it into a critical log line and -1, and Kamailio keeps answering.
+//! A module process whose initialisation fails exits (and Kamailio stops,
+//! as for its own children) instead of running start-up code.
 //!
-//! The panicking function exists only in builds with the `test-hooks`
+//! The panicking function and the failing initialisation exist only in
+//! builds with the `test-hooks`
 //! feature; this test builds that variant into its own target directory
 //! (or takes it from `KAZOO_TEST_HOOKS_MODULE`).
 mod common;
@@ -9,7 +12,10 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
+use std::time::{Duration, Instant};
+
 use common::{cfg, int, Proxy};
+use kamailio_test::{HarnessError, Kamailio};
 
 fn hooks_module() -> PathBuf {
     if let Ok(path) = std::env::var("KAZOO_TEST_HOOKS_MODULE") {
@@ -62,4 +68,33 @@ request_route {
     );
     assert!(log.contains("test hook: boom round2"), "{log}");
     assert!(!log.contains("exited by a signal"), "{log}");
+}
+
+#[test]
+fn a_worker_whose_child_init_fails_exits() {
+    let module = hooks_module();
+    let routes = "request_route {\n    sl_send_reply(\"200\", \"OK\");\n}\n";
+    let config = cfg("", routes).replace("{{MODULE}}", module.to_str().unwrap());
+    let started = Kamailio::builder()
+        .env("KAZOO_TEST_FAIL_WORKER_INIT", "1")
+        .start(&config);
+    // The SIP workers may answer before the main process sees the worker go.
+    let log = match started {
+        Ok(kamailio) => {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while kamailio.is_running() {
+                assert!(Instant::now() < deadline, "Kamailio kept running");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            kamailio.log()
+        }
+        Err(HarnessError::StartupFailed { log_tail, .. }) => log_tail,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(
+        log.contains("kazoo worker 1: a module's child_init failed in the new process; exiting"),
+        "{log}"
+    );
+    // What the worker would log had it gone back into the start-up code.
+    assert!(!log.contains("cannot fork kazoo worker"), "{log}");
 }

@@ -431,11 +431,9 @@ fn register_with_digest_against_the_backend(edge: &Edge) -> String {
     let (client, accepted) = register(edge, "1001", "secret-1001");
     assert_eq!(accepted.code, 200, "{accepted:?}");
     let contact = format!("sip:harness@127.0.0.1:{}", client.local_port());
+    let binding = accepted.header("Contact").unwrap_or_default();
     assert!(
-        accepted
-            .header("Contact")
-            .unwrap_or_default()
-            .contains(&contact),
+        binding.contains(&contact) && binding.contains("expires=300"),
         "save() replies with the binding: {accepted:?}"
     );
 
@@ -504,7 +502,9 @@ impl Watcher {
         );
         let watcher = Watcher { client, package };
         // The state at subscription time (nothing published yet).
-        watcher.notify("initial NOTIFY", |_| true);
+        let initial = watcher.notify("initial NOTIFY", |_| true);
+        let state = initial.header("Subscription-State").unwrap_or_default();
+        assert!(state.starts_with("active"), "{package}: {initial:?}");
         watcher
     }
 

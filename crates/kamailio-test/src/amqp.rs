@@ -214,6 +214,30 @@ impl AmqpProbe {
         publish_on(&self.runtime, &self.channel, exchange, routing_key, body)
     }
 
+    /// Plays a Kazoo application asking a Kamailio node: publishes `request`
+    /// (a JSON object; given a fresh `Msg-ID` when it has none) with a
+    /// `Server-ID` naming a fresh queue bound to the `targeted` exchange, and
+    /// returns the first reply that arrives there within `timeout` (`None` if
+    /// none did). The module must be running: it declares `targeted`.
+    pub fn request(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mut request: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<Option<ProbeMessage>, HarnessError> {
+        let server_id = crate::unique_name("probe-reply");
+        let queue = self.capture("targeted", &server_id)?;
+        request["Server-ID"] = server_id.into();
+        if request.get("Msg-ID").is_none() {
+            request["Msg-ID"] = crate::unique_name("probe-msg").into();
+        }
+        self.publish(exchange, routing_key, request.to_string().as_bytes())?;
+        let reply = self.get(&queue, timeout);
+        self.delete_queue(&queue);
+        reply
+    }
+
     /// Starts a Kazoo-style responder on a fresh queue bound to `exchange`
     /// with `binding_key`: for each request, `answer` gets the request body
     /// and returns the reply bodies to send (none, one, several), each

@@ -12,11 +12,17 @@ use std::time::{Duration, Instant, SystemTime};
 use tempfile::TempDir;
 
 use crate::ports::{reserve_port, PortLease};
-use crate::process::{self, find_program, run_bounded, POLL};
+use crate::process::{self, find_program, run_bounded, run_checked, POLL};
 use crate::{HarnessError, SipClient};
 
 /// Default Kamailio binary (Debian's package); `KAMAILIO_BIN` overrides it.
 const DEFAULT_KAMAILIO: &str = "/usr/sbin/kamailio";
+/// Default `kamcmd` (Debian's package); `KAMCMD` overrides it.
+const DEFAULT_KAMCMD: &str = "/usr/sbin/kamcmd";
+/// How long one `kamcmd` call may take.
+const KAMCMD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The control socket `{{CTL}}` names, in the run directory.
+const CTL_SOCKET: &str = "kamailio.ctl";
 /// Default module directory (Debian's package); `KAMAILIO_MODULES_DIR` overrides it.
 const DEFAULT_MODULES_DIR: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules";
 /// How many log lines errors and panics show.
@@ -31,6 +37,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 pub struct KamailioBuilder {
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    files: Vec<(String, String)>,
     startup_timeout: Duration,
 }
 
@@ -47,6 +54,15 @@ impl KamailioBuilder {
         self
     }
 
+    /// Writes `text` (after the same placeholder substitution as the config)
+    /// to `name` in the run directory before starting, for configurations
+    /// split into several files joined with `include_file` / `import_file`
+    /// (relative names are found there: Kamailio runs in that directory).
+    pub fn file(mut self, name: impl Into<String>, text: impl Into<String>) -> Self {
+        self.files.push((name.into(), text.into()));
+        self
+    }
+
     /// How long to wait for the first SIP reply (default 15 s).
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
         self.startup_timeout = timeout;
@@ -57,7 +73,7 @@ impl KamailioBuilder {
     /// answers `OPTIONS sip:ping@127.0.0.1:<port>`.
     pub fn start(self, cfg: &str) -> Result<Kamailio, HarnessError> {
         let binary = kamailio_binary()?;
-        let instance = Instance::prepare(cfg)?;
+        let instance = Instance::prepare(cfg, &self.files)?;
         let log_path = instance.dir.path().join("kamailio.log");
         let (log, log_err) = process::log_outputs(&log_path)?;
         let mut cmd = Command::new(&binary);
@@ -102,6 +118,7 @@ impl KamailioBuilder {
 /// | `{{MODULE}}` | the absolute path of the built kazoo module ([`module_path()`]) |
 /// | `{{RUNDIR}}` | this instance's fresh temporary directory |
 /// | `{{MPATH}}` | Kamailio's module directory: `KAMAILIO_MODULES_DIR`, default `/usr/lib/x86_64-linux-gnu/kamailio/modules` |
+/// | `{{CTL}}` | this instance's private control socket, `unix:<rundir>/kamailio.ctl`, for `modparam("ctl", "binrpc", "{{CTL}}")` and [`Kamailio::kamcmd`] |
 ///
 /// The config must listen on `udp:127.0.0.1:{{PORT}}` and **reply to every
 /// request** its request route gets (e.g. `sl_send_reply("200", "OK")`): the
@@ -141,6 +158,7 @@ impl Kamailio {
         KamailioBuilder {
             args: Vec::new(),
             envs: Vec::new(),
+            files: Vec::new(),
             startup_timeout: Duration::from_secs(15),
         }
     }
@@ -196,6 +214,21 @@ impl Kamailio {
     pub fn stop(&self) -> ExitStatus {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
         process::terminate(&mut child, STOP_GRACE)
+    }
+
+    /// Runs `kamcmd -s <{{CTL}}> <args>` (the config must load `ctl` with
+    /// `modparam("ctl", "binrpc", "{{CTL}}")`) and returns its output; a
+    /// non-zero exit (e.g. the command failed) is an error. `KAMCMD` overrides
+    /// the binary (default `/usr/sbin/kamcmd`, else `kamcmd` on `PATH`).
+    pub fn kamcmd(&self, args: &[&str]) -> Result<String, HarnessError> {
+        let binary = find_program("KAMCMD", &[DEFAULT_KAMCMD], "kamcmd")?;
+        run_checked(
+            Command::new(binary)
+                .arg("-s")
+                .arg(ctl_address(self.rundir()))
+                .args(args),
+            KAMCMD_TIMEOUT,
+        )
     }
 
     fn wait_ready(&self, timeout: Duration) -> Result<(), HarnessError> {
@@ -254,29 +287,36 @@ struct Instance {
 }
 
 impl Instance {
-    fn prepare(cfg: &str) -> Result<Instance, HarnessError> {
+    fn prepare(cfg: &str, files: &[(String, String)]) -> Result<Instance, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("kamailio-test-")
             .tempdir()
             .map_err(|e| HarnessError::io("creating run directory", e))?;
         let port = reserve_port()?;
-        let module = if cfg.contains("{{MODULE}}") {
+        let needs_module = std::iter::once(cfg)
+            .chain(files.iter().map(|(_, text)| text.as_str()))
+            .any(|text| text.contains("{{MODULE}}"));
+        let module = if needs_module {
             try_module_path()?
         } else {
             PathBuf::new()
         };
-        let text = substitute(
-            cfg,
-            &[
-                ("{{PORT}}", &port.port().to_string()),
-                ("{{MODULE}}", &module.to_string_lossy()),
-                ("{{RUNDIR}}", &dir.path().to_string_lossy()),
-                ("{{MPATH}}", &modules_dir().to_string_lossy()),
-            ],
-        );
+        let pairs = [
+            ("{{PORT}}", port.port().to_string()),
+            ("{{MODULE}}", module.to_string_lossy().into_owned()),
+            ("{{RUNDIR}}", dir.path().to_string_lossy().into_owned()),
+            ("{{MPATH}}", modules_dir().to_string_lossy().into_owned()),
+            ("{{CTL}}", ctl_address(dir.path())),
+        ];
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let cfg_path = dir.path().join("kamailio.cfg");
-        fs::write(&cfg_path, text)
-            .map_err(|e| HarnessError::io(format!("writing {}", cfg_path.display()), e))?;
+        let extra = files
+            .iter()
+            .map(|(name, text)| (dir.path().join(name), text.as_str()));
+        for (path, text) in std::iter::once((cfg_path.clone(), cfg)).chain(extra) {
+            fs::write(&path, substitute(text, &pairs))
+                .map_err(|e| HarnessError::io(format!("writing {}", path.display()), e))?;
+        }
         Ok(Instance {
             dir,
             cfg_path,
@@ -316,7 +356,7 @@ pub fn check_config(cfg: &str) -> CheckResult {
 
 fn try_check_config(cfg: &str) -> Result<CheckResult, HarnessError> {
     let binary = kamailio_binary()?;
-    let instance = Instance::prepare(cfg)?;
+    let instance = Instance::prepare(cfg, &[])?;
     let (status, output) = run_bounded(
         Command::new(binary)
             .arg("-c")
@@ -329,6 +369,11 @@ fn try_check_config(cfg: &str) -> Result<CheckResult, HarnessError> {
         success: status.success(),
         output,
     })
+}
+
+/// The `{{CTL}}` address of a run directory.
+fn ctl_address(rundir: &Path) -> String {
+    format!("unix:{}", rundir.join(CTL_SOCKET).display())
 }
 
 fn kamailio_binary() -> Result<PathBuf, HarnessError> {

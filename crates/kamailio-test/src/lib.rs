@@ -2,11 +2,14 @@
 //! test config, talks SIP to it, and provides RabbitMQ brokers.
 //!
 //! - [`Kamailio`]: starts `kamailio` from config text with placeholders
-//!   (`{{PORT}}`, `{{MODULE}}`, `{{RUNDIR}}`, `{{MPATH}}`; see [`Kamailio`]),
-//!   waits until it answers SIP, exposes its log, stops it on drop and prints the
-//!   log tail if the test panicked. [`check_config`] runs `kamailio -c`.
-//! - [`SipClient`] / [`SipReply`]: one request, its final reply; a
-//!   [`HarnessError::Timeout`] means the script did not reply.
+//!   (`{{PORT}}`, `{{MODULE}}`, `{{RUNDIR}}`, `{{MPATH}}`, `{{CTL}}`; see
+//!   [`Kamailio`]) and extra included files, waits until it answers SIP,
+//!   exposes its log and `kamcmd`, stops it on drop and prints the log tail if
+//!   the test panicked. [`check_config`] runs `kamailio -c`.
+//! - [`SipClient`] / [`SipReply`] / [`SipRequest`]: one request, its final
+//!   reply (with digest authentication when challenged); a
+//!   [`HarnessError::Timeout`] means the script did not reply. Requests the
+//!   server sends (NOTIFY) are answered 200 and kept for the test.
 //! - [`hex_encode`] / [`hex_decode`]: carry arbitrary bytes in headers, matching
 //!   Kamailio's `{s.encode.hexa}` (lowercase) and `{s.decode.hexa}` (either case).
 //! - [`RabbitNode`]: a private broker that a test may stop and restart;
@@ -25,7 +28,7 @@
 //! are bounded.
 //!
 //! Environment variables read: `KAMAILIO_BIN`, `KAMAILIO_MODULES_DIR`,
-//! `KAZOO_MODULE`, `CARGO_TARGET_DIR`, `KAMAILIO_TEST_KEEP`, `RABBITMQ_SERVER`,
+//! `KAMCMD`, `KAZOO_MODULE`, `CARGO_TARGET_DIR`, `KAMAILIO_TEST_KEEP`, `RABBITMQ_SERVER`,
 //! `RABBITMQCTL`, `AMQP_URL`.
 
 mod amqp;
@@ -49,5 +52,5 @@ pub use kamailio::{
 pub use names::unique_name;
 pub use pki::TestPki;
 pub use rabbit::{system_broker_url, system_rabbitmqctl, RabbitNode};
-pub use sip::{SipClient, SipReply};
+pub use sip::{DigestCredentials, SipClient, SipReply, SipRequest};
 pub use vectors::{jsonl, read_vector, tsv_cell, tsv_rows, vectors_dir};

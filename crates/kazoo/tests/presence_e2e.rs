@@ -7,11 +7,11 @@
 //! they are not compared).
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{cfg, int, Proxy};
+use common::{cfg, int, read, sqlite, Proxy};
 use kamailio_test::unique_name;
 
 const SQLITE_SCHEMA: &str = "/usr/share/kamailio/db_sqlite/presence-create.sql";
@@ -101,26 +101,6 @@ impl Drop for Sqlite {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn read(path: &str, package: &str) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{path}: {e} (Debian package {package})"))
-}
-
-fn sqlite(file: &Path, script: &str) -> String {
-    let out = Command::new("sqlite3")
-        .arg("-json")
-        .arg(file)
-        .arg(script)
-        .output()
-        .expect("sqlite3 (Debian package sqlite3)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A database of its own on the local MariaDB (root through its socket).

@@ -6,27 +6,10 @@
 //! do everywhere) works at all.
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{amqp_cfg, Proxy};
 use kamailio_test::{system_broker_url, unique_name, AmqpProbe};
-
-/// `kamcmd` on the instance's ctl socket; its output.
-fn kamcmd(proxy: &Proxy, args: &[&str]) -> String {
-    let socket = format!("unix:{}/ctl.sock", proxy.kamailio.rundir().display());
-    let out = Command::new("kamcmd")
-        .args(["-s", &socket])
-        .args(args)
-        .output()
-        .expect("kamcmd (Debian package kamailio)");
-    assert!(
-        out.status.success(),
-        "kamcmd {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The value the event route read, from the message it published.
 fn probe_value(probe: &AmqpProbe, exchange: &str, results: &str) -> String {
@@ -54,7 +37,7 @@ fn cfg_changes_reach_the_next_event_route_and_the_amqp_process() {
     let results = probe.capture(&exchange, "probe.result").unwrap();
     let params = r#"loadmodule "ctl.so"
 loadmodule "cfg_rpc.so"
-modparam("ctl", "binrpc", "unix:{{RUNDIR}}/ctl.sock")
+modparam("ctl", "binrpc", "{{CTL}}")
 kazoo.probe_value = 1 desc "read by the probe event route"
 "#;
     let routes = format!(
@@ -78,25 +61,25 @@ request_route {{
         .wait_for_log("consumer 0: connected", Duration::from_secs(10)));
 
     assert_eq!(probe_value(&probe, &exchange, &results), "1");
-    kamcmd(&proxy, &["cfg.set_now_int", "kazoo", "probe_value", "7"]);
+    proxy.kamcmd(&["cfg.set_now_int", "kazoo", "probe_value", "7"]);
     assert_eq!(probe_value(&probe, &exchange, &results), "7");
-    kamcmd(&proxy, &["cfg.set_now_int", "kazoo", "probe_value", "42"]);
+    proxy.kamcmd(&["cfg.set_now_int", "kazoo", "probe_value", "42"]);
     assert_eq!(probe_value(&probe, &exchange, &results), "42");
 
     // The AMQP process logs the status request at debug level: nothing at
     // debug=2, then a line once `core debug` is 3.
     const STATUS_LINE: &str = "status requested (RPC)";
-    kamcmd(&proxy, &["kazoo.status"]);
+    proxy.kamcmd(&["kazoo.status"]);
     std::thread::sleep(Duration::from_millis(300));
     assert!(!proxy.kamailio.log().contains(STATUS_LINE));
-    kamcmd(&proxy, &["cfg.set_now_int", "core", "debug", "3"]);
+    proxy.kamcmd(&["cfg.set_now_int", "core", "debug", "3"]);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !proxy.kamailio.log().contains(STATUS_LINE) {
         assert!(
             Instant::now() < deadline,
             "the AMQP process never logged at debug level after core.debug 3"
         );
-        kamcmd(&proxy, &["kazoo.status"]);
+        proxy.kamcmd(&["kazoo.status"]);
         std::thread::sleep(Duration::from_millis(100));
     }
     proxy.assert_alive();

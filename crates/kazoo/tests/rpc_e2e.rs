@@ -3,7 +3,6 @@
 //! did (confirmed and failed publishes here).
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{amqp_cfg, int, Proxy};
@@ -18,23 +17,8 @@ request_route {
 }
 "#;
 
-fn kamcmd(proxy: &Proxy, args: &[&str]) -> String {
-    let socket = format!("unix:{}/ctl.sock", proxy.kamailio.rundir().display());
-    let out = Command::new("kamcmd")
-        .args(["-s", &socket])
-        .args(args)
-        .output()
-        .expect("kamcmd (Debian package kamailio)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn status(proxy: &Proxy) -> serde_json::Value {
-    let text = kamcmd(proxy, &["kazoo.status"]);
+    let text = proxy.kamcmd(&["kazoo.status"]);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
@@ -44,7 +28,7 @@ fn status(proxy: &Proxy) -> serde_json::Value {
 fn statistic(proxy: &Proxy, name: &str, want: i64) -> i64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
-        let text = kamcmd(proxy, &["stats.get_statistics", "kazoo:"]);
+        let text = proxy.kamcmd(&["stats.get_statistics", "kazoo:"]);
         let value = text
             .lines()
             .find_map(|l| {
@@ -70,8 +54,7 @@ fn kazoo_status_shows_brokers_and_counters() {
     probe.declare_exchange(&exchange, "topic").unwrap();
     let (config, _node) = amqp_cfg(
         &system_broker_url(),
-        "loadmodule \"ctl.so\"\nloadmodule \"kex.so\"\n\
-         modparam(\"ctl\", \"binrpc\", \"unix:{{RUNDIR}}/ctl.sock\")",
+        "loadmodule \"ctl.so\"\nloadmodule \"kex.so\"\nmodparam(\"ctl\", \"binrpc\", \"{{CTL}}\")",
         ROUTES,
     );
     let proxy = Proxy::start(&config);
@@ -100,7 +83,7 @@ fn kazoo_status_shows_brokers_and_counters() {
     assert_eq!(statistic(&proxy, "publish_failed", 1), 1);
     assert_eq!(statistic(&proxy, "broker_1_publisher_up", 1), 1);
     assert_eq!(statistic(&proxy, "broker_1_consumers_up", 1), 1);
-    kamcmd(&proxy, &["stats.reset_statistics", "kazoo:"]);
+    proxy.kamcmd(&["stats.reset_statistics", "kazoo:"]);
     assert_eq!(statistic(&proxy, "published", 0), 0);
     assert_eq!(
         statistic(&proxy, "broker_1_publisher_up", 1),

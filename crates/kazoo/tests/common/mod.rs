@@ -7,6 +7,8 @@
 //! header when a value is `$null`.
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use kamailio_test::{hex_decode, hex_encode, Kamailio, SipClient, SipReply};
@@ -121,6 +123,13 @@ impl Proxy {
         );
     }
 
+    /// `kamcmd <args>` on the instance's ctl socket (`{{CTL}}`); its output.
+    pub fn kamcmd(&self, args: &[&str]) -> String {
+        self.kamailio
+            .kamcmd(args)
+            .unwrap_or_else(|e| panic!("kamcmd {args:?}: {e}"))
+    }
+
     /// Kamailio still runs and answers SIP.
     pub fn assert_alive(&self) {
         assert!(self.kamailio.is_running(), "Kamailio exited");
@@ -177,4 +186,27 @@ pub fn fill_placeholders(template: &str, actual: &str, msg_id: &str, node: &str)
         .replace("{{AMQP_RECEIVED}}", &received)
         .replace("{{CH}}", &ch)
         .replace("kzvec.local", node)
+}
+
+/// A file the tests need from a Debian package (e.g. a Kamailio schema).
+pub fn read(path: &str, package: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path}: {e} (Debian package {package})"))
+}
+
+/// Runs `script` on the SQLite database `file` with the `sqlite3` client
+/// and returns its output (`-json`: rows as a JSON array, empty for none).
+pub fn sqlite(file: &Path, script: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg("-json")
+        .arg(file)
+        .arg(script)
+        .output()
+        .expect("sqlite3 (Debian package sqlite3)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -13,7 +13,8 @@
 //! - dialog, MWI and presence updates from the bus written by
 //!   `kazoo_pua_publish_*` and NOTIFYed to a SUBSCRIBEd client;
 //! - node advertisements published on a timer (with `sqlops` and registrar
-//!   counts) and the other nodes' consumed into an htable;
+//!   counts) and the other nodes' consumed into an htable (this node's own,
+//!   recognised with `$knode`, left out);
 //! - an ACL cache filled on a timer from a 4-argument `kazoo_query`;
 //! - `dispatcher` from the same database;
 //! - the JSON subscriptions bound as written, their messages acked;
@@ -602,6 +603,12 @@ fn nodes_advertise_and_track_each_other(edge: &Edge) {
         )
         .unwrap();
     wait_kamcmd(edge, &["htable.get", "nodes", other], &startup.to_string());
+    // This node's own advertisements (recognised with `$knode`) are not
+    // tracked.
+    let own = format!("kamailio@{}", edge.names.node);
+    let dump = edge.kamcmd(&["htable.dump", "nodes"]);
+    assert!(dump.contains(other.as_str()), "{dump}");
+    assert!(!dump.contains(&own), "{dump}");
 }
 
 /// Polls `kamcmd args` until its output contains `needle`; returns it.

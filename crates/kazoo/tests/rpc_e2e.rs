@@ -94,3 +94,91 @@ fn kazoo_status_shows_brokers_and_counters() {
     assert_eq!(statistic(&proxy, "published", 1), 1);
     probe.delete_exchange(&exchange);
 }
+
+/// `GET <path>` on 127.0.0.1:`port`; the response (read up to its
+/// `Content-Length`: Kamailio keeps the connection open).
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("HTTP connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        let n = stream.read(&mut chunk).expect("HTTP response");
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&response)
+        );
+        response.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&response);
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length: usize = text[..end]
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .expect("Content-Length");
+        if response.len() >= end + 4 + length {
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            return text.into_owned();
+        }
+    }
+}
+
+/// The value of `metric` in a Prometheus scrape, once it equals `want`.
+fn scraped(port: u16, metric: &str, want: i64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let body = http_get(port, "/metrics");
+        let value = body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{metric} ")))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {metric} in the scrape:\n{body}"))
+            .parse()
+            .unwrap();
+        if value == want || std::time::Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn statistics_are_scraped_as_prometheus_metrics() {
+    let probe = AmqpProbe::connect(&system_broker_url()).expect("probe");
+    let exchange = unique_name("kzprom");
+    probe.declare_exchange(&exchange, "topic").unwrap();
+    let routes = format!(
+        "{ROUTES}\nevent_route[xhttp:request] {{\n    if (prom_check_uri()) {{ prom_dispatch(); exit; }}\n    \
+         xhttp_reply(\"404\", \"Not Found\", \"text/plain\", \"\");\n}}\n"
+    );
+    let (config, _node) = amqp_cfg(
+        &system_broker_url(),
+        "loadmodule \"xhttp.so\"\nloadmodule \"xhttp_prom.so\"\n\
+         modparam(\"xhttp_prom\", \"xhttp_prom_stats\", \"all\")",
+        &routes,
+    );
+    let config = config.replace(
+        "disable_tcp=yes",
+        "disable_tcp=no\nlisten=tcp:127.0.0.1:{{PORT}}\ntcp_accept_no_cl=yes",
+    );
+    let proxy = Proxy::start(&config);
+    proxy.wait_connected(1, 1);
+    let port = proxy.kamailio.port();
+    for _ in 0..3 {
+        assert_eq!(int(&proxy.call("rpc", &[exchange.as_bytes()]), "X-RC"), 1);
+    }
+    assert_eq!(scraped(port, "kamailio_kazoo_published", 3), 3);
+    assert_eq!(scraped(port, "kamailio_kazoo_broker_1_publisher_up", 1), 1);
+    assert_eq!(scraped(port, "kamailio_kazoo_publish_failed", 0), 0);
+    probe.delete_exchange(&exchange);
+}

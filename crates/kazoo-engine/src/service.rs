@@ -169,16 +169,27 @@ async fn serve(
                     zone: b.zone.clone(),
                     host: b.host.clone(),
                     connections: Default::default(),
+                    since: Default::default(),
+                    last_error: None,
                     consumers_up: Vec::new(),
                 })
                 .collect(),
         ),
+        subscription_failures: Mutex::new(HashMap::new()),
+        subscription_consumed: OnceLock::new(),
     });
     tokio::spawn(tick(shared.clone(), config.on_tick));
     tokio::spawn(accept(listener, shared.clone()));
     if let Some(wait) = config.await_startup {
         collect_startup(&mut config, startup_rx, wait).await;
     }
+    let _ = shared.subscription_consumed.set(
+        config
+            .subscriptions
+            .iter()
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    );
     let _ = shared.subscriptions.set(config.subscriptions.clone());
     let (brokers, events) = Brokers::start(
         config.brokers.clone(),
@@ -282,8 +293,22 @@ struct BrokerState {
     zone: String,
     host: String,
     connections: std::collections::BTreeMap<String, bool>,
+    /// Since when (Unix seconds) each connection is in its state.
+    since: std::collections::BTreeMap<String, u64>,
+    /// The last failure of any of its connections: when, and why.
+    last_error: Option<(u64, String)>,
     /// Whether each consuming connection is up (for the zone events).
     consumers_up: Vec<bool>,
+}
+
+/// Where a subscription cannot be consumed now: by broker id, why.
+type SubscriptionFailures = std::collections::BTreeMap<u32, String>;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Why a publish made by the service failed.
@@ -324,6 +349,10 @@ struct Shared {
     round_robin: AtomicUsize,
     counters: Counters,
     brokers_state: Mutex<Vec<BrokerState>>,
+    /// By subscription index: where it fails.
+    subscription_failures: Mutex<HashMap<usize, SubscriptionFailures>>,
+    /// By subscription index: messages it delivered to the event routes.
+    subscription_consumed: OnceLock<Vec<AtomicU64>>,
 }
 
 /// The consumer workers' connections, and what waits for those not yet
@@ -603,33 +632,48 @@ impl Shared {
                     .collect(),
             )
         };
-        let brokers = stats
-            .brokers
+        let brokers = lock(&self.brokers_state)
             .iter()
             .map(|b| {
+                let by_role = |values: Vec<(&String, Value)>| {
+                    Value::Object(
+                        values
+                            .into_iter()
+                            .map(|(role, v)| (role.as_bytes().to_vec(), v))
+                            .collect(),
+                    )
+                };
+                let states = b
+                    .connections
+                    .iter()
+                    .map(|(role, up)| (role, text(if *up { "up" } else { "down" })))
+                    .collect();
+                let since = b
+                    .since
+                    .iter()
+                    .map(|(role, at)| (role, Value::UInt(*at)))
+                    .collect();
+                let last_error = match &b.last_error {
+                    Some((at, reason)) => {
+                        object(vec![("at", Value::UInt(*at)), ("reason", text(reason))])
+                    }
+                    None => Value::Null,
+                };
                 object(vec![
                     ("id", Value::UInt(u64::from(b.id))),
                     ("zone", text(&b.zone)),
                     ("host", text(&b.host)),
-                    (
-                        "connections",
-                        Value::Object(
-                            b.connections
-                                .iter()
-                                .map(|(role, up)| {
-                                    (
-                                        role.as_bytes().to_vec(),
-                                        text(if *up { "up" } else { "down" }),
-                                    )
-                                })
-                                .collect(),
-                        ),
-                    ),
+                    ("primary", Value::Bool(b.zone == self.primary_zone)),
+                    ("connections", by_role(states)),
+                    ("since", by_role(since)),
+                    ("last_error", last_error),
                 ])
             })
             .collect();
+        let subscriptions = self.subscriptions_status(&text, &object);
         let status = object(vec![
             ("brokers", Value::Array(brokers)),
+            ("subscriptions", Value::Array(subscriptions)),
             (
                 "publish",
                 object(vec![
@@ -665,6 +709,66 @@ impl Shared {
         crate::json::to_json(&status)
     }
 
+    /// Each subscription: what it declares, the messages it delivered and,
+    /// per broker it is consumed on, the consuming connections up or why it
+    /// fails there.
+    fn subscriptions_status(
+        &self,
+        text: &dyn Fn(&str) -> crate::json::Value,
+        object: &dyn Fn(Vec<(&str, crate::json::Value)>) -> crate::json::Value,
+    ) -> Vec<crate::json::Value> {
+        use crate::json::Value;
+        let brokers = lock(&self.brokers_state);
+        let failures = lock(&self.subscription_failures);
+        let consumed = self.subscription_consumed.get();
+        let no_failures = SubscriptionFailures::new();
+        self.subscriptions
+            .get()
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .map(|(index, sub)| {
+                let failed = failures.get(&index).unwrap_or(&no_failures);
+                let on_brokers = brokers
+                    .iter()
+                    .filter(|b| b.zone == self.primary_zone || sub.federate)
+                    .map(|b| {
+                        let consumers = b.consumers_up.iter().filter(|up| **up).count();
+                        let (state, reason) = match failed.get(&b.id) {
+                            Some(reason) => ("failed", text(reason)),
+                            None if consumers > 0 => ("consuming", Value::Null),
+                            None => ("down", Value::Null),
+                        };
+                        object(vec![
+                            ("id", Value::UInt(u64::from(b.id))),
+                            ("state", text(state)),
+                            ("consumers", Value::UInt(consumers as u64)),
+                            ("reason", reason),
+                        ])
+                    })
+                    .collect();
+                let count = consumed
+                    .and_then(|c| c.get(index))
+                    .map_or(0, |c| c.load(Ordering::Relaxed));
+                object(vec![
+                    ("index", Value::UInt(index as u64 + 1)),
+                    ("name", text(sub.listener_name())),
+                    ("exchange", text(&sub.exchange)),
+                    ("type", text(&sub.exchange_type)),
+                    ("queue", text(&sub.queue)),
+                    (
+                        "routing",
+                        Value::Array(sub.routing.iter().map(|r| text(r)).collect()),
+                    ),
+                    ("federate", Value::Bool(sub.federate)),
+                    ("no_ack", Value::Bool(sub.no_ack)),
+                    ("consumed", Value::UInt(count)),
+                    ("brokers", Value::Array(on_brokers)),
+                ])
+            })
+            .collect()
+    }
+
     fn next_id(&self) -> u64 {
         self.next_delivery.fetch_add(1, Ordering::Relaxed)
     }
@@ -691,7 +795,13 @@ impl Shared {
     }
 
     /// `connection` / `error`: why a connection closed or could not open.
-    fn connection_error(&self, host: &str, zone: &str, reason: &str) {
+    fn connection_error(&self, broker_id: u32, host: &str, zone: &str, reason: &str) {
+        if let Some(broker) = lock(&self.brokers_state)
+            .iter_mut()
+            .find(|b| b.id == broker_id)
+        {
+            broker.last_error = Some((unix_now(), reason.to_string()));
+        }
         let fields = [("host", host), ("zone", zone), ("message", reason)];
         let body = connection_notice(&self.event_key, &self.event_subkey, "error", &fields);
         self.synthetic_event(body, None);
@@ -779,7 +889,13 @@ impl Shared {
             }
         }
         let subscription = match delivery.source {
-            Source::Subscription { index } => self.subscriptions.get().and_then(|s| s.get(index)),
+            Source::Subscription { index } => {
+                if let Some(consumed) = self.subscription_consumed.get().and_then(|c| c.get(index))
+                {
+                    bump(consumed);
+                }
+                self.subscriptions.get().and_then(|s| s.get(index))
+            }
             Source::Reply { .. } => {
                 bump(&self.counters.unmatched_replies);
                 None
@@ -836,7 +952,9 @@ fn record_connection(
     };
     let before = consuming(brokers);
     let broker = brokers.iter_mut().find(|b| b.id == broker_id)?;
-    broker.connections.insert(role.to_string(), up);
+    if broker.connections.insert(role.to_string(), up) != Some(up) {
+        broker.since.insert(role.to_string(), unix_now());
+    }
     let Role::Consumer(n) = role else {
         return None;
     };
@@ -901,7 +1019,7 @@ async fn broker_events(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>) {
                 );
                 let consuming = shared.set_connection(broker_id, role, false);
                 shared.connection_event(false, &host, &zone);
-                shared.connection_error(&host, &zone, &reason);
+                shared.connection_error(broker_id, &host, &zone, &reason);
                 if let Some((zone, 1.., 0)) = consuming {
                     shared.listener_zone_events(&zone, false);
                 }
@@ -911,10 +1029,21 @@ async fn broker_events(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>) {
                 index,
                 broker_id,
                 reason,
-            } => log::error!(
-                "subscription {} on broker {broker_id} failed: {reason}",
-                index + 1
-            ),
+            } => {
+                log::error!(
+                    "subscription {} on broker {broker_id} failed: {reason}",
+                    index + 1
+                );
+                lock(&shared.subscription_failures)
+                    .entry(index)
+                    .or_default()
+                    .insert(broker_id, reason);
+            }
+            Event::SubscriptionWorking { index, broker_id } => {
+                if let Some(failures) = lock(&shared.subscription_failures).get_mut(&index) {
+                    failures.remove(&broker_id);
+                }
+            }
         }
     }
 }

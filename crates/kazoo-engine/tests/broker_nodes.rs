@@ -56,6 +56,7 @@ async fn wait_states(
             Event::SubscriptionFailed { index, reason, .. } => {
                 panic!("unexpected SubscriptionFailed {index}: {reason}")
             }
+            Event::SubscriptionWorking { .. } => {}
         }
     }
 }

@@ -11,7 +11,8 @@
 //! - [`processes`]: the module's own processes and the IPC socket;
 //! - [`worker`]: a consumer worker's loop (event routes for deliveries);
 //! - [`logger`]: the engine's `log` records into Kamailio's logger;
-//! - [`rpc_commands`]: the `kazoo.status` RPC command;
+//! - [`rpc_commands`]: the `kazoo.status`, `kazoo.brokers` and
+//!   `kazoo.subscriptions` RPC commands;
 //! - [`stats`]: the statistics (`kamcmd stats.get_statistics kazoo:`);
 //! - `test_hooks` (feature `test-hooks`, never in release builds): script
 //!   functions that exist only to test the module's safety nets.
@@ -131,11 +132,21 @@ static PVS: [pv_export_t; 5] = [
     PV_END,
 ];
 
-static RPCS: [rpc_export_t; 2] = [
+static RPCS: [rpc_export_t; 4] = [
     kamailio::rpc!(
         "kazoo.status",
         "Broker connections and counters of the kazoo module, as JSON.",
         rpc_commands::status
+    ),
+    kamailio::rpc!(
+        "kazoo.brokers",
+        "Each broker: zone, primary, connection states and since when, last error (JSON).",
+        rpc_commands::brokers
+    ),
+    kamailio::rpc!(
+        "kazoo.subscriptions",
+        "Each subscription: queue, bindings, messages consumed, consumers or failure per broker (JSON).",
+        rpc_commands::subscriptions
     ),
     RPC_END,
 ];

@@ -182,3 +182,85 @@ fn statistics_are_scraped_as_prometheus_metrics() {
     assert_eq!(scraped(port, "kamailio_kazoo_publish_failed", 0), 0);
     probe.delete_exchange(&exchange);
 }
+
+/// A `kamcmd` command answering a JSON document.
+fn json_rpc(proxy: &Proxy, command: &str) -> serde_json::Value {
+    let text = proxy.kamcmd(&[command]);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{command}: {e}: {text}"))
+}
+
+#[test]
+fn brokers_and_subscriptions_rpc_commands() {
+    let probe = AmqpProbe::connect(&system_broker_url()).expect("probe");
+    let good = unique_name("kzsubs");
+    // Declared as fanout here; the subscription asks for topic, which the
+    // broker refuses (PRECONDITION_FAILED) on every attempt.
+    let clash = unique_name("kzsubs-clash");
+    probe.declare_exchange(&clash, "fanout").unwrap();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let routes = format!(
+        r##"event_route[kazoo:mod-init]
+{{
+    kazoo_subscribe("{{'name':'good-listener','exchange':'{good}','type':'topic','queue':'{good}-q','routing':['a.#','b.#']}}");
+    kazoo_subscribe("{{'exchange':'{clash}','type':'topic','queue':'{clash}-q','routing':'#'}}");
+}}
+event_route[kazoo:consumer-event]
+{{
+    xlog("L_INFO", "EVENT rk=$kzRK\n");
+}}
+{ROUTES}"##
+    );
+    let (config, _node) = amqp_cfg(
+        &system_broker_url(),
+        "loadmodule \"ctl.so\"\nmodparam(\"ctl\", \"binrpc\", \"{{CTL}}\")",
+        &routes,
+    );
+    let proxy = Proxy::start(&config);
+    proxy.wait_connected(1, 1);
+    assert!(proxy
+        .kamailio
+        .wait_for_log("consumer 0: connected", Duration::from_secs(10)));
+    for key in ["a.one", "b.two"] {
+        probe.publish(&good, key, b"{}").unwrap();
+        assert!(proxy
+            .kamailio
+            .wait_for_log(&format!("EVENT rk={key}"), Duration::from_secs(5)));
+    }
+
+    let brokers = json_rpc(&proxy, "kazoo.brokers");
+    let broker = &brokers[0];
+    assert_eq!(broker["id"], 1, "{brokers}");
+    assert_eq!(broker["primary"], true, "{brokers}");
+    assert_eq!(broker["connections"]["publisher"], "up", "{brokers}");
+    assert_eq!(broker["connections"]["consumer 0"], "up", "{brokers}");
+    let since = broker["since"]["publisher"].as_u64().unwrap();
+    assert!(since >= started && since <= started + 60, "{brokers}");
+    assert!(broker["last_error"].is_null(), "{brokers}");
+
+    let subscriptions = json_rpc(&proxy, "kazoo.subscriptions");
+    let good_sub = &subscriptions[0];
+    assert_eq!(good_sub["name"], "good-listener", "{subscriptions}");
+    assert_eq!(good_sub["queue"], format!("{good}-q"), "{subscriptions}");
+    assert_eq!(good_sub["routing"], serde_json::json!(["a.#", "b.#"]));
+    assert_eq!(good_sub["consumed"], 2, "{subscriptions}");
+    assert_eq!(
+        good_sub["brokers"][0]["state"], "consuming",
+        "{subscriptions}"
+    );
+    assert_eq!(good_sub["brokers"][0]["consumers"], 1, "{subscriptions}");
+    let clash_sub = &subscriptions[1];
+    assert_eq!(clash_sub["consumed"], 0, "{subscriptions}");
+    assert_eq!(
+        clash_sub["brokers"][0]["state"], "failed",
+        "{subscriptions}"
+    );
+    let reason = clash_sub["brokers"][0]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("PRECONDITION_FAILED"), "{subscriptions}");
+    probe.delete_exchange(&good);
+    probe.delete_exchange(&clash);
+}

@@ -163,7 +163,7 @@ async fn serve(
             };
             let current = match declared {
                 Ok(current) => {
-                    session.unit_working(unit);
+                    session.unit_working(unit).await;
                     Some(current)
                 }
                 Err(DeclError::Soft(reason)) => {
@@ -469,9 +469,17 @@ impl Session {
         reason
     }
 
-    fn unit_working(&self, unit: Unit) {
+    async fn unit_working(&self, unit: Unit) {
         if self.ctx.slot.record_working(unit) {
             log::info!("{}: the {} works again", self.ctx.name(), self.what(unit));
+            if let Unit::Subscription { index } = unit {
+                self.ctx
+                    .send(Event::SubscriptionWorking {
+                        index,
+                        broker_id: self.ctx.id(),
+                    })
+                    .await;
+            }
         }
     }
 
@@ -545,7 +553,7 @@ impl Session {
                     let _declaring = self.declare_lock.lock().await;
                     match self.declare(unit).await {
                         Ok(consumer) => {
-                            self.unit_working(unit);
+                            self.unit_working(unit).await;
                             consumer
                         }
                         Err(DeclError::Soft(reason)) => {

@@ -175,6 +175,11 @@ pub enum Event {
         broker_id: u32,
         reason: String,
     },
+    /// A subscription that had failed on a broker is consumed there again.
+    SubscriptionWorking {
+        index: usize,
+        broker_id: u32,
+    },
 }
 
 /// Where a delivery was consumed from.

@@ -137,6 +137,7 @@ pub async fn wait_connected(
             })) => {
                 panic!("unexpected SubscriptionFailed {index} on {broker_id}: {reason}")
             }
+            Ok(Some(Event::SubscriptionWorking { .. })) => {}
             Ok(Some(Event::Delivery(d))) => panic!("unexpected delivery {d:?}"),
         }
     }

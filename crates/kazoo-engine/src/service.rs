@@ -304,6 +304,21 @@ struct BrokerState {
 /// Where a subscription cannot be consumed now: by broker id, why.
 type SubscriptionFailures = std::collections::BTreeMap<u32, String>;
 
+/// A JSON string (status documents).
+fn json_text(text: &str) -> crate::json::Value {
+    crate::json::Value::String(text.as_bytes().to_vec())
+}
+
+/// A JSON object from its members, in order (status documents).
+fn json_object(members: Vec<(&str, crate::json::Value)>) -> crate::json::Value {
+    crate::json::Value::Object(
+        members
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v))
+            .collect(),
+    )
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -623,15 +638,7 @@ impl Shared {
     fn status(&self) -> Vec<u8> {
         use crate::json::Value;
         let stats = self.stats();
-        let text = |s: &str| Value::String(s.as_bytes().to_vec());
-        let object = |members: Vec<(&str, Value)>| {
-            Value::Object(
-                members
-                    .into_iter()
-                    .map(|(k, v)| (k.as_bytes().to_vec(), v))
-                    .collect(),
-            )
-        };
+        let (text, object) = (json_text, json_object);
         let brokers = lock(&self.brokers_state)
             .iter()
             .map(|b| {
@@ -670,7 +677,7 @@ impl Shared {
                 ])
             })
             .collect();
-        let subscriptions = self.subscriptions_status(&text, &object);
+        let subscriptions = self.subscriptions_status();
         let status = object(vec![
             ("brokers", Value::Array(brokers)),
             ("subscriptions", Value::Array(subscriptions)),
@@ -712,12 +719,9 @@ impl Shared {
     /// Each subscription: what it declares, the messages it delivered and,
     /// per broker it is consumed on, the consuming connections up or why it
     /// fails there.
-    fn subscriptions_status(
-        &self,
-        text: &dyn Fn(&str) -> crate::json::Value,
-        object: &dyn Fn(Vec<(&str, crate::json::Value)>) -> crate::json::Value,
-    ) -> Vec<crate::json::Value> {
+    fn subscriptions_status(&self) -> Vec<crate::json::Value> {
         use crate::json::Value;
+        let (text, object) = (json_text, json_object);
         let brokers = lock(&self.brokers_state);
         let failures = lock(&self.subscription_failures);
         let consumed = self.subscription_consumed.get();
@@ -1254,6 +1258,8 @@ mod tests {
             zone: zone.into(),
             host: "h".into(),
             connections: Default::default(),
+            since: Default::default(),
+            last_error: None,
             consumers_up: Vec::new(),
         };
         let mut brokers = vec![state(1, "local"), state(2, "local"), state(3, "remote")];

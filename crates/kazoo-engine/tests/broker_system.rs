@@ -469,6 +469,9 @@ async fn refused_subscriptions_do_not_stop_the_others_or_the_replies() {
                 ..
             } => connected = true,
             Event::Connected { .. } => {}
+            Event::SubscriptionWorking { index, .. } => {
+                panic!("subscription {index} cannot work here")
+            }
             Event::Delivery(d) => panic!("unexpected {d:?}"),
         }
     }

@@ -261,6 +261,23 @@ event_route[kazoo:consumer-event]
         .as_str()
         .unwrap_or_default();
     assert!(reason.contains("PRECONDITION_FAILED"), "{subscriptions}");
+
+    // Once the clashing exchange is gone, the subscription is declared on
+    // its next attempt and consumed.
+    probe.delete_exchange(&clash);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let subscriptions = json_rpc(&proxy, "kazoo.subscriptions");
+        if subscriptions[1]["brokers"][0]["state"] == "consuming" {
+            assert!(subscriptions[1]["brokers"][0]["reason"].is_null());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscription did not recover: {subscriptions}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     probe.delete_exchange(&good);
     probe.delete_exchange(&clash);
 }

@@ -195,6 +195,23 @@ pub fn close_connection() {
     });
 }
 
+/// The `str` of a table name, one per name for the life of the process.
+fn table_name(table: &'static str) -> &'static sys::str_ {
+    thread_local! {
+        static NAMES: RefCell<Vec<(&'static str, &'static sys::str_)>> =
+            const { RefCell::new(Vec::new()) };
+    }
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        if let Some((_, name)) = names.iter().find(|(t, _)| *t == table) {
+            return *name;
+        }
+        let name: &'static sys::str_ = Box::leak(Box::new(text_str(table.as_bytes())));
+        names.push((table, name));
+        name
+    })
+}
+
 /// Column names and values as the driver takes them (keys stay borrowed).
 struct Columns<'a> {
     names: Vec<sys::str_>,
@@ -228,15 +245,16 @@ impl Connection {
         }
     }
 
-    /// Selects the table for the next statements (`table` must be static:
-    /// drivers keep the pointer).
+    /// Selects the table for the next statements. Drivers keep the pointer
+    /// to the name's `str` (not a copy), so each table name gets one `str`
+    /// for the life of the process, made on its first use.
     pub fn use_table(&self, table: &'static str) -> Result<(), String> {
         let use_table = self
             .api
             .funcs
             .use_table
             .ok_or("the DB module has no use_table")?;
-        let name: &'static sys::str_ = Box::leak(Box::new(text_str(table.as_bytes())));
+        let name = table_name(table);
         // SAFETY: this process's connection and a name that lives forever.
         Self::check(unsafe { use_table(self.con, name) }, "use_table")
     }
@@ -306,17 +324,17 @@ impl Connection {
         };
         // SAFETY: this process's connection.
         Self::check(unsafe { start(self.con, lock) }, "start_transaction")?;
-        match f() {
-            Ok(value) => {
-                // SAFETY: as above, closing the transaction just started.
-                Self::check(unsafe { end(self.con) }, "end_transaction")?;
-                Ok(value)
-            }
-            Err(e) => {
-                // SAFETY: as above, aborting the transaction just started.
-                unsafe { abort(self.con) };
-                Err(e)
-            }
+        let committed = f().and_then(|value| {
+            // SAFETY: as above, closing the transaction just started.
+            Self::check(unsafe { end(self.con) }, "end_transaction").map(|()| value)
+        });
+        if committed.is_err() {
+            // A failed statement or a failed commit: the driver still
+            // counts the transaction as open until it is aborted (and would
+            // refuse every later one), so roll it back.
+            // SAFETY: as above, aborting the transaction just started.
+            unsafe { abort(self.con) };
         }
+        committed
     }
 }

@@ -363,3 +363,110 @@ fn a_connection_opened_in_mod_init_is_not_inherited() {
     assert!((1..=2).contains(&open), "{open} connections");
     proxy.assert_alive();
 }
+
+/// A TCP relay to MariaDB (127.0.0.1:3306) that answers the first `COMMIT`
+/// itself with an error (1180, "Got error during COMMIT"), so the server
+/// never sees it. Returns its port.
+fn commit_failing_relay() -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let failed = Arc::new(AtomicBool::new(false));
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect("127.0.0.1:3306") else {
+                continue;
+            };
+            let mut from_client = client.try_clone().unwrap();
+            let mut to_server = server.try_clone().unwrap();
+            let mut from_server = server;
+            // Both directions write to the client.
+            let to_client = Arc::new(Mutex::new(client));
+            let (failed, answer) = (failed.clone(), to_client.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                    // A COM_QUERY packet: 3-byte length, sequence, 0x03, text.
+                    let commit = n > 5 && buf[4] == 0x03 && &buf[5..n] == b"COMMIT";
+                    if commit && !failed.swap(true, Ordering::SeqCst) {
+                        let mut payload = vec![0xff, 0x9c, 0x04, b'#'];
+                        payload.extend_from_slice(b"HY000Got error during COMMIT");
+                        let mut packet = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+                        packet.push(buf[3].wrapping_add(1));
+                        packet.extend_from_slice(&payload);
+                        let mut client = answer.lock().unwrap();
+                        if client.write_all(&packet).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    if to_server.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                let _ = to_server.shutdown(Shutdown::Both);
+            });
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while let Ok(n @ 1..) = from_server.read(&mut buf) {
+                    if to_client.lock().unwrap().write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                let _ = to_client.lock().unwrap().shutdown(Shutdown::Both);
+            });
+        }
+    });
+    port
+}
+
+/// A write whose COMMIT fails is rolled back: the driver does not stay "in
+/// transaction", refusing every later write of that process.
+#[test]
+fn a_failed_commit_is_rolled_back_and_later_writes_work() {
+    let db = Mariadb::create();
+    let user = db.name.clone();
+    mysql(
+        None,
+        &format!(
+            "CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY 'kzpw'; \
+             GRANT ALL ON {user}.* TO '{user}'@'127.0.0.1';"
+        ),
+    );
+    let port = commit_failing_relay();
+    let params = format!(
+        "loadmodule \"db_mysql.so\"\n\
+         modparam(\"kazoo\", \"db_url\", \"mysql://{user}:kzpw@127.0.0.1:{port}/{}\")",
+        db.name
+    );
+    // One SIP worker, so every write goes through the same connection.
+    let config = cfg(&params, ROUTES)
+        .replace(
+            "modparam(\"kazoo\", \"pua_mode\", 0)",
+            "modparam(\"kazoo\", \"pua_mode\", 1)",
+        )
+        .replace("children=2", "children=1");
+    let proxy = Proxy::start(&config);
+    let write = |i: u32| {
+        let payload = presence_payload(&format!("40{i:02}"), &format!("commit-{i}"));
+        int(
+            &proxy.call("kazoo_pua_publish_presence", &[payload.as_bytes()]),
+            "X-RC",
+        )
+    };
+    assert_eq!(write(0), -1, "the write whose COMMIT was cut");
+    for i in 1..4 {
+        assert_eq!(write(i), 1, "write {i} after the failed commit");
+    }
+    let users: Vec<String> = db
+        .rows()
+        .iter()
+        .map(|r| r["username"].to_string())
+        .collect();
+    assert_eq!(users, ["\"4001\"", "\"4002\"", "\"4003\""]);
+    mysql(None, &format!("DROP USER '{user}'@'127.0.0.1';"));
+    proxy.assert_alive();
+}

@@ -214,12 +214,41 @@ async fn tick(shared: Arc<Shared>, on_tick: fn(&Stats)) {
     }
 }
 
+/// Whether an IPC peer is a process of this Kamailio: the AMQP process's
+/// parent is Kamailio's main process.
+fn trusted(stream: &UnixStream, own_uid: u32) -> Result<(), String> {
+    let peer = stream
+        .peer_cred()
+        .map_err(|e| format!("no peer credentials: {e}"))?;
+    crate::ipc::trusted_peer(
+        peer.uid(),
+        peer.pid(),
+        own_uid,
+        std::os::unix::process::parent_id(),
+    )
+}
+
+/// This process's effective uid, as the kernel gives it to a peer (the
+/// owner of `/proc/self` is root when the process is not dumpable, e.g.
+/// after Kamailio's `-u`, and some chroots have no `/proc`).
+fn own_euid() -> std::io::Result<u32> {
+    let (ours, _theirs) = UnixStream::pair()?;
+    Ok(ours.peer_cred()?.uid())
+}
+
 async fn accept(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+    let own_uid = match own_euid() {
+        Ok(uid) => uid,
+        Err(e) => {
+            log::error!("IPC: cannot learn this process's uid ({e}); refusing every connection");
+            u32::MAX
+        }
+    };
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                if !same_user(&stream) {
-                    log::error!("refused an IPC connection from another user");
+                if let Err(reason) = trusted(&stream, own_uid) {
+                    log::error!("refused an IPC connection: {reason}");
                     continue;
                 }
                 tokio::spawn(connection(shared.clone(), stream));
@@ -251,20 +280,6 @@ async fn collect_startup(
         _ => log::error!(
             "the KEMI kazoo:mod-init did not report within {wait:?}; connecting without its subscriptions"
         ),
-    }
-}
-
-/// Only processes of the same user (Kamailio's own) may talk to the service.
-/// The process's own uid is read as the owner of `/proc/self`, which keeps
-/// this crate free of `libc` calls.
-fn same_user(stream: &UnixStream) -> bool {
-    let own = std::fs::metadata("/proc/self").map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.uid()
-    });
-    match (stream.peer_cred(), own) {
-        (Ok(peer), Ok(own)) => peer.uid() == own,
-        _ => false,
     }
 }
 

@@ -35,9 +35,8 @@ pub fn process_count(config: &Config) -> u32 {
 
 /// Binds the IPC socket (main process, before the fork of any process).
 pub fn bind() -> Result<(), String> {
-    let name = ipc::socket_name(std::process::id());
-    let listener =
-        ipc::bind(&name).map_err(|e| format!("cannot bind the IPC socket {name}: {e}"))?;
+    let (name, listener) =
+        ipc::bind(std::process::id()).map_err(|e| format!("cannot bind the IPC socket: {e}"))?;
     *LISTENER.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
     SOCKET_NAME
         .set(name)

@@ -66,7 +66,11 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(cfg: &str) -> Proxy {
-        let kamailio = Kamailio::start(cfg).unwrap_or_else(|e| panic!("kamailio: {e}"));
+        Proxy::with(Kamailio::start(cfg).unwrap_or_else(|e| panic!("kamailio: {e}")))
+    }
+
+    /// A proxy around a Kamailio started with other options.
+    pub fn with(kamailio: Kamailio) -> Proxy {
         let client = SipClient::new().expect("sip client");
         Proxy { kamailio, client }
     }

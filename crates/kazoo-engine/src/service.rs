@@ -28,7 +28,7 @@
 //!
 //! Everything runs on one tokio current-thread runtime on the process's main
 //! thread, so the service's own log lines may go through Kamailio's logger.
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -103,6 +103,9 @@ pub struct Stats {
     pub delivered: u64,
     pub dropped: u64,
     pub unmatched_replies: u64,
+    /// Deliveries returned to the broker because their worker's connection
+    /// broke before the route ran.
+    pub requeued: u64,
     /// Deliveries waiting for a consumer worker that is not connected.
     pub worker_queued: u64,
     pub brokers: Vec<BrokerStats>,
@@ -296,6 +299,9 @@ struct Counters {
     delivered: AtomicU64,
     dropped: AtomicU64,
     unmatched_replies: AtomicU64,
+    /// Deliveries returned to the broker because their worker's connection
+    /// broke before the route ran.
+    requeued: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -385,33 +391,66 @@ struct Shared {
     subscription_consumed: OnceLock<Vec<AtomicU64>>,
 }
 
+/// A frame for a Kamailio process, and what it carries: what becomes of it
+/// when the connection breaks before the frame is written.
+struct Outbound {
+    frame: Vec<u8>,
+    kind: OutboundKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutboundKind {
+    /// The answer to a request (lost with the requester, who gave up).
+    Answer,
+    /// A delivery: with an ack owed to the broker (returned to the broker
+    /// when not processed), or without (handed to the worker again).
+    Delivery { id: u64, needs_ack: bool },
+    /// Resuming a suspended transaction (handed to a worker again).
+    Resume,
+}
+
+impl Outbound {
+    fn answer(message: Message) -> Outbound {
+        Outbound {
+            frame: message.encode(),
+            kind: OutboundKind::Answer,
+        }
+    }
+}
+
+type Link = mpsc::UnboundedSender<Outbound>;
+
 /// The consumer workers' connections, and what waits for those not yet
 /// connected.
 struct Workers {
-    links: Vec<Option<mpsc::UnboundedSender<Vec<u8>>>>,
-    queued: Vec<VecDeque<Vec<u8>>>,
+    /// Each worker's current connection, with the generation that tells it
+    /// from the worker's earlier ones.
+    links: Vec<Option<(u64, Link)>>,
+    queued: Vec<VecDeque<Outbound>>,
+    generations: u64,
 }
 
 impl Workers {
     fn new(count: usize) -> Workers {
         Workers {
             links: vec![None; count],
-            queued: vec![VecDeque::new(); count],
+            queued: (0..count).map(|_| VecDeque::new()).collect(),
+            generations: 0,
         }
     }
 
-    fn send(&mut self, worker: usize, frame: Vec<u8>) {
-        if let Some(link) = &self.links[worker] {
-            if let Err(unsent) = link.send(frame) {
+    fn send(&mut self, worker: usize, item: Outbound) {
+        if let Some((_, link)) = &self.links[worker] {
+            if let Err(unsent) = link.send(item) {
                 self.links[worker] = None;
                 self.queue(worker, unsent.0);
             }
             return;
         }
-        self.queue(worker, frame);
+        self.queue(worker, item);
     }
 
-    fn queue(&mut self, worker: usize, frame: Vec<u8>) {
+    fn queue(&mut self, worker: usize, item: Outbound) {
         let queue = &mut self.queued[worker];
         if queue.len() >= MAX_QUEUED_PER_WORKER {
             queue.pop_front();
@@ -420,14 +459,25 @@ impl Workers {
                 worker + 1
             );
         }
-        queue.push_back(frame);
+        queue.push_back(item);
     }
 
-    fn attach(&mut self, worker: usize, link: mpsc::UnboundedSender<Vec<u8>>) {
-        for frame in self.queued[worker].drain(..) {
-            let _ = link.send(frame);
+    /// Makes `link` the worker's connection; returns its generation.
+    fn attach(&mut self, worker: usize, link: Link) -> u64 {
+        for item in self.queued[worker].drain(..) {
+            let _ = link.send(item);
         }
-        self.links[worker] = Some(link);
+        self.generations += 1;
+        self.links[worker] = Some((self.generations, link));
+        self.generations
+    }
+
+    /// Forgets the worker's connection of `generation`, unless the worker
+    /// has connected again since.
+    fn detach(&mut self, worker: usize, generation: u64) {
+        if matches!(self.links[worker], Some((g, _)) if g == generation) {
+            self.links[worker] = None;
+        }
     }
 }
 
@@ -589,9 +639,62 @@ impl Shared {
                 }
             }
         };
+        self.resume(resume);
+    }
+
+    /// Hands a transaction to resume to a worker (any worker can).
+    fn resume(&self, resume: Resume) {
         let worker =
             self.round_robin.fetch_add(1, Ordering::Relaxed) % lock(&self.workers).links.len();
-        lock(&self.workers).send(worker, Message::Resume(resume).encode());
+        let item = Outbound {
+            frame: Message::Resume(resume).encode(),
+            kind: OutboundKind::Resume,
+        };
+        lock(&self.workers).send(worker, item);
+    }
+
+    /// A worker's connection broke. What it had not reported is not lost:
+    /// deliveries that owe the broker an ack go back to the broker (requeued,
+    /// redelivered to a consumer), unwritten deliveries without one wait
+    /// for the worker to connect again, unwritten resumes go to any worker.
+    /// Deliveries without an ack that were written are gone with the
+    /// connection: counted and logged.
+    fn worker_gone(&self, worker: usize, in_flight: &HashSet<u64>, unsent: Vec<Outbound>) {
+        let mut returned = 0;
+        let mut returned_ids: Vec<u64> = in_flight.iter().copied().collect();
+        let mut handed_again = 0;
+        for item in unsent {
+            match item.kind {
+                OutboundKind::Answer => {}
+                OutboundKind::Delivery {
+                    id,
+                    needs_ack: true,
+                } => returned_ids.push(id),
+                OutboundKind::Delivery { .. } => {
+                    handed_again += 1;
+                    lock(&self.workers).send(worker, item);
+                }
+                OutboundKind::Resume => {
+                    handed_again += 1;
+                    let workers = lock(&self.workers).links.len();
+                    let other = self.round_robin.fetch_add(1, Ordering::Relaxed) % workers;
+                    lock(&self.workers).send(other, item);
+                }
+            }
+        }
+        for id in returned_ids {
+            if let Some(acker) = lock(&self.ackers).remove(&id) {
+                acker.reject(true);
+                returned += 1;
+            }
+        }
+        self.counters
+            .requeued
+            .fetch_add(returned, Ordering::Relaxed);
+        log::error!(
+            "consumer worker {} disconnected: {returned} unprocessed deliveries returned to the broker, {handed_again} handed out again",
+            worker + 1
+        );
     }
 
     /// Hands a delivery to a worker; `key` picks the worker for
@@ -602,7 +705,15 @@ impl Shared {
             Some(key) => (fnv1a(key) % workers as u64) as usize,
             None => self.round_robin.fetch_add(1, Ordering::Relaxed) % workers,
         };
-        lock(&self.workers).send(worker, Message::Deliver(delivery).encode());
+        let kind = OutboundKind::Delivery {
+            id: delivery.id,
+            needs_ack: delivery.needs_ack,
+        };
+        let item = Outbound {
+            frame: Message::Deliver(delivery).encode(),
+            kind,
+        };
+        lock(&self.workers).send(worker, item);
     }
 
     /// Records a connection's state (see [`record_connection`]).
@@ -640,6 +751,7 @@ impl Shared {
             delivered: count(&c.delivered),
             dropped: count(&c.dropped),
             unmatched_replies: count(&c.unmatched_replies),
+            requeued: count(&c.requeued),
             worker_queued: lock(&self.workers)
                 .queued
                 .iter()
@@ -725,6 +837,7 @@ impl Shared {
                     ("delivered", Value::UInt(stats.delivered)),
                     ("dropped", Value::UInt(stats.dropped)),
                     ("unmatched_replies", Value::UInt(stats.unmatched_replies)),
+                    ("requeued", Value::UInt(stats.requeued)),
                 ]),
             ),
         ]);
@@ -1098,13 +1211,45 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     let (reader, mut writer) = stream.into_split();
     // Buffered: a frame's length and body come in one read.
     let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if writer.write_all(&frame).await.is_err() {
-                break;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
+    // Deliveries written to this connection whose route has not reported
+    // yet: returned to the broker if the connection breaks.
+    let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let (stop_writer, mut stopped) = oneshot::channel::<()>();
+    let writer_in_flight = in_flight.clone();
+    let writer = tokio::spawn(async move {
+        loop {
+            let item = tokio::select! {
+                item = rx.recv() => item,
+                _ = &mut stopped => None,
+            };
+            let Some(item) = item else { break };
+            if let OutboundKind::Delivery {
+                id,
+                needs_ack: true,
+            } = item.kind
+            {
+                lock(&writer_in_flight).insert(id);
+            }
+            if writer.write_all(&item.frame).await.is_err() {
+                // Not written after all.
+                if let OutboundKind::Delivery { id, .. } = item.kind {
+                    lock(&writer_in_flight).remove(&id);
+                }
+                rx.close();
+                let mut unsent = vec![item];
+                while let Ok(item) = rx.try_recv() {
+                    unsent.push(item);
+                }
+                return unsent;
             }
         }
+        rx.close();
+        let mut unsent = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            unsent.push(item);
+        }
+        unsent
     });
     let mut worker = None;
     loop {
@@ -1122,7 +1267,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 tokio::spawn(async move {
                     let request = outgoing.request;
                     let outcome = shared.answer_publish(outgoing).await;
-                    let _ = tx.send(Message::Answer { request, outcome }.encode());
+                    let _ = tx.send(Outbound::answer(Message::Answer { request, outcome }));
                 });
             }
             Message::Query(outgoing) => {
@@ -1130,13 +1275,13 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 tokio::spawn(async move {
                     let request = outgoing.request;
                     let outcome = shared.answer_query(outgoing).await;
-                    let _ = tx.send(Message::Answer { request, outcome }.encode());
+                    let _ = tx.send(Outbound::answer(Message::Answer { request, outcome }));
                 });
             }
             Message::Status { request } => {
                 log::debug!("status requested (RPC)");
                 let outcome = Outcome::Reply(shared.status());
-                let _ = tx.send(Message::Answer { request, outcome }.encode());
+                let _ = tx.send(Outbound::answer(Message::Answer { request, outcome }));
             }
             Message::AsyncQuery {
                 outgoing,
@@ -1156,13 +1301,13 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 let index = number.saturating_sub(1) as usize;
                 let mut workers = lock(&shared.workers);
                 if index < workers.links.len() {
-                    workers.attach(index, tx.clone());
-                    worker = Some(index);
+                    worker = Some((index, workers.attach(index, tx.clone())));
                 } else {
                     log::error!("IPC: unknown consumer worker {number}");
                 }
             }
             Message::Ack { delivery } => {
+                lock(&in_flight).remove(&delivery);
                 if let Some(acker) = lock(&shared.ackers).remove(&delivery) {
                     acker.ack();
                 }
@@ -1180,10 +1325,13 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
             }
         }
     }
-    if let Some(index) = worker {
-        log::error!("consumer worker {} disconnected", index + 1);
-        lock(&shared.workers).links[index] = None;
-    }
+    let Some((index, generation)) = worker else {
+        return;
+    };
+    lock(&shared.workers).detach(index, generation);
+    let _ = stop_writer.send(());
+    let unsent = writer.await.unwrap_or_default();
+    shared.worker_gone(index, &lock(&in_flight), unsent);
 }
 
 async fn read_message(
@@ -1249,21 +1397,44 @@ mod tests {
         );
     }
 
+    fn item(byte: u8) -> Outbound {
+        Outbound {
+            frame: vec![byte],
+            kind: OutboundKind::Resume,
+        }
+    }
+
     #[test]
     fn undelivered_frames_wait_for_their_worker_and_are_bounded() {
         let mut workers = Workers::new(2);
-        workers.send(1, vec![1]);
-        workers.send(1, vec![2]);
+        workers.send(1, item(1));
+        workers.send(1, item(2));
         let (tx, mut rx) = mpsc::unbounded_channel();
         workers.attach(1, tx);
-        assert_eq!(rx.try_recv().unwrap(), vec![1]);
-        assert_eq!(rx.try_recv().unwrap(), vec![2]);
-        workers.send(1, vec![3]);
-        assert_eq!(rx.try_recv().unwrap(), vec![3]);
+        assert_eq!(rx.try_recv().unwrap().frame, vec![1]);
+        assert_eq!(rx.try_recv().unwrap().frame, vec![2]);
+        workers.send(1, item(3));
+        assert_eq!(rx.try_recv().unwrap().frame, vec![3]);
         for i in 0..MAX_QUEUED_PER_WORKER + 5 {
-            workers.send(0, vec![(i % 256) as u8]);
+            workers.send(0, item((i % 256) as u8));
         }
         assert_eq!(workers.queued[0].len(), MAX_QUEUED_PER_WORKER);
+    }
+
+    #[test]
+    fn an_old_connection_going_never_detaches_the_new_one() {
+        let mut workers = Workers::new(1);
+        let (old_tx, _old_rx) = mpsc::unbounded_channel();
+        let old = workers.attach(0, old_tx);
+        let (new_tx, mut new_rx) = mpsc::unbounded_channel();
+        let new = workers.attach(0, new_tx);
+        workers.detach(0, old);
+        workers.send(0, item(7));
+        assert_eq!(new_rx.try_recv().unwrap().frame, vec![7]);
+        workers.detach(0, new);
+        workers.send(0, item(8));
+        assert!(new_rx.try_recv().is_err());
+        assert_eq!(workers.queued[0].len(), 1);
     }
 
     #[test]

@@ -70,8 +70,10 @@ CMD_END,
 static CMDS: [cmd_export_t; 19] = command_table!();
 
 #[cfg(feature = "test-hooks")]
-static CMDS: [cmd_export_t; 20] =
-    command_table!(cmd!("kazoo_test_panic", spve(reason) => test_hooks::panic),);
+static CMDS: [cmd_export_t; 21] = command_table!(
+    cmd!("kazoo_test_panic", spve(reason) => test_hooks::panic),
+    cmd!("kazoo_test_break_link", spve(reason) => test_hooks::break_link),
+);
 
 static PARAMS: [param_export_t; 48] = [
     param!("node_hostname", Str, params::set),

@@ -21,7 +21,7 @@ type Read = fn(&Stats) -> u64;
 /// A total: its name, its description and how to read it.
 type Total = (&'static CStr, &'static CStr, Read);
 
-const TOTALS: [Total; 10] = [
+const TOTALS: [Total; 11] = [
     (c"published", c"Publishes confirmed by the broker", |s| {
         s.published
     }),
@@ -67,6 +67,11 @@ const TOTALS: [Total; 10] = [
         c"unmatched_replies",
         c"Replies nobody waited for (run as events)",
         |s| s.unmatched_replies,
+    ),
+    (
+        c"requeued",
+        c"Deliveries returned to the broker when their worker's link broke",
+        |s| s.requeued,
     ),
 ];
 

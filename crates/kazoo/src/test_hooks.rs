@@ -21,3 +21,23 @@ pub fn child_init(rank: i32) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Set by `kazoo_test_break_link`: the worker drops its link to the AMQP
+/// process after the current route, before reporting it.
+static BREAK_LINK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `kazoo_test_break_link(reason)`: makes this worker drop its link to the
+/// AMQP process once the current event route ends (before the ack), to show
+/// that the delivery goes back to the broker instead of being lost.
+pub fn break_link(
+    _msg: &mut SipMsg,
+    _args: &[SpveArg; 1],
+) -> Result<i32, kamailio::script::ArgError> {
+    BREAK_LINK.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(1)
+}
+
+/// Whether the worker should drop its link now (and forget the request).
+pub fn take_break_link() -> bool {
+    BREAK_LINK.swap(false, std::sync::atomic::Ordering::Relaxed)
+}

@@ -50,6 +50,11 @@ pub fn run(worker: u32, socket: &str) -> ! {
                 Ok(Some(Work::Deliver(delivery))) => {
                     let (id, needs_ack) = (delivery.id, delivery.needs_ack);
                     kamailio::guard::guarded("kazoo consumer event", (), || handle(delivery));
+                    #[cfg(feature = "test-hooks")]
+                    if crate::test_hooks::take_break_link() {
+                        kamailio::info!("kazoo worker {worker}: dropping the link (test hook)");
+                        break;
+                    }
                     if needs_ack {
                         if let Err(e) = link.ack(id) {
                             kamailio::error!("kazoo worker {worker}: cannot report the ack: {e}");

@@ -1,7 +1,9 @@
 //! A panic inside the module never takes Kamailio down: the panic guard
 //! turns it into a critical log line and -1, and Kamailio keeps answering.
 //! A module process whose initialisation fails exits (and Kamailio stops,
-//! as for its own children) instead of running start-up code.
+//! as for its own children) instead of running start-up code. A delivery
+//! whose worker loses its link to the AMQP process before reporting the
+//! route goes back to the broker and is delivered again.
 //!
 //! The panicking function and the failing initialisation exist only in
 //! builds with the `test-hooks`
@@ -14,8 +16,10 @@ use std::process::Command;
 
 use std::time::{Duration, Instant};
 
-use common::{cfg, int, Proxy};
-use kamailio_test::{HarnessError, Kamailio};
+use common::{amqp_cfg, cfg, int, Proxy};
+use kamailio_test::{
+    system_broker_url, system_rabbitmqctl, unique_name, AmqpProbe, HarnessError, Kamailio,
+};
 
 fn hooks_module() -> PathBuf {
     if let Ok(path) = std::env::var("KAZOO_TEST_HOOKS_MODULE") {
@@ -97,4 +101,88 @@ fn a_worker_whose_child_init_fails_exits() {
     );
     // What the worker would log had it gone back into the start-up code.
     assert!(!log.contains("cannot fork kazoo worker"), "{log}");
+}
+
+/// `(messages ready, unacknowledged)` of `queue` on the system broker.
+fn queue_state(queue: &str) -> (u64, u64) {
+    let out = system_rabbitmqctl(&[
+        "list_queues",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ])
+    .unwrap();
+    out.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.first() == Some(&queue)).then(|| (f[1].parse().unwrap(), f[2].parse().unwrap()))
+        })
+        .unwrap_or_else(|| panic!("no queue {queue}: {out}"))
+}
+
+#[test]
+fn a_delivery_whose_worker_link_breaks_goes_back_to_the_broker() {
+    let module = hooks_module();
+    let probe = AmqpProbe::connect(&system_broker_url()).expect("probe");
+    let exchange = unique_name("kzlink");
+    let queue = unique_name("kzlink-q");
+    probe.declare_exchange(&exchange, "topic").unwrap();
+    let routes = format!(
+        r#"event_route[kazoo:mod-init] {{
+    kazoo_subscribe("{{'exchange':'{exchange}','type':'topic','queue':'{queue}','routing':'#','no_ack':0,'auto_delete':0}}");
+}}
+event_route[kazoo:consumer-event-link-test] {{
+    $shv(runs) = $shv(runs) + 1;
+    xlog("L_INFO", "LINK-ROUTE run=$shv(runs)\n");
+    if ($shv(runs) == 1) {{
+        kazoo_test_break_link("first run");
+    }}
+}}
+request_route {{
+    sl_send_reply("200", "OK");
+}}
+"#
+    );
+    let (config, _node) = amqp_cfg(
+        &system_broker_url(),
+        "modparam(\"pv\", \"shvset\", \"runs=i:0\")\nmodparam(\"kazoo\", \"amqp_consumer_workers\", 1)",
+        &routes,
+    );
+    let config = config.replace("{{MODULE}}", module.to_str().unwrap());
+    let proxy = Proxy::start(&config);
+    assert!(proxy
+        .kamailio
+        .wait_for_log("consumer 0: connected", Duration::from_secs(10)));
+    probe
+        .publish(
+            &exchange,
+            "link.one",
+            br#"{"Event-Category":"link","Event-Name":"test"}"#,
+        )
+        .unwrap();
+    assert!(proxy
+        .kamailio
+        .wait_for_log("dropping the link (test hook)", Duration::from_secs(10)));
+    // Returned to the broker, delivered again, acked after the second run.
+    assert!(
+        proxy
+            .kamailio
+            .wait_for_log("LINK-ROUTE run=2", Duration::from_secs(10)),
+        "{}",
+        proxy.kamailio.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue_state(&queue) != (0, 0) {
+        assert!(
+            Instant::now() < deadline,
+            "left on the broker: {:?}",
+            queue_state(&queue)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!proxy.kamailio.log().contains("LINK-ROUTE run=3"));
+    proxy.assert_alive();
+    drop(proxy);
+    probe.delete_queue(&queue);
+    probe.delete_exchange(&exchange);
 }

@@ -125,6 +125,24 @@ fn urls_parse_like_the_c_module() {
 }
 
 #[test]
+fn a_password_with_a_slash_is_refused_without_showing_it() {
+    for url in [
+        "amqp://kazoo:Qx7/Zp9@rabbit.example.com:5672",
+        "amqp://kazoo:1234/5678@rabbit.example.com",
+        "amqp://ka/Jq:Wv8@rabbit.example.com/vhost",
+    ] {
+        let error = parse_connection(url, "local", 1).unwrap_err().to_string();
+        assert!(error.contains("%2F"), "{url}: {error}");
+        for secret in ["Qx7", "Zp9", "1234", "5678", "Jq", "Wv8"] {
+            assert!(!error.contains(secret), "{url}: {error} shows {secret}");
+        }
+    }
+    // Escaped, it is the password.
+    let b = parse_connection("amqp://kazoo:se%2Fcr3t@h", "local", 1).unwrap();
+    assert_eq!(b.password, "se/cr3t");
+}
+
+#[test]
 fn malformed_urls_are_refused_with_a_reason() {
     for (url, needle) in [
         ("http://h", "amqp://"),

@@ -198,8 +198,10 @@ pub fn parse_connection(value: &str, default_zone: &str, id: u32) -> Result<Brok
     // A `/` in a user or password splits the URL there; what follows would
     // be read as host, port and vhost and echoed in errors and log lines.
     if !authority.contains('@') && path.is_some_and(|p| p.contains('@')) {
-        return err("the URL has `@` after a `/`: write `/` in a user or password as %2F \
-             (and `@` in a vhost as %40)");
+        return err(
+            "the URL has `@` after a `/`: write `/` in a user or password as %2F \
+             (and `@` in a vhost as %40)",
+        );
     }
     let (userinfo, hostport) = match authority.rfind('@') {
         Some(i) => (Some(&authority[..i]), &authority[i + 1..]),

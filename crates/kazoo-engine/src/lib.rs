@@ -16,6 +16,9 @@
 //!   their wire format and the blocking client side.
 //! - [`broker`]: broker connections over lapin: topology, publisher confirms,
 //!   consumers, reconnect and failover.
+//! - [`service`]: the AMQP process: IPC server, query correlation, dispatch
+//!   to the consumer workers.
+//! - [`task`]: spawning on the AMQP runtime without losing a panic.
 #![forbid(unsafe_code)]
 
 pub mod broker;
@@ -28,3 +31,4 @@ pub mod presence;
 pub mod routes;
 pub mod service;
 pub mod subscription;
+pub mod task;

@@ -181,8 +181,15 @@ async fn serve(
         subscription_failures: Mutex::new(HashMap::new()),
         subscription_consumed: OnceLock::new(),
     });
-    tokio::spawn(tick(shared.clone(), config.on_tick));
-    tokio::spawn(accept(listener, shared.clone()));
+    let ticking = shared.clone();
+    crate::task::spawn_supervised("the AMQP process's tick", move || {
+        tick(ticking.clone(), config.on_tick)
+    });
+    let listener = Arc::new(listener);
+    let accepting = shared.clone();
+    crate::task::spawn_supervised("the IPC accept loop", move || {
+        accept(listener.clone(), accepting.clone())
+    });
     if let Some(wait) = config.await_startup {
         collect_startup(&mut config, startup_rx, wait).await;
     }
@@ -201,7 +208,10 @@ async fn serve(
     );
     let _ = brokers_tx.send(Some(Arc::new(brokers)));
     if !config.startup_publishes.is_empty() {
-        tokio::spawn(startup_publishes(shared.clone(), config.startup_publishes));
+        crate::task::spawn(
+            "the kazoo:mod-init publishes",
+            startup_publishes(shared.clone(), config.startup_publishes),
+        );
     }
     broker_events(shared, events).await;
     // The broker layer never closes its event channel while it runs.
@@ -239,7 +249,7 @@ fn own_euid() -> std::io::Result<u32> {
     Ok(ours.peer_cred()?.uid())
 }
 
-async fn accept(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+async fn accept(listener: Arc<tokio::net::UnixListener>, shared: Arc<Shared>) {
     let own_uid = match own_euid() {
         Ok(uid) => uid,
         Err(e) => {
@@ -254,7 +264,7 @@ async fn accept(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
                     log::error!("refused an IPC connection: {reason}");
                     continue;
                 }
-                tokio::spawn(connection(shared.clone(), stream));
+                crate::task::spawn("an IPC connection", connection(shared.clone(), stream));
             }
             Err(e) => {
                 log::error!("IPC accept failed: {e}");
@@ -1217,7 +1227,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
     let (stop_writer, mut stopped) = oneshot::channel::<()>();
     let writer_in_flight = in_flight.clone();
-    let writer = tokio::spawn(async move {
+    let writer = crate::task::spawn("an IPC connection's writer", async move {
         loop {
             let item = tokio::select! {
                 item = rx.recv() => item,
@@ -1264,7 +1274,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         match message {
             Message::Publish(outgoing) => {
                 let (shared, tx) = (shared.clone(), tx.clone());
-                tokio::spawn(async move {
+                crate::task::spawn("a publish", async move {
                     let request = outgoing.request;
                     let outcome = shared.answer_publish(outgoing).await;
                     let _ = tx.send(Outbound::answer(Message::Answer { request, outcome }));
@@ -1272,7 +1282,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
             }
             Message::Query(outgoing) => {
                 let (shared, tx) = (shared.clone(), tx.clone());
-                tokio::spawn(async move {
+                crate::task::spawn("a query", async move {
                     let request = outgoing.request;
                     let outcome = shared.answer_query(outgoing).await;
                     let _ = tx.send(Outbound::answer(Message::Answer { request, outcome }));
@@ -1291,7 +1301,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 err_route,
             } => {
                 let shared = shared.clone();
-                tokio::spawn(async move {
+                crate::task::spawn("an asynchronous query", async move {
                     shared
                         .async_query(outgoing, hash, label, ok_route, err_route)
                         .await;
@@ -1330,7 +1340,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     };
     lock(&shared.workers).detach(index, generation);
     let _ = stop_writer.send(());
-    let unsent = writer.await.unwrap_or_default();
+    let unsent = writer.await.ok().flatten().unwrap_or_default();
     shared.worker_gone(index, &lock(&in_flight), unsent);
 }
 

@@ -513,23 +513,41 @@ impl Brokers {
                     events: events.clone(),
                 })
             };
-            tasks.push(tokio::spawn(publisher::run(
-                ctx(Role::Publisher),
-                inner.clone(),
-                shutdown_rx.clone(),
-            )));
+            let (publisher_ctx, publisher_inner, publisher_shutdown) =
+                (ctx(Role::Publisher), inner.clone(), shutdown_rx.clone());
+            tasks.push(crate::task::spawn_supervised(
+                "a broker's publisher connection",
+                move || {
+                    publisher::run(
+                        publisher_ctx.clone(),
+                        publisher_inner.clone(),
+                        publisher_shutdown.clone(),
+                    )
+                },
+            ));
             let consumers = if slot.primary {
                 options.consumer_connections
             } else {
                 1
             };
             for n in 0..consumers {
-                tasks.push(tokio::spawn(consumer::run(
+                let (consumer_ctx, consumer_subscriptions, consumer_handle, consumer_shutdown) = (
                     ctx(Role::Consumer(n)),
                     subscriptions.clone(),
                     handle.clone(),
                     shutdown_rx.clone(),
-                )));
+                );
+                tasks.push(crate::task::spawn_supervised(
+                    "a broker's consuming connection",
+                    move || {
+                        consumer::run(
+                            consumer_ctx.clone(),
+                            consumer_subscriptions.clone(),
+                            consumer_handle.clone(),
+                            consumer_shutdown.clone(),
+                        )
+                    },
+                ));
             }
         }
         (

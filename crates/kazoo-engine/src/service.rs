@@ -106,6 +106,17 @@ pub struct Stats {
     /// Deliveries returned to the broker because their worker's connection
     /// broke before the route ran.
     pub requeued: u64,
+    /// Publishes that failed, by reason: no broker connected (or none such),
+    /// refused by the broker (nack, channel closed), not confirmed in time,
+    /// returned (`mandatory`, no queue), not sendable.
+    pub publish_failed_no_broker: u64,
+    pub publish_failed_refused: u64,
+    pub publish_failed_timeout: u64,
+    pub publish_failed_returned: u64,
+    pub publish_failed_invalid: u64,
+    /// Deliveries acknowledged to the broker; deliveries it redelivered.
+    pub acked: u64,
+    pub redelivered: u64,
     /// Deliveries waiting for a consumer worker that is not connected.
     pub worker_queued: u64,
     pub brokers: Vec<BrokerStats>,
@@ -119,6 +130,8 @@ pub struct BrokerStats {
     pub host: String,
     /// By role (`publisher`, `consumer 0`, ...).
     pub connections: std::collections::BTreeMap<String, bool>,
+    /// Connections that opened again after being lost.
+    pub reconnects: u64,
 }
 
 /// How often [`ServiceConfig::on_tick`] runs.
@@ -174,6 +187,7 @@ async fn serve(
                     connections: Default::default(),
                     since: Default::default(),
                     last_error: None,
+                    reconnects: 0,
                     consumers_up: Vec::new(),
                 })
                 .collect(),
@@ -312,6 +326,16 @@ struct Counters {
     /// Deliveries returned to the broker because their worker's connection
     /// broke before the route ran.
     requeued: AtomicU64,
+    /// Publishes that failed, by reason.
+    publish_failed_no_broker: AtomicU64,
+    publish_failed_refused: AtomicU64,
+    publish_failed_timeout: AtomicU64,
+    publish_failed_returned: AtomicU64,
+    publish_failed_invalid: AtomicU64,
+    /// Deliveries acknowledged to the broker, and deliveries the broker
+    /// marked as redelivered.
+    acked: AtomicU64,
+    redelivered: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -328,6 +352,8 @@ struct BrokerState {
     since: std::collections::BTreeMap<String, u64>,
     /// The last failure of any of its connections: when, and why.
     last_error: Option<(u64, String)>,
+    /// Connections that opened again after being lost.
+    reconnects: u64,
     /// Whether each consuming connection is up (for the zone events).
     consumers_up: Vec<bool>,
 }
@@ -572,7 +598,22 @@ impl Shared {
                 Outcome::Published
             }
             Err(failure) => {
-                bump(&self.counters.publish_failed);
+                let c = &self.counters;
+                bump(&c.publish_failed);
+                bump(match &failure {
+                    Unpublished::NotStarted(_)
+                    | Unpublished::Broker(
+                        PublishError::NoBrokerConnected | PublishError::UnknownBroker(_),
+                    ) => &c.publish_failed_no_broker,
+                    Unpublished::Broker(PublishError::Nacked { .. } | PublishError::Closed(_)) => {
+                        &c.publish_failed_refused
+                    }
+                    Unpublished::Broker(PublishError::Timeout) => &c.publish_failed_timeout,
+                    Unpublished::Broker(PublishError::Returned { .. }) => {
+                        &c.publish_failed_returned
+                    }
+                    Unpublished::Broker(PublishError::Invalid(_)) => &c.publish_failed_invalid,
+                });
                 Outcome::Failed(failure.to_string())
             }
         }
@@ -747,6 +788,7 @@ impl Shared {
                 zone: b.zone.clone(),
                 host: b.host.clone(),
                 connections: b.connections.clone(),
+                reconnects: b.reconnects,
             })
             .collect();
         Stats {
@@ -762,6 +804,13 @@ impl Shared {
             dropped: count(&c.dropped),
             unmatched_replies: count(&c.unmatched_replies),
             requeued: count(&c.requeued),
+            publish_failed_no_broker: count(&c.publish_failed_no_broker),
+            publish_failed_refused: count(&c.publish_failed_refused),
+            publish_failed_timeout: count(&c.publish_failed_timeout),
+            publish_failed_returned: count(&c.publish_failed_returned),
+            publish_failed_invalid: count(&c.publish_failed_invalid),
+            acked: count(&c.acked),
+            redelivered: count(&c.redelivered),
             worker_queued: lock(&self.workers)
                 .queued
                 .iter()
@@ -811,6 +860,7 @@ impl Shared {
                     ("connections", by_role(states)),
                     ("since", by_role(since)),
                     ("last_error", last_error),
+                    ("reconnects", Value::UInt(b.reconnects)),
                 ])
             })
             .collect();
@@ -823,6 +873,17 @@ impl Shared {
                 object(vec![
                     ("confirmed", Value::UInt(stats.published)),
                     ("failed", Value::UInt(stats.publish_failed)),
+                    (
+                        "failed_no_broker",
+                        Value::UInt(stats.publish_failed_no_broker),
+                    ),
+                    ("failed_refused", Value::UInt(stats.publish_failed_refused)),
+                    ("failed_timeout", Value::UInt(stats.publish_failed_timeout)),
+                    (
+                        "failed_returned",
+                        Value::UInt(stats.publish_failed_returned),
+                    ),
+                    ("failed_invalid", Value::UInt(stats.publish_failed_invalid)),
                 ]),
             ),
             (
@@ -848,6 +909,8 @@ impl Shared {
                     ("dropped", Value::UInt(stats.dropped)),
                     ("unmatched_replies", Value::UInt(stats.unmatched_replies)),
                     ("requeued", Value::UInt(stats.requeued)),
+                    ("acked", Value::UInt(stats.acked)),
+                    ("redelivered", Value::UInt(stats.redelivered)),
                 ]),
             ),
         ]);
@@ -998,6 +1061,9 @@ impl Shared {
     }
 
     fn consumed(&self, delivery: crate::broker::Delivery) {
+        if delivery.redelivered {
+            bump(&self.counters.redelivered);
+        }
         let received = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -1053,6 +1119,7 @@ impl Shared {
             }
             Some(acker) => {
                 acker.ack();
+                bump(&self.counters.acked);
                 false
             }
             None => false,
@@ -1094,8 +1161,12 @@ fn record_connection(
     };
     let before = consuming(brokers);
     let broker = brokers.iter_mut().find(|b| b.id == broker_id)?;
-    if broker.connections.insert(role.to_string(), up) != Some(up) {
+    let previous = broker.connections.insert(role.to_string(), up);
+    if previous != Some(up) {
         broker.since.insert(role.to_string(), unix_now());
+    }
+    if up && previous == Some(false) {
+        broker.reconnects += 1;
     }
     let Role::Consumer(n) = role else {
         return None;
@@ -1320,6 +1391,7 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 lock(&in_flight).remove(&delivery);
                 if let Some(acker) = lock(&shared.ackers).remove(&delivery) {
                     acker.ack();
+                    bump(&shared.counters.acked);
                 }
             }
             Message::StartupDone {
@@ -1448,6 +1520,24 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_that_opens_again_counts_as_a_reconnect() {
+        let mut brokers = vec![BrokerState {
+            id: 1,
+            zone: "local".into(),
+            host: "h".into(),
+            connections: Default::default(),
+            since: Default::default(),
+            last_error: None,
+            reconnects: 0,
+            consumers_up: Vec::new(),
+        }];
+        for up in [false, true, true, false, true] {
+            record_connection(&mut brokers, 1, Role::Publisher, up);
+        }
+        assert_eq!(brokers[0].reconnects, 2);
+    }
+
+    #[test]
     fn zone_counts_follow_the_consuming_connections_only() {
         let state = |id, zone: &str| BrokerState {
             id,
@@ -1456,6 +1546,7 @@ mod tests {
             connections: Default::default(),
             since: Default::default(),
             last_error: None,
+            reconnects: 0,
             consumers_up: Vec::new(),
         };
         let mut brokers = vec![state(1, "local"), state(2, "local"), state(3, "remote")];

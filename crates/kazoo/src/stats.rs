@@ -21,7 +21,7 @@ type Read = fn(&Stats) -> u64;
 /// A total: its name, its description and how to read it.
 type Total = (&'static CStr, &'static CStr, Read);
 
-const TOTALS: [Total; 11] = [
+const TOTALS: [Total; 18] = [
     (c"published", c"Publishes confirmed by the broker", |s| {
         s.published
     }),
@@ -69,20 +69,62 @@ const TOTALS: [Total; 11] = [
         |s| s.unmatched_replies,
     ),
     (
+        c"publish_failed_no_broker",
+        c"Publishes that failed: no broker connected (or no such broker)",
+        |s| s.publish_failed_no_broker,
+    ),
+    (
+        c"publish_failed_refused",
+        c"Publishes the broker refused (nack, channel closed, e.g. no exchange)",
+        |s| s.publish_failed_refused,
+    ),
+    (
+        c"publish_failed_timeout",
+        c"Publishes not confirmed within amqp_publish_timeout",
+        |s| s.publish_failed_timeout,
+    ),
+    (
+        c"publish_failed_returned",
+        c"Mandatory publishes the broker returned (no queue took them)",
+        |s| s.publish_failed_returned,
+    ),
+    (
+        c"publish_failed_invalid",
+        c"Publishes that could not be sent (exchange, routing key or header too long)",
+        |s| s.publish_failed_invalid,
+    ),
+    (c"acked", c"Deliveries acknowledged to the broker", |s| {
+        s.acked
+    }),
+    (
+        c"redelivered",
+        c"Deliveries the broker marked as redelivered",
+        |s| s.redelivered,
+    ),
+    (
         c"requeued",
         c"Deliveries returned to the broker when their worker's link broke",
         |s| s.requeued,
     ),
 ];
 
+/// A broker's statistics.
+struct BrokerCounters {
+    id: u32,
+    /// 1 while its publisher connection is up.
+    publisher_up: Counter,
+    /// Its consuming connections up.
+    consumers_up: Counter,
+    /// Its connections that opened again after being lost (a total).
+    reconnects: Counter,
+}
+
 /// The registered counters.
 struct Registered {
     totals: Vec<(Counter, Read)>,
     query_pending: Counter,
     worker_queued: Counter,
-    /// Per broker id: its publisher connection up (1/0), its consuming
-    /// connections up.
-    brokers: Vec<(u32, Counter, Counter)>,
+    brokers: Vec<BrokerCounters>,
 }
 
 static REGISTERED: OnceLock<Registered> = OnceLock::new();
@@ -110,17 +152,23 @@ pub fn register(config: &Config) -> Result<(), String> {
                     .into_boxed_c_str(),
             )
         };
-        brokers.push((
-            broker.id,
-            gauge(
+        brokers.push(BrokerCounters {
+            id: broker.id,
+            publisher_up: gauge(
                 name("publisher_up"),
                 c"1 while the broker's publisher connection is up",
             )?,
-            gauge(
+            consumers_up: gauge(
                 name("consumers_up"),
                 c"The broker's consuming connections that are up",
             )?,
-        ));
+            reconnects: Counter::register(
+                GROUP,
+                name("reconnects"),
+                c"The broker's connections that opened again after being lost",
+                Reset::Allowed,
+            )?,
+        });
     }
     let registered = Registered {
         totals,
@@ -154,8 +202,8 @@ pub fn update(stats: &Stats) {
     }
     registered.query_pending.set_own(stats.query_pending as i64);
     registered.worker_queued.set_own(stats.worker_queued as i64);
-    for (id, publisher_up, consumers_up) in &registered.brokers {
-        let broker = stats.brokers.iter().find(|b| b.id == *id);
+    for counters in &registered.brokers {
+        let broker = stats.brokers.iter().find(|b| b.id == counters.id);
         let up = |role: &dyn Fn(&str) -> bool| {
             broker.map_or(0, |b| {
                 b.connections
@@ -164,8 +212,22 @@ pub fn update(stats: &Stats) {
                     .count()
             })
         };
-        publisher_up.set_own(up(&|r| r == "publisher") as i64);
-        consumers_up.set_own(up(&|r| r.starts_with("consumer")) as i64);
+        counters
+            .publisher_up
+            .set_own(up(&|r| r == "publisher") as i64);
+        counters
+            .consumers_up
+            .set_own(up(&|r| r.starts_with("consumer")) as i64);
+        let reconnects = |s: &Stats| {
+            s.brokers
+                .iter()
+                .find(|b| b.id == counters.id)
+                .map_or(0, |b| b.reconnects)
+        };
+        let delta = reconnects(stats).saturating_sub(reconnects(previous));
+        if delta > 0 {
+            counters.reconnects.add(delta as i64);
+        }
     }
     *previous = stats.clone();
 }

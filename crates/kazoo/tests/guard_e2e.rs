@@ -145,7 +145,8 @@ request_route {{
     );
     let (config, _node) = amqp_cfg(
         &system_broker_url(),
-        "modparam(\"pv\", \"shvset\", \"runs=i:0\")\nmodparam(\"kazoo\", \"amqp_consumer_workers\", 1)",
+        "loadmodule \"ctl.so\"\nmodparam(\"ctl\", \"binrpc\", \"{{CTL}}\")\n\
+         modparam(\"pv\", \"shvset\", \"runs=i:0\")\nmodparam(\"kazoo\", \"amqp_consumer_workers\", 1)",
         &routes,
     );
     let config = config.replace("{{MODULE}}", module.to_str().unwrap());
@@ -181,6 +182,12 @@ request_route {{
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!proxy.kamailio.log().contains("LINK-ROUTE run=3"));
+    let status: serde_json::Value =
+        serde_json::from_str(proxy.kamcmd(&["kazoo.status"]).trim()).unwrap();
+    let consumed = &status["consumed"];
+    assert_eq!(consumed["requeued"], 1, "{status}");
+    assert_eq!(consumed["redelivered"], 1, "{status}");
+    assert_eq!(consumed["acked"], 1, "{status}");
     proxy.assert_alive();
     drop(proxy);
     probe.delete_queue(&queue);

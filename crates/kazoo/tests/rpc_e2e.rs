@@ -81,6 +81,10 @@ fn kazoo_status_shows_brokers_and_counters() {
     // The same counts as Kamailio statistics, which reset.
     assert_eq!(statistic(&proxy, "published", 2), 2);
     assert_eq!(statistic(&proxy, "publish_failed", 1), 1);
+    // The missing exchange: the broker closed the channel.
+    assert_eq!(statistic(&proxy, "publish_failed_refused", 1), 1);
+    assert_eq!(statistic(&proxy, "publish_failed_timeout", 0), 0);
+    assert_eq!(statistic(&proxy, "broker_1_reconnects", 0), 0);
     assert_eq!(statistic(&proxy, "broker_1_publisher_up", 1), 1);
     assert_eq!(statistic(&proxy, "broker_1_consumers_up", 1), 1);
     proxy.kamcmd(&["stats.reset_statistics", "kazoo:"]);
@@ -246,6 +250,10 @@ event_route[kazoo:consumer-event]
     assert_eq!(good_sub["queue"], format!("{good}-q"), "{subscriptions}");
     assert_eq!(good_sub["routing"], serde_json::json!(["a.#", "b.#"]));
     assert_eq!(good_sub["consumed"], 2, "{subscriptions}");
+    // No acks for a no_ack subscription, none redelivered.
+    let status = status(&proxy);
+    assert_eq!(status["consumed"]["acked"], 0, "{status}");
+    assert_eq!(status["consumed"]["redelivered"], 0, "{status}");
     assert_eq!(
         good_sub["brokers"][0]["state"], "consuming",
         "{subscriptions}"

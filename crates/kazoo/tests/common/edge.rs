@@ -82,11 +82,11 @@ impl Names {
 /// with one media server.
 pub struct Database {
     dir: PathBuf,
-    file: PathBuf,
+    pub file: PathBuf,
 }
 
 impl Database {
-    fn create() -> Database {
+    pub fn create() -> Database {
         let dir = std::env::temp_dir().join(unique_name("kazoo-edge"));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("kazoo.db");

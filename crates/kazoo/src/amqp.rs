@@ -1,4 +1,6 @@
-//! `kazoo_publish`, `kazoo_query`, `kazoo_async_query` / `kazoo_query_async`.
+//! `kazoo_publish`, `kazoo_query`, `kazoo_async_query` / `kazoo_query_async`,
+//! and their KEMI forms (`_kemi`: one function per native form, the same
+//! work once the arguments are read).
 //!
 //! The calling process prepares the payload (the C module's rules, see
 //! `kazoo_engine::payload`) and hands it to the AMQP process, waiting for

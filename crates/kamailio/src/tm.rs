@@ -138,6 +138,16 @@ pub enum ResumeRoute {
     Failure,
 }
 
+impl ResumeRoute {
+    /// The configuration's name for this kind of block.
+    pub fn block(self) -> &'static str {
+        match self {
+            ResumeRoute::OnReply => "onreply_route",
+            ResumeRoute::Failure => "failure_route",
+        }
+    }
+}
+
 fn route_actions(kind: ResumeRoute, name: &str) -> Option<*mut sys::action> {
     let name = CString::new(name).ok()?;
     // SAFETY: the core's route tables; `route_lookup` only reads them.
@@ -175,13 +185,8 @@ pub fn resume(id: TransactionId, kind: ResumeRoute, name: &str) -> Result<(), St
         // SAFETY: tm's function with a transaction id from `suspend` and a NUL-terminated name that outlives the call (tm passes it to the engine, which reads it during the call only); no parameter (tm then passes its default).
         unsafe { (tm.continue_cb)(id.hash, id.label, &mut cbname, std::ptr::null_mut()) }
     } else {
-        let actions = route_actions(kind, name).ok_or_else(|| {
-            let block = match kind {
-                ResumeRoute::OnReply => "onreply_route",
-                ResumeRoute::Failure => "failure_route",
-            };
-            format!("{block}[{name}] does not exist")
-        })?;
+        let actions = route_actions(kind, name)
+            .ok_or_else(|| format!("{}[{name}] does not exist", kind.block()))?;
         // SAFETY: tm's function with a transaction id from `suspend` and a route body of the configuration.
         unsafe { (tm.continue_)(id.hash, id.label, actions) }
     };

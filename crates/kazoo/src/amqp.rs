@@ -421,11 +421,10 @@ fn async_query_values(
             (ResumeRoute::Failure, &err_route),
         ] {
             if !tm::route_exists(kind, name) {
-                let block = match kind {
-                    ResumeRoute::OnReply => "onreply_route",
-                    ResumeRoute::Failure => "failure_route",
-                };
-                return Err(AmqpError::Failed(format!("{block}[{name}] does not exist")));
+                return Err(AmqpError::Failed(format!(
+                    "{}[{name}] does not exist",
+                    kind.block()
+                )));
             }
         }
     }

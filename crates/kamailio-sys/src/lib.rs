@@ -386,6 +386,7 @@ pub type t_gett_f = unsafe extern "C" fn() -> *mut tm_cell;
 pub type t_newtran_f = unsafe extern "C" fn(*mut sip_msg) -> c_int;
 pub type t_suspend_f = unsafe extern "C" fn(*mut sip_msg, *mut c_uint, *mut c_uint) -> c_int;
 pub type t_continue_f = unsafe extern "C" fn(c_uint, c_uint, *mut action) -> c_int;
+pub type t_continue_cb_f = unsafe extern "C" fn(c_uint, c_uint, *mut str_, *mut str_) -> c_int;
 pub type t_cancel_suspend_f = unsafe extern "C" fn(c_uint, c_uint) -> c_int;
 
 /// Offsets in `struct tm_binds` of Kamailio 5.6 (every member is a pointer;
@@ -395,6 +396,7 @@ pub const TM_T_NEWTRAN: usize = 40;
 pub const TM_T_GETT: usize = 208;
 pub const TM_T_SUSPEND: usize = 352;
 pub const TM_T_CONTINUE: usize = 360;
+pub const TM_T_CONTINUE_CB: usize = 376;
 pub const TM_T_CANCEL_SUSPEND: usize = 384;
 
 /// `rpc_t` (96 bytes): the RPC transport's reply API. Most members are

@@ -431,7 +431,9 @@ macro_rules! rpc {
 }
 
 /// One row of a KEMI table: `KSR.<module>.<name>(str, ...)` returning int;
-/// the handler is `fn(&mut SipMsg, [&[u8]; N]) -> Result<i32, E>`.
+/// the handler is `fn(&mut SipMsg, [&[u8]; N]) -> Result<R, E>` with `R` a
+/// [`ScriptReturn`] (a code, or [`crate::tm::Suspended`] for 0), mapped as
+/// for native functions ([`script_result`]).
 #[macro_export]
 macro_rules! kemi {
     ($module:literal, $name:literal, str($($arg:ident),+) => $handler:path) => {{

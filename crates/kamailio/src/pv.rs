@@ -111,10 +111,16 @@ impl NamedPv {
         unsafe { (*self.spec).setf.is_some() }
     }
 
+    /// The variable as a destination; `None` when it is read-only.
+    pub fn dest(&self) -> Option<PvDest> {
+        self.is_writable().then(|| PvDest::from_spec(self.spec))
+    }
+
     /// Assigns a string; false when the variable is read-only or the
     /// assignment fails.
     pub fn set_str(&self, msg: &mut crate::SipMsg, value: &[u8]) -> bool {
-        self.is_writable() && PvDest::from_spec(self.spec).set_str(msg, value).is_ok()
+        self.dest()
+            .is_some_and(|dest| dest.set_str(msg, value).is_ok())
     }
 
     /// The variable's value as an integer, when it holds one.

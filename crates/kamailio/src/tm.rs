@@ -9,7 +9,10 @@
 //! returns [`Suspended`], which the export layer turns into 0 (the script
 //! stops; tm keeps the transaction). Another process later resumes it
 //! ([`resume`]) in an `onreply_route[...]` or `failure_route[...]` block, as
-//! the C module does; tm runs it as a failure route, so it may reply.
+//! the C module does; tm runs it as a failure route, so it may reply. With a
+//! KEMI engine (`cfgengine` other than native) the names are the script's
+//! functions instead, which tm's `t_continue_cb` calls (also as a failure
+//! route).
 use std::ffi::{c_int, c_uint, c_void, CString};
 use std::sync::OnceLock;
 
@@ -22,6 +25,7 @@ struct Tm {
     newtran: sys::t_newtran_f,
     suspend: sys::t_suspend_f,
     continue_: sys::t_continue_f,
+    continue_cb: sys::t_continue_cb_f,
     cancel_suspend: sys::t_cancel_suspend_f,
 }
 
@@ -49,6 +53,7 @@ pub fn bind() -> Result<(), String> {
         sys::TM_T_NEWTRAN,
         sys::TM_T_SUSPEND,
         sys::TM_T_CONTINUE,
+        sys::TM_T_CONTINUE_CB,
         sys::TM_T_CANCEL_SUSPEND,
     ];
     if pointers.iter().any(|&o| at(o) == 0) {
@@ -61,6 +66,9 @@ pub fn bind() -> Result<(), String> {
             newtran: std::mem::transmute::<usize, sys::t_newtran_f>(at(sys::TM_T_NEWTRAN)),
             suspend: std::mem::transmute::<usize, sys::t_suspend_f>(at(sys::TM_T_SUSPEND)),
             continue_: std::mem::transmute::<usize, sys::t_continue_f>(at(sys::TM_T_CONTINUE)),
+            continue_cb: std::mem::transmute::<usize, sys::t_continue_cb_f>(at(
+                sys::TM_T_CONTINUE_CB,
+            )),
             cancel_suspend: std::mem::transmute::<usize, sys::t_cancel_suspend_f>(at(
                 sys::TM_T_CANCEL_SUSPEND,
             )),
@@ -130,6 +138,16 @@ pub enum ResumeRoute {
     Failure,
 }
 
+impl ResumeRoute {
+    /// The configuration's name for this kind of block.
+    pub fn block(self) -> &'static str {
+        match self {
+            ResumeRoute::OnReply => "onreply_route",
+            ResumeRoute::Failure => "failure_route",
+        }
+    }
+}
+
 fn route_actions(kind: ResumeRoute, name: &str) -> Option<*mut sys::action> {
     let name = CString::new(name).ok()?;
     // SAFETY: the core's route tables; `route_lookup` only reads them.
@@ -153,19 +171,26 @@ pub fn route_exists(kind: ResumeRoute, name: &str) -> bool {
 }
 
 /// Resumes a suspended transaction in the named block (from a process
-/// forked with `PROC_XWORKER`, as tm requires).
+/// forked with `PROC_XWORKER`, as tm requires); with a KEMI engine, `name`
+/// is the script function to call instead (a KEMI engine runs the script,
+/// so the configuration's route blocks are not used).
 pub fn resume(id: TransactionId, kind: ResumeRoute, name: &str) -> Result<(), String> {
     let tm = tm()?;
-    let actions = route_actions(kind, name).ok_or_else(|| {
-        let block = match kind {
-            ResumeRoute::OnReply => "onreply_route",
-            ResumeRoute::Failure => "failure_route",
+    let rc: c_int = if crate::route::kemi_engine_present() {
+        let name = CString::new(name).map_err(|_| "a function name with a NUL byte".to_string())?;
+        let mut cbname = sys::str_ {
+            s: name.as_ptr() as *mut _,
+            len: name.as_bytes().len() as c_int,
         };
-        format!("{block}[{name}] does not exist")
-    })?;
-    // SAFETY: tm's function with a transaction id from `suspend` and a route body of the configuration; the core's message environment is reset afterwards as after any route.
-    let rc: c_int = unsafe { (tm.continue_)(id.hash, id.label, actions) };
-    // SAFETY: plain core call after a route ran.
+        // SAFETY: tm's function with a transaction id from `suspend` and a NUL-terminated name that outlives the call (tm passes it to the engine, which reads it during the call only); no parameter (tm then passes its default).
+        unsafe { (tm.continue_cb)(id.hash, id.label, &mut cbname, std::ptr::null_mut()) }
+    } else {
+        let actions = route_actions(kind, name)
+            .ok_or_else(|| format!("{}[{name}] does not exist", kind.block()))?;
+        // SAFETY: tm's function with a transaction id from `suspend` and a route body of the configuration.
+        unsafe { (tm.continue_)(id.hash, id.label, actions) }
+    };
+    // SAFETY: plain core call after a route ran; the core's message environment is reset as after any route.
     unsafe { sys::ksr_msg_env_reset() };
     if rc < 0 {
         return Err(format!(

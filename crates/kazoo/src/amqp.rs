@@ -1,4 +1,6 @@
-//! `kazoo_publish`, `kazoo_query`, `kazoo_async_query` / `kazoo_query_async`.
+//! `kazoo_publish`, `kazoo_query`, `kazoo_async_query` / `kazoo_query_async`,
+//! and their KEMI forms (`_kemi`: one function per native form, the same
+//! work once the arguments are read).
 //!
 //! The calling process prepares the payload (the C module's rules, see
 //! `kazoo_engine::payload`) and hands it to the AMQP process, waiting for
@@ -176,6 +178,16 @@ pub fn publish_kemi(_msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, AmqpErro
     publish_values(args[0].to_vec(), args[1], args[2], Extra::default())
 }
 
+/// `KSR.kazoo.kazoo_publish_hdrs(exchange, routing_key, payload, headers)`:
+/// the fourth argument is always headers (never flags).
+pub fn publish_hdrs_kemi(_msg: &mut SipMsg, args: [&[u8]; 4]) -> Result<i32, AmqpError> {
+    let extra = Extra {
+        headers: Some(args[3].to_vec()),
+        flags: None,
+    };
+    publish_values(args[0].to_vec(), args[1], args[2], extra)
+}
+
 fn publish_values(
     exchange: Vec<u8>,
     routing_key: &[u8],
@@ -268,10 +280,6 @@ fn target_or_flags(msg: &mut SipMsg, arg: &SpveArg) -> (Option<Vec<u8>>, Extra) 
 
 /// `kazoo_query(exchange, routing_key, payload [, target_var | flags [, headers]])`.
 pub fn query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
-    QUERY_RESULT.set(None);
-    if events::in_mod_init() {
-        return Err(AmqpError::NotInModInit);
-    }
     let exchange = args[0].value(msg)?;
     let routing_key = args[1].value(msg)?;
     let payload = args[2].value(msg)?;
@@ -280,12 +288,64 @@ pub fn query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
         None => (None, Extra::default()),
     };
     extra.headers = args.get(4).map(|h| h.value(msg)).transpose()?;
+    query_values(msg, exchange, &routing_key, &payload, target_var, extra)
+}
+
+/// `KSR.kazoo.kazoo_query(exchange, routing_key, payload)`.
+pub fn query_kemi(msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, AmqpError> {
+    query_values(
+        msg,
+        args[0].to_vec(),
+        args[1],
+        args[2],
+        None,
+        Extra::default(),
+    )
+}
+
+/// `KSR.kazoo.kazoo_query_var(exchange, routing_key, payload, target_var)`:
+/// the fourth argument is always a variable name (never flags).
+pub fn query_var_kemi(msg: &mut SipMsg, args: [&[u8]; 4]) -> Result<i32, AmqpError> {
+    let target = Some(args[3].to_vec());
+    query_values(
+        msg,
+        args[0].to_vec(),
+        args[1],
+        args[2],
+        target,
+        Extra::default(),
+    )
+}
+
+/// `KSR.kazoo.kazoo_query_hdrs(exchange, routing_key, payload, target_var,
+/// headers)`: an empty `target_var` leaves the reply in `$kzR` only.
+pub fn query_hdrs_kemi(msg: &mut SipMsg, args: [&[u8]; 5]) -> Result<i32, AmqpError> {
+    let target = (!args[3].is_empty()).then(|| args[3].to_vec());
+    let extra = Extra {
+        headers: Some(args[4].to_vec()),
+        flags: None,
+    };
+    query_values(msg, args[0].to_vec(), args[1], args[2], target, extra)
+}
+
+fn query_values(
+    msg: &mut SipMsg,
+    exchange: Vec<u8>,
+    routing_key: &[u8],
+    payload: &[u8],
+    target_var: Option<Vec<u8>>,
+    extra: Extra,
+) -> Result<i32, AmqpError> {
+    QUERY_RESULT.set(None);
+    if events::in_mod_init() {
+        return Err(AmqpError::NotInModInit);
+    }
     let timeout = query_timeout(msg);
     let outgoing = outgoing(
         Target::Primary,
         exchange,
-        &routing_key,
-        &payload,
+        routing_key,
+        payload,
         extra.headers.as_deref(),
         extra.mandatory("kazoo_query"),
         timeout,
@@ -320,32 +380,54 @@ pub fn query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
 /// sixth parameter is flags when its value is an unsigned integer (2600hz's
 /// builds), else ignored, as in the C module.
 pub fn async_query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<Suspended, AmqpError> {
-    if events::in_mod_init() {
-        return Err(AmqpError::NotInModInit);
-    }
     let exchange = args[0].value(msg)?;
     let routing_key = args[1].value(msg)?;
     let payload = args[2].value(msg)?;
-    let routes = [args[3].value(msg)?, args[4].value(msg)?]
-        .map(|r| String::from_utf8_lossy(&r).into_owned());
-    let [ok_route, err_route] = routes;
-    for (kind, name) in [
-        (ResumeRoute::OnReply, &ok_route),
-        (ResumeRoute::Failure, &err_route),
-    ] {
-        if !tm::route_exists(kind, name) {
-            let block = match kind {
-                ResumeRoute::OnReply => "onreply_route",
-                ResumeRoute::Failure => "failure_route",
-            };
-            return Err(AmqpError::Failed(format!("{block}[{name}] does not exist")));
-        }
-    }
+    let routes = [args[3].value(msg)?, args[4].value(msg)?];
     // Never a reason to fail: upstream ignores this argument.
     let flags = args
         .get(5)
         .and_then(|arg| arg.value(msg).ok())
         .and_then(|value| PublishFlags::parse(&value));
+    async_query_values(msg, exchange, &routing_key, &payload, routes, flags)
+}
+
+/// `KSR.kazoo.kazoo_async_query(exchange, routing_key, payload, ok_function,
+/// err_function)`: as the native function, with the names of the script's
+/// functions that tm calls on resume (as a failure route) instead of route
+/// blocks; 0 once suspended: the script should exit then.
+pub fn async_query_kemi(msg: &mut SipMsg, args: [&[u8]; 5]) -> Result<Suspended, AmqpError> {
+    let routes = [args[3].to_vec(), args[4].to_vec()];
+    async_query_values(msg, args[0].to_vec(), args[1], args[2], routes, None)
+}
+
+fn async_query_values(
+    msg: &mut SipMsg,
+    exchange: Vec<u8>,
+    routing_key: &[u8],
+    payload: &[u8],
+    routes: [Vec<u8>; 2],
+    flags: Option<PublishFlags>,
+) -> Result<Suspended, AmqpError> {
+    if events::in_mod_init() {
+        return Err(AmqpError::NotInModInit);
+    }
+    let [ok_route, err_route] = routes.map(|r| String::from_utf8_lossy(&r).into_owned());
+    // With a KEMI engine the names are the script's functions, which cannot
+    // be looked up from here; tm logs a missing one on resume.
+    if !kamailio::route::kemi_engine_present() {
+        for (kind, name) in [
+            (ResumeRoute::OnReply, &ok_route),
+            (ResumeRoute::Failure, &err_route),
+        ] {
+            if !tm::route_exists(kind, name) {
+                return Err(AmqpError::Failed(format!(
+                    "{}[{name}] does not exist",
+                    kind.block()
+                )));
+            }
+        }
+    }
     let extra = Extra {
         headers: None,
         flags,
@@ -354,8 +436,8 @@ pub fn async_query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<Suspended, Amqp
     let outgoing = outgoing(
         Target::Primary,
         exchange,
-        &routing_key,
-        &payload,
+        routing_key,
+        payload,
         None,
         extra.mandatory("kazoo_async_query"),
         timeout,

@@ -102,13 +102,22 @@ pub fn subscribe_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, Subscr
 
 /// `kazoo_subscribe(exchange, exchange_type, queue, routing_key)`.
 pub fn subscribe_simple(msg: &mut SipMsg, args: &[SpveArg; 4]) -> Result<i32, SubscribeError> {
-    let [exchange, exchange_type, queue, routing_key] = [
+    simple([
         args[0].value(msg)?,
         args[1].value(msg)?,
         args[2].value(msg)?,
         args[3].value(msg)?,
-    ]
-    .map(|v| String::from_utf8_lossy(&v).into_owned());
+    ])
+}
+
+/// `KSR.kazoo.kazoo_subscribe_simple(exchange, exchange_type, queue, routing_key)`.
+pub fn subscribe_simple_kemi(_msg: &mut SipMsg, args: [&[u8]; 4]) -> Result<i32, SubscribeError> {
+    simple(args.map(<[u8]>::to_vec))
+}
+
+fn simple(values: [Vec<u8>; 4]) -> Result<i32, SubscribeError> {
+    let [exchange, exchange_type, queue, routing_key] =
+        values.map(|v| String::from_utf8_lossy(&v).into_owned());
     let subscription = subscription::simple(&exchange, &exchange_type, &queue, &routing_key)
         .map_err(|e| SubscribeError::Invalid(e.to_string()))?;
     // The same subscription as a description (the simple form's defaults are

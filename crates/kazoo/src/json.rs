@@ -1,5 +1,10 @@
 //! `kazoo_json`, `kazoo_json_keys` and `kazoo_encode`: JSON field access and
 //! routing-key encoding from the script, with the C module's results.
+//!
+//! The KEMI forms take the destination variable's name as text (e.g.
+//! `"$var(x)"`), as the native ones take the variable, and return the same
+//! codes.
+use kamailio::pv::NamedPv;
 use kamailio::script::{PvDest, SpveArg};
 use kamailio::SipMsg;
 use kazoo_engine::encode;
@@ -13,6 +18,7 @@ pub enum ScriptError {
     Arg(kamailio::script::ArgError),
     Json(JsonError),
     NotAvp,
+    NotWritable(String),
     EncodeTooLong(usize),
 }
 
@@ -22,6 +28,9 @@ impl std::fmt::Display for ScriptError {
             ScriptError::Arg(e) => write!(f, "{e}"),
             ScriptError::Json(e) => write!(f, "{e}"),
             ScriptError::NotAvp => f.write_str("the destination must be an AVP, e.g. $avp(keys)"),
+            ScriptError::NotWritable(name) => {
+                write!(f, "the destination {name:?} is not a writable variable")
+            }
             ScriptError::EncodeTooLong(n) => {
                 write!(f, "input is {n} bytes, longer than the 255 bytes allowed")
             }
@@ -46,7 +55,21 @@ pub fn kazoo_json(
 ) -> Result<i32, ScriptError> {
     let payload = args[0].value(msg)?;
     let path = args[1].value(msg)?;
-    match json::field_text(&payload, &path, config().params.json_escape_char) {
+    json_into(msg, &payload, &path, target)
+}
+
+/// `KSR.kazoo.kazoo_json(json, path, target_var)`.
+pub fn kazoo_json_kemi(msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, ScriptError> {
+    json_into(msg, args[0], args[1], &kemi_target(args[2])?)
+}
+
+fn json_into(
+    msg: &mut SipMsg,
+    payload: &[u8],
+    path: &[u8],
+    target: &PvDest,
+) -> Result<i32, ScriptError> {
+    match json::field_text(payload, path, config().params.json_escape_char) {
         Ok(Some(value)) => target.set_str(msg, &value)?,
         Ok(None) => target.set_null(msg)?,
         Err(e @ JsonError::InvalidJson(_)) => {
@@ -71,12 +94,26 @@ pub fn kazoo_json_keys(
     args: &[SpveArg; 2],
     target: &PvDest,
 ) -> Result<i32, ScriptError> {
+    let payload = args[0].value(msg)?;
+    let path = args[1].value(msg)?;
+    keys_into(msg, &payload, &path, target)
+}
+
+/// `KSR.kazoo.kazoo_json_keys(json, path, avp_name)`.
+pub fn kazoo_json_keys_kemi(msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, ScriptError> {
+    keys_into(msg, args[0], args[1], &kemi_target(args[2])?)
+}
+
+fn keys_into(
+    msg: &mut SipMsg,
+    payload: &[u8],
+    path: &[u8],
+    target: &PvDest,
+) -> Result<i32, ScriptError> {
     if !target.is_avp() {
         return Err(ScriptError::NotAvp);
     }
-    let payload = args[0].value(msg)?;
-    let path = args[1].value(msg)?;
-    match json::object_keys(&payload, &path, config().params.json_escape_char) {
+    match json::object_keys(payload, path, config().params.json_escape_char) {
         Ok(Some(keys)) => {
             for key in keys {
                 target.set_str(msg, &key)?;
@@ -97,7 +134,23 @@ pub fn kazoo_encode(
     target: &PvDest,
 ) -> Result<i32, ScriptError> {
     let input = args[0].value(msg)?;
-    let encoded = encode::encode_checked(&input).ok_or(ScriptError::EncodeTooLong(input.len()))?;
+    encode_into(msg, &input, target)
+}
+
+/// `KSR.kazoo.kazoo_encode(input, target_var)`.
+pub fn kazoo_encode_kemi(msg: &mut SipMsg, args: [&[u8]; 2]) -> Result<i32, ScriptError> {
+    encode_into(msg, args[0], &kemi_target(args[1])?)
+}
+
+fn encode_into(msg: &mut SipMsg, input: &[u8], target: &PvDest) -> Result<i32, ScriptError> {
+    let encoded = encode::encode_checked(input).ok_or(ScriptError::EncodeTooLong(input.len()))?;
     target.set_str(msg, &encoded)?;
     Ok(1)
+}
+
+/// The writable variable a KEMI function names as its destination.
+fn kemi_target(name: &[u8]) -> Result<PvDest, ScriptError> {
+    NamedPv::lookup(name)
+        .and_then(|pv| pv.dest())
+        .ok_or_else(|| ScriptError::NotWritable(String::from_utf8_lossy(name).into_owned()))
 }

@@ -156,9 +156,26 @@ static RPCS: [rpc_export_t; 4] = [
 static TRANSFORMATIONS: [tr_export_t; 2] =
     [trans_class!("kz", trans::KzTransformations), TRANS_END];
 
-static KEMI: [sr_kemi_t; 3] = [
+/// The KEMI functions (`KSR.kazoo.*`, see `docs/kazoo.md` section 8.1):
+/// KEMI has no overloading, so the native forms with more arguments are
+/// functions of their own.
+static KEMI: [sr_kemi_t; 17] = [
     kemi!("kazoo", "kazoo_publish", str(exchange, routing_key, payload) => amqp::publish_kemi),
+    kemi!("kazoo", "kazoo_publish_hdrs", str(exchange, routing_key, payload, headers) => amqp::publish_hdrs_kemi),
+    kemi!("kazoo", "kazoo_query", str(exchange, routing_key, payload) => amqp::query_kemi),
+    kemi!("kazoo", "kazoo_query_var", str(exchange, routing_key, payload, target) => amqp::query_var_kemi),
+    kemi!("kazoo", "kazoo_query_hdrs", str(exchange, routing_key, payload, target, headers) => amqp::query_hdrs_kemi),
+    kemi!("kazoo", "kazoo_async_query", str(exchange, routing_key, payload, ok_function, err_function) => amqp::async_query_kemi),
+    kemi!("kazoo", "kazoo_query_async", str(exchange, routing_key, payload, ok_function, err_function) => amqp::async_query_kemi),
     kemi!("kazoo", "kazoo_subscribe", str(description) => events::subscribe_kemi),
+    kemi!("kazoo", "kazoo_subscribe_simple", str(exchange, exchange_type, queue, routing_key) => events::subscribe_simple_kemi),
+    kemi!("kazoo", "kazoo_json", str(json, path, target) => json::kazoo_json_kemi),
+    kemi!("kazoo", "kazoo_json_keys", str(json, path, target) => json::kazoo_json_keys_kemi),
+    kemi!("kazoo", "kazoo_encode", str(input, target) => json::kazoo_encode_kemi),
+    kemi!("kazoo", "kazoo_pua_publish", str(payload) => pua::publish_any_kemi),
+    kemi!("kazoo", "kazoo_pua_publish_mwi", str(payload) => pua::publish_mwi_kemi),
+    kemi!("kazoo", "kazoo_pua_publish_presence", str(payload) => pua::publish_presence_kemi),
+    kemi!("kazoo", "kazoo_pua_publish_dialoginfo", str(payload) => pua::publish_dialoginfo_kemi),
     KEMI_END,
 ];
 

@@ -56,6 +56,26 @@ pub fn publish_dialoginfo(_msg: &mut SipMsg, payload: Vec<u8>) -> Result<i32, Pu
     publish(Entry::DialogInfo, &payload)
 }
 
+/// `KSR.kazoo.kazoo_pua_publish(json)`.
+pub fn publish_any_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, PuaError> {
+    publish(Entry::Any, args[0])
+}
+
+/// `KSR.kazoo.kazoo_pua_publish_presence(json)`.
+pub fn publish_presence_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, PuaError> {
+    publish(Entry::Presence, args[0])
+}
+
+/// `KSR.kazoo.kazoo_pua_publish_mwi(json)`.
+pub fn publish_mwi_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, PuaError> {
+    publish(Entry::Mwi, args[0])
+}
+
+/// `KSR.kazoo.kazoo_pua_publish_dialoginfo(json)`.
+pub fn publish_dialoginfo_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, PuaError> {
+    publish(Entry::DialogInfo, args[0])
+}
+
 fn publish(entry: Entry, payload: &[u8]) -> Result<i32, PuaError> {
     let params = &config().params;
     if params.pua_mode != 1 || params.db_url.is_none() {

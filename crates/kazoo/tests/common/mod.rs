@@ -7,6 +7,8 @@
 //! header when a value is `$null`.
 #![allow(dead_code)]
 
+pub mod edge;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

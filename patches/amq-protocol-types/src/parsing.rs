@@ -2,7 +2,7 @@ use crate::{flags::*, types::*, value::*};
 use nom::{
     self, Parser,
     bytes::streaming::take,
-    combinator::{all_consuming, complete, flat_map, map, map_opt, map_parser, map_res},
+    combinator::{all_consuming, complete, flat_map, map, map_opt, map_parser},
     error::{ContextError, ErrorKind, ParseError, context},
     multi::fold_many0,
     number::streaming::{
@@ -10,7 +10,7 @@ use nom::{
     },
     sequence::pair,
 };
-use std::{error, fmt};
+use std::{cell::Cell, error, fmt};
 use traits::*;
 
 /// Error context for `ParserErrors`
@@ -121,12 +121,51 @@ pub fn parse_raw_value<I: ParsableInput>(
         AMQPType::DecimalValue => map(parse_decimal_value, AMQPValue::DecimalValue).parse(i),
         AMQPType::ShortString => map(parse_short_string, AMQPValue::ShortString).parse(i),
         AMQPType::LongString => map(parse_long_string, AMQPValue::LongString).parse(i),
-        AMQPType::FieldArray => map(parse_field_array, AMQPValue::FieldArray).parse(i),
+        AMQPType::FieldArray => map(nested(parse_field_array), AMQPValue::FieldArray).parse(i),
         AMQPType::Timestamp => map(parse_timestamp, AMQPValue::Timestamp).parse(i),
-        AMQPType::FieldTable => map(parse_field_table, AMQPValue::FieldTable).parse(i),
+        AMQPType::FieldTable => map(nested(parse_field_table), AMQPValue::FieldTable).parse(i),
         AMQPType::ByteArray => map(parse_byte_array, AMQPValue::ByteArray).parse(i),
         AMQPType::Void => Ok((i, AMQPValue::Void)),
     })
+}
+
+/// Tables and arrays nested in a value deeper than this are read as empty.
+///
+/// The parser recurses once per level, and each level takes a few bytes of a
+/// frame: a header frame of nested arrays would otherwise overflow the stack
+/// of the thread parsing it (aborting the process), and failing the parse
+/// would fail the connection.
+pub const MAX_NESTING: usize = 64;
+
+thread_local! {
+    /// How deep in nested values the parser of this thread is.
+    static NESTING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// `parse`, one nesting level deeper; beyond [MAX_NESTING], the value (a
+/// table or an array: its length, then its bytes) is skipped and read as
+/// empty.
+fn nested<I: ParsableInput, O: Default>(
+    parse: fn(I) -> ParserResult<I, O>,
+) -> impl Fn(I) -> ParserResult<I, O> {
+    move |i| {
+        let depth = NESTING.with(|n| n.replace(n.get() + 1));
+        let _leave = LeaveNesting;
+        if depth >= MAX_NESTING {
+            map(flat_map(parse_long_uint, take), |_: I| O::default()).parse(i)
+        } else {
+            parse(i)
+        }
+    }
+}
+
+/// Leaves a nesting level, however its parse ended.
+struct LeaveNesting;
+
+impl Drop for LeaveNesting {
+    fn drop(&mut self) {
+        NESTING.with(|n| n.set(n.get() - 1));
+    }
 }
 
 /// Parse an [AMQPValue](../type.AMQPValue.html)
@@ -215,18 +254,18 @@ pub fn parse_decimal_value<I: ParsableInput>(i: I) -> ParserResult<I, DecimalVal
     .parse(i)
 }
 
-fn make_str<I: Input<Item = u8>>(i: I) -> Result<String, std::string::FromUtf8Error> {
-    String::from_utf8(i.iter_elements().collect())
-}
-
 /// Parse a [ShortString](../type.ShortString.html)
+///
+/// Bytes that are not UTF-8 never fail the parse: they are replaced as by
+/// [`ShortString::from_utf8_lossy`]. A peer (or, through a broker, any
+/// publisher) sending such bytes in a routing key, a property or a header
+/// name must not make the whole frame, and with it the connection, unreadable.
 pub fn parse_short_string<I: ParsableInput>(i: I) -> ParserResult<I, ShortString> {
     context(
         "parse_short_string",
-        map(
-            map_res(flat_map(parse_short_short_uint, take), make_str),
-            ShortString::from,
-        ),
+        map(flat_map(parse_short_short_uint, take), |i: I| {
+            ShortString::from_utf8_lossy(i.iter_elements().collect())
+        }),
     )
     .parse(i)
 }
@@ -483,6 +522,70 @@ mod test {
         assert_eq!(
             parse_short_string(&[4, 116, 101, 115, 116][..]),
             Ok((EMPTY, "test".into()))
+        );
+    }
+
+    #[test]
+    fn test_parse_short_string_not_utf8() {
+        // Replaced, never an error; the bytes after the string are left.
+        assert_eq!(
+            parse_short_string(&[3, b'a', 0xff, b'b', 42][..]),
+            Ok((&[42][..], "a\u{fffd}b".into()))
+        );
+        assert_eq!(
+            parse_short_string(&[4, b'x', 0xe2, 0x82, b'y'][..]),
+            Ok((EMPTY, "x\u{fffd}y".into()))
+        );
+        // 255 replacements would take 765 bytes: cut at 255 (85 of them).
+        let mut frame = vec![255];
+        frame.extend([0xfe; 255]);
+        let (rest, s) = parse_short_string(&frame[..]).unwrap();
+        assert_eq!(rest, EMPTY);
+        assert_eq!(s.as_str(), "\u{fffd}".repeat(85));
+    }
+
+    #[test]
+    fn test_parse_field_table_key_not_utf8() {
+        let mut table = FieldTable::default();
+        table.insert("k\u{fffd}".into(), AMQPValue::Void);
+        assert_eq!(
+            parse_field_table(&[0, 0, 0, 4, 2, b'k', 0xff, b'V'][..]),
+            Ok((EMPTY, table))
+        );
+    }
+
+    #[test]
+    fn test_parse_nesting_too_deep() {
+        // Arrays nested 100 000 deep: the innermost ones are read as empty.
+        let levels = 100_000u32;
+        let mut value = Vec::new();
+        for level in 0..levels {
+            value.push(b'A');
+            value.extend((5 * (levels - 1 - level) + 1).to_be_bytes());
+        }
+        value.push(b'V');
+        let (rest, mut parsed) = parse_value(&value[..]).unwrap();
+        assert_eq!(rest, EMPTY);
+        let mut depth = 0;
+        while let AMQPValue::FieldArray(array) = parsed {
+            depth += 1;
+            match array.as_slice() {
+                [inner] => parsed = inner.clone(),
+                [] => break,
+                _ => panic!("one element per level"),
+            }
+        }
+        assert_eq!(depth, MAX_NESTING + 1);
+        // The count is back to 0: a shallow value parses whole.
+        let shallow = [b'A', 0, 0, 0, 6, b'A', 0, 0, 0, 1, b'V'];
+        assert_eq!(
+            parse_value(&shallow[..]),
+            Ok((
+                EMPTY,
+                AMQPValue::FieldArray(
+                    vec![AMQPValue::FieldArray(vec![AMQPValue::Void].into())].into()
+                )
+            ))
         );
     }
 

@@ -207,6 +207,26 @@ impl ShortString {
         }
         Ok(Self(s))
     }
+
+    /// A ShortString from bytes that should be UTF-8: each invalid sequence
+    /// is replaced with U+FFFD, as by [`String::from_utf8_lossy`], and the
+    /// result is cut at the last character that ends within the maximum
+    /// length (a replacement takes three bytes, where it may replace one).
+    #[must_use]
+    pub fn from_utf8_lossy(bytes: Vec<u8>) -> Self {
+        let mut s = match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
+        if s.len() > MAX_SHORT_STRING_LENGTH {
+            let end = (0..=MAX_SHORT_STRING_LENGTH)
+                .rev()
+                .find(|&end| s.is_char_boundary(end))
+                .unwrap_or(0);
+            s.truncate(end);
+        }
+        Self(s)
+    }
 }
 
 impl From<String> for ShortString {
@@ -420,5 +440,20 @@ mod test {
             ShortString::try_new("a".repeat(256)),
             Err(ShortStringError(256))
         );
+    }
+
+    #[test]
+    fn test_short_string_from_utf8_lossy() {
+        assert_eq!(ShortString::from_utf8_lossy(b"ok".to_vec()).as_str(), "ok");
+        assert_eq!(
+            ShortString::from_utf8_lossy(b"a\xed\xa0\x80b".to_vec()).as_str(),
+            "a\u{fffd}\u{fffd}\u{fffd}b"
+        );
+        // Cut at a character boundary within 255 bytes.
+        let mut bytes = b"ab".to_vec();
+        bytes.extend([0x80; 253]);
+        let s = ShortString::from_utf8_lossy(bytes);
+        assert_eq!(s.as_str(), format!("ab{}", "\u{fffd}".repeat(84)));
+        assert_eq!(s.as_str().len(), 254);
     }
 }

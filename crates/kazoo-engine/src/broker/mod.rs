@@ -388,6 +388,8 @@ pub(crate) struct Slot {
     failed: Mutex<HashMap<consumer::Unit, bool>>,
     /// Subscriptions never declared again on this broker.
     quarantined: Mutex<HashSet<usize>>,
+    /// Deliveries rejected (or dropped, without acks) as unreadable.
+    pub(crate) rejected: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -412,6 +414,7 @@ impl Slot {
             link_generation: AtomicU64::new(0),
             failed: Mutex::new(HashMap::new()),
             quarantined: Mutex::new(HashSet::new()),
+            rejected: AtomicU64::new(0),
         }
     }
 
@@ -549,6 +552,18 @@ impl Brokers {
             .iter()
             .find(|s| s.broker.id == broker_id)
             .is_some_and(|s| s.link().is_some())
+    }
+
+    /// Deliveries the consuming connections rejected without requeue (or
+    /// dropped, from queues consumed without acks) because the module cannot
+    /// hand them to the script faithfully (see `consumer`), on every broker
+    /// since the start: for the `rejected` statistic.
+    pub fn rejected(&self) -> u64 {
+        self.inner
+            .slots
+            .iter()
+            .map(|s| s.rejected.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Publishes with publisher confirms (see the module documentation).

@@ -109,7 +109,7 @@ impl RawProperties {
 
     fn encode(&self) -> Vec<u8> {
         let mut fields = self.fields.clone();
-        fields.sort_by(|a, b| b.0.cmp(&a.0));
+        fields.sort_by_key(|f| std::cmp::Reverse(f.0));
         let flags: u16 = fields.iter().map(|(bit, _)| 1u16 << bit).sum();
         let mut out = flags.to_be_bytes().to_vec();
         for (_, value) in fields {
@@ -172,9 +172,21 @@ impl RawPublisher {
         Ok(publisher)
     }
 
-    /// Connects to the system broker as guest (see [`crate::system_broker_url`]).
+    /// Connects to the system broker ([`crate::system_broker_url`], an
+    /// `amqp://user:password@host:port` URL).
     pub fn system() -> Result<RawPublisher, HarnessError> {
-        RawPublisher::connect("127.0.0.1:5672", "guest", "guest")
+        let url = crate::system_broker_url();
+        let rest = url
+            .strip_prefix("amqp://")
+            .ok_or_else(|| err("URL", format!("not amqp://: {url}")))?;
+        let (userinfo, host) = rest
+            .split_once('@')
+            .ok_or_else(|| err("URL", "no user@ part"))?;
+        let (user, password) = userinfo
+            .split_once(':')
+            .ok_or_else(|| err("URL", "no user:password"))?;
+        let host = host.split('/').next().unwrap_or(host);
+        RawPublisher::connect(host, user, password)
     }
 
     /// Publishes and waits for the broker's confirm; `Err` holds the broker's

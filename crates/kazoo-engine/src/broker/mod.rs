@@ -30,6 +30,11 @@
 //!   auto_delete, which RabbitMQ 4 refuses for non-exclusive queues);
 //! - `heartbeat_secs = 0` does not disable heartbeats: lapin then uses the
 //!   broker's proposal (RabbitMQ: 60 s), so dead TCP peers are noticed.
+//! - a delivery whose routing key is not UTF-8 is rejected without requeue
+//!   (dropped, without acks), logged and counted ([`Brokers::rejected`]),
+//!   never forwarded; bad bytes elsewhere (properties, header names) and
+//!   deeply nested headers are read lossily by the patched
+//!   amq-protocol-types, so that no delivery closes the connection.
 //!
 //! Credentials never appear in log lines or error texts.
 

@@ -4,7 +4,8 @@
 //! nested header tables; a huge body) must never stop the consuming
 //! connection: what the module cannot hand to the script faithfully is
 //! rejected without requeue (acking subscriptions) or dropped, counted, and
-//! the next message is delivered.
+//! the next message is delivered. A rejected message goes to the queue's
+//! dead-letter exchange, when it has one.
 mod broker_support;
 
 use std::time::Duration;
@@ -359,4 +360,88 @@ async fn poison_with_acks_is_rejected_and_consumption_goes_on() {
 #[tokio::test]
 async fn poison_without_acks_is_dropped_and_consumption_goes_on() {
     poison_is_rejected_and_consumption_goes_on(true).await;
+}
+
+#[tokio::test]
+async fn rejected_poison_goes_to_the_queues_dead_letter_exchange() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let node = unique_name("kztest");
+    let exchange = unique_name("kztest-poison-x");
+    let queue = unique_name("kztest-poison-q");
+    let dlx = unique_name("kztest-poison-dlx");
+    let dead = unique_name("kztest-poison-dead");
+    raw.channel
+        .exchange_declare(
+            dlx.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            lapin::options::ExchangeDeclareOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    raw.bound_queue(&dead, &dlx, "").await;
+    // A policy, not a queue argument: the subscription declares the queue
+    // with none.
+    let policy = queue.clone();
+    let definition = format!("{{\"dead-letter-exchange\": \"{dlx}\"}}");
+    blocking(move || {
+        system_rabbitmqctl(&[
+            "-q",
+            "set_policy",
+            "--apply-to",
+            "queues",
+            &policy,
+            &format!("^{policy}$"),
+            &definition,
+        ])
+        .expect("set_policy")
+    })
+    .await;
+
+    let mut sub = subscription(&exchange, "topic", &queue, &["#"]);
+    sub.queue_flags = QueueFlags::default();
+    sub.no_ack = false;
+    let (brokers, mut events) =
+        Brokers::start(vec![broker(&url, 1, "local")], vec![sub], options(&node));
+    wait_connected(
+        &mut events,
+        &[(1, Role::Publisher), (1, Role::Consumer(0))],
+        WAIT,
+    )
+    .await;
+    publish_raw(&exchange, bad_routing_keys()).await;
+    raw.publish(&exchange, "good", b"{}").await;
+    let got = deliveries_until(&mut events, b"{}").await;
+    assert_eq!(got.len(), 1);
+    got.into_iter().for_each(|d| d.ack.unwrap().ack());
+    assert_eq!(brokers.rejected(), bad_routing_keys().len() as u64);
+    assert_queue_empty(&queue).await;
+
+    // Every poison message is in the dead-letter queue, as published.
+    let mut keys = Vec::new();
+    while let Some(m) = raw
+        .channel
+        .basic_get(
+            dead.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+    {
+        keys.push(m.delivery.routing_key.to_string());
+    }
+    // (read lossily, as the AMQP client reads them)
+    let expected: Vec<String> = bad_routing_keys()
+        .into_iter()
+        .map(|m| lapin::types::ShortString::from_utf8_lossy(m.routing_key).to_string())
+        .collect();
+    assert_eq!(keys, expected);
+
+    brokers.close().await;
+    let policy = queue.clone();
+    blocking(move || system_rabbitmqctl(&["-q", "clear_policy", &policy]).expect("clear_policy"))
+        .await;
+    raw.delete(&[&exchange, &dlx], &[&queue, &dead]).await;
+    raw.close().await;
 }

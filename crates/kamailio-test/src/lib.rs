@@ -56,9 +56,6 @@ pub use kamailio::{
 pub use names::unique_name;
 pub use pki::TestPki;
 pub use rabbit::{system_broker_url, system_rabbitmqctl, RabbitNode};
-pub use raw_amqp::{
-    long_str, short_str, table, value_array, value_long_str, value_table, RawProperties,
-    RawPublisher,
-};
+pub use raw_amqp::{table, value_array, value_long_str, value_table, RawProperties, RawPublisher};
 pub use sip::{DigestCredentials, SipClient, SipReply, SipRequest};
 pub use vectors::{jsonl, read_vector, tsv_cell, tsv_rows, vectors_dir};

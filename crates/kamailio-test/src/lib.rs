@@ -21,6 +21,9 @@
 //! - [`AmqpProbe`]: an independent AMQP client that inspects what reached the
 //!   broker, publishes to subscriptions and answers queries like a Kazoo
 //!   responder.
+//! - [`RawPublisher`]: publishes byte-exact frames (invalid UTF-8 in the
+//!   routing key, property and header names, any table encoding) that no AMQP
+//!   client library would send.
 //!
 //! Everything is safe to use from tests running in parallel, in threads or in
 //! processes: ports are reserved machine-wide, directories are fresh temporary
@@ -40,6 +43,7 @@ mod pki;
 mod ports;
 mod process;
 mod rabbit;
+mod raw_amqp;
 mod sip;
 mod vectors;
 
@@ -52,5 +56,6 @@ pub use kamailio::{
 pub use names::unique_name;
 pub use pki::TestPki;
 pub use rabbit::{system_broker_url, system_rabbitmqctl, RabbitNode};
+pub use raw_amqp::{table, value_array, value_long_str, value_table, RawProperties, RawPublisher};
 pub use sip::{DigestCredentials, SipClient, SipReply, SipRequest};
 pub use vectors::{jsonl, read_vector, tsv_cell, tsv_rows, vectors_dir};

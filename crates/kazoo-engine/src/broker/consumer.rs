@@ -9,6 +9,7 @@
 //! forever as in the C module. A channel-level error affects only its unit,
 //! which is retried with back-off on a new channel.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -580,9 +581,13 @@ impl Session {
                 }
             };
             log::debug!("{}: consuming the {}", self.ctx.name(), self.what(unit));
+            let queue = consumer.queue();
             let consuming_since = Instant::now();
             let reason = loop {
                 match next(&mut consumer).await {
+                    Some(Ok(delivery)) if unreadable(&delivery) => {
+                        self.refuse(unit, &queue, delivery)
+                    }
                     Some(Ok(delivery)) => self.forward(unit, delivery).await,
                     Some(Err(e)) => break error_text(&e),
                     None => break "the consumer was cancelled".to_string(),
@@ -599,6 +604,36 @@ impl Session {
                 self.ctx.name(),
                 self.what(unit)
             );
+        }
+    }
+
+    /// An [`unreadable`] delivery: rejected without requeue (dead-lettered
+    /// if the queue has a dead-letter exchange), or dropped when consumed
+    /// without acks; logged and counted, never handed to the script.
+    fn refuse(&self, unit: Unit, queue: &ShortString, delivery: lapin::message::Delivery) {
+        self.ctx.slot.rejected.fetch_add(1, Ordering::Relaxed);
+        let acked = match unit {
+            Unit::Reply { .. } => false,
+            Unit::Subscription { index } => {
+                self.subscriptions.get(index).is_some_and(|s| !s.no_ack)
+            }
+        };
+        log::error!(
+            "{}: {} a message from queue {} (exchange {}) on the {}: its routing key is not \
+             UTF-8 (received as {}); the script would see another key",
+            self.ctx.name(),
+            if acked {
+                "rejected (not requeued)"
+            } else {
+                "dropped"
+            },
+            safe(queue.as_str()),
+            safe(delivery.exchange.as_str()),
+            self.what(unit),
+            safe(delivery.routing_key.as_str()),
+        );
+        if acked {
+            Acker::new(delivery.acker, self.handle.clone(), self.ctx.id()).reject(false);
         }
     }
 
@@ -631,4 +666,25 @@ impl Session {
             }))
             .await;
     }
+}
+
+/// A delivery the module cannot hand to the script faithfully: its routing
+/// key (`$kzRK`) was not UTF-8. lapin's parser (amq-protocol-types, patched:
+/// see `patches/amq-protocol-types/PATCHED.md`) decodes such bytes to U+FFFD
+/// instead of dropping the connection, so U+FFFD is what is seen here; a
+/// publisher sending U+FFFD itself is refused alike (no Kazoo application
+/// does: it %-encodes routing keys). Invalid UTF-8 elsewhere (the exchange
+/// name, properties, header names) does not matter: the script sees only
+/// the routing key and the body, which is bytes.
+fn unreadable(delivery: &lapin::message::Delivery) -> bool {
+    delivery
+        .routing_key
+        .as_str()
+        .contains(char::REPLACEMENT_CHARACTER)
+}
+
+/// A name or key for a log line: quoted, control and non-ASCII characters
+/// escaped (U+FFFD shows as `\u{fffd}`).
+fn safe(text: &str) -> String {
+    format!("\"{}\"", text.escape_default())
 }

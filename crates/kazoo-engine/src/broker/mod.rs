@@ -30,6 +30,11 @@
 //!   auto_delete, which RabbitMQ 4 refuses for non-exclusive queues);
 //! - `heartbeat_secs = 0` does not disable heartbeats: lapin then uses the
 //!   broker's proposal (RabbitMQ: 60 s), so dead TCP peers are noticed.
+//! - a delivery whose routing key is not UTF-8 is rejected without requeue
+//!   (dropped, without acks), logged and counted ([`Brokers::rejected`]),
+//!   never forwarded; bad bytes elsewhere (properties, header names) and
+//!   deeply nested headers are read lossily by the patched
+//!   amq-protocol-types, so that no delivery closes the connection.
 //!
 //! Credentials never appear in log lines or error texts.
 
@@ -388,6 +393,8 @@ pub(crate) struct Slot {
     failed: Mutex<HashMap<consumer::Unit, bool>>,
     /// Subscriptions never declared again on this broker.
     quarantined: Mutex<HashSet<usize>>,
+    /// Deliveries rejected (or dropped, without acks) as unreadable.
+    pub(crate) rejected: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -412,6 +419,7 @@ impl Slot {
             link_generation: AtomicU64::new(0),
             failed: Mutex::new(HashMap::new()),
             quarantined: Mutex::new(HashSet::new()),
+            rejected: AtomicU64::new(0),
         }
     }
 
@@ -567,6 +575,18 @@ impl Brokers {
             .iter()
             .find(|s| s.broker.id == broker_id)
             .is_some_and(|s| s.link().is_some())
+    }
+
+    /// Deliveries the consuming connections rejected without requeue (or
+    /// dropped, from queues consumed without acks) because the module cannot
+    /// hand them to the script faithfully (see `consumer`), on every broker
+    /// since the start: for the `rejected` statistic.
+    pub fn rejected(&self) -> u64 {
+        self.inner
+            .slots
+            .iter()
+            .map(|s| s.rejected.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Publishes with publisher confirms (see the module documentation).

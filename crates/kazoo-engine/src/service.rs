@@ -117,6 +117,10 @@ pub struct Stats {
     /// Deliveries acknowledged to the broker; deliveries it redelivered.
     pub acked: u64,
     pub redelivered: u64,
+    /// Deliveries the module could not hand to the script faithfully (an
+    /// unreadable routing key): rejected without requeue (dead-lettered
+    /// where the queue has a dead-letter exchange) or dropped.
+    pub rejected: u64,
     /// Deliveries waiting for a consumer worker that is not connected.
     pub worker_queued: u64,
     pub brokers: Vec<BrokerStats>,
@@ -811,6 +815,11 @@ impl Shared {
             publish_failed_invalid: count(&c.publish_failed_invalid),
             acked: count(&c.acked),
             redelivered: count(&c.redelivered),
+            rejected: self
+                .brokers
+                .borrow()
+                .as_ref()
+                .map_or(0, |brokers| brokers.rejected()),
             worker_queued: lock(&self.workers)
                 .queued
                 .iter()
@@ -911,6 +920,7 @@ impl Shared {
                     ("requeued", Value::UInt(stats.requeued)),
                     ("acked", Value::UInt(stats.acked)),
                     ("redelivered", Value::UInt(stats.redelivered)),
+                    ("rejected", Value::UInt(stats.rejected)),
                 ]),
             ),
         ]);

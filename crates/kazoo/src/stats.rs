@@ -21,7 +21,7 @@ type Read = fn(&Stats) -> u64;
 /// A total: its name, its description and how to read it.
 type Total = (&'static CStr, &'static CStr, Read);
 
-const TOTALS: [Total; 18] = [
+const TOTALS: [Total; 19] = [
     (c"published", c"Publishes confirmed by the broker", |s| {
         s.published
     }),
@@ -96,6 +96,11 @@ const TOTALS: [Total; 18] = [
     (c"acked", c"Deliveries acknowledged to the broker", |s| {
         s.acked
     }),
+    (
+        c"rejected",
+        c"Deliveries rejected (dead-lettered) or dropped as unreadable (routing key)",
+        |s| s.rejected,
+    ),
     (
         c"redelivered",
         c"Deliveries the broker marked as redelivered",

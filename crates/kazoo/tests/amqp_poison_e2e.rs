@@ -77,7 +77,11 @@ request_route {{
 }}
 "##
     );
-    let (config, _node) = amqp_cfg(&system_broker_url(), "", &routes);
+    let (config, _node) = amqp_cfg(
+        &system_broker_url(),
+        "loadmodule \"ctl.so\"\nmodparam(\"ctl\", \"binrpc\", \"{{CTL}}\")",
+        &routes,
+    );
     let proxy = Proxy::start(&config);
     proxy.wait_connected(1, 1);
     let probe = AmqpProbe::connect(&system_broker_url()).expect("probe");
@@ -134,6 +138,9 @@ request_route {{
         .filter(|l| l.contains("its routing key is not UTF-8"))
         .collect::<Vec<_>>();
     assert_eq!(refused.len(), 4, "{log}");
+    let status: serde_json::Value =
+        serde_json::from_str(proxy.kamcmd(&["kazoo.status"]).trim()).unwrap();
+    assert_eq!(status["consumed"]["rejected"], 4, "{status}");
     assert!(refused
         .iter()
         .all(|l| l.contains("\"poison.\\u{fffd}") && l.contains("kzpoison")));

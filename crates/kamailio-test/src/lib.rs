@@ -55,7 +55,9 @@ pub use kamailio::{
 };
 pub use names::unique_name;
 pub use pki::TestPki;
-pub use rabbit::{system_broker_url, system_rabbitmqctl, RabbitNode};
+pub use rabbit::{
+    system_broker_url, system_queue_messages, system_rabbitmqctl, QueueMessages, RabbitNode,
+};
 pub use raw_amqp::{table, value_array, value_long_str, value_table, RawProperties, RawPublisher};
 pub use sip::{DigestCredentials, SipClient, SipReply, SipRequest};
 pub use vectors::{jsonl, read_vector, tsv_cell, tsv_rows, vectors_dir};

@@ -62,6 +62,37 @@ pub fn system_rabbitmqctl(args: &[&str]) -> Result<String, HarnessError> {
     run_checked(Command::new(ctl).args(args), CTL_TIMEOUT)
 }
 
+/// Messages a queue of the system node holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueMessages {
+    /// Waiting for a consumer.
+    pub ready: u64,
+    /// Delivered, not yet acknowledged.
+    pub unacked: u64,
+}
+
+/// What `queue` of the system node holds, per `rabbitmqctl list_queues`;
+/// `None` when there is no such queue.
+pub fn system_queue_messages(queue: &str) -> Result<Option<QueueMessages>, HarnessError> {
+    let out = system_rabbitmqctl(&[
+        "-q",
+        "list_queues",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ])?;
+    Ok(out.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split('\t').collect();
+        match fields[..] {
+            [name, ready, unacked] if name == queue => Some(QueueMessages {
+                ready: ready.parse().ok()?,
+                unacked: unacked.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }))
+}
+
 /// PEM files of a private node's TLS listener.
 #[derive(Debug)]
 struct TlsFiles<'a> {

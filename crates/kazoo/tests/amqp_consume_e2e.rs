@@ -10,7 +10,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{amqp_cfg, Proxy};
-use kamailio_test::{system_broker_url, system_rabbitmqctl, unique_name, AmqpProbe};
+use kamailio_test::{
+    system_broker_url, system_queue_messages, system_rabbitmqctl, unique_name, AmqpProbe,
+    QueueMessages,
+};
 
 /// The four subscriptions the vectors were captured with (names made
 /// unique), then one that acks after its route (queue kept when consumers
@@ -259,30 +262,21 @@ fn subscriptions_declare_what_they_say_and_connection_events_arrive() {
     );
 }
 
-fn unacked(queue: &str) -> u32 {
-    let out = system_rabbitmqctl(&[
-        "list_queues",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    ])
-    .unwrap();
-    out.lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f.first() == Some(&queue)).then(|| f[2].parse().unwrap())
+fn messages(queue: &str) -> QueueMessages {
+    system_queue_messages(queue)
+        .unwrap()
+        .unwrap_or(QueueMessages {
+            ready: 0,
+            unacked: 0,
         })
-        .unwrap_or(0)
 }
 
-fn ready(queue: &str) -> u32 {
-    let out = system_rabbitmqctl(&["list_queues", "name", "messages_ready"]).unwrap();
-    out.lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f.first() == Some(&queue)).then(|| f[1].parse().unwrap())
-        })
-        .unwrap_or(0)
+fn unacked(queue: &str) -> u64 {
+    messages(queue).unacked
+}
+
+fn ready(queue: &str) -> u64 {
+    messages(queue).ready
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{amqp_cfg, Proxy};
 use kamailio_test::{
-    system_broker_url, system_rabbitmqctl, table, unique_name, value_array, value_long_str,
+    system_broker_url, system_queue_messages, table, unique_name, value_array, value_long_str,
     AmqpProbe, RawProperties, RawPublisher,
 };
 
@@ -46,14 +46,10 @@ fn hostile() -> Vec<(Vec<u8>, RawProperties, bool)> {
     ]
 }
 
-/// `messages` (ready + unacked) of a queue, per `rabbitmqctl`.
-fn messages(queue: &str) -> String {
-    let out = system_rabbitmqctl(&["-q", "list_queues", "name", "messages"]).expect("rabbitmqctl");
-    out.lines()
-        .map(|l| l.split('\t').collect::<Vec<_>>())
-        .find(|r| r[0] == queue)
-        .map(|r| r[1].to_string())
-        .unwrap_or_else(|| "missing".into())
+/// Messages a queue holds, ready or unacked.
+fn messages(queue: &str) -> u64 {
+    let held = system_queue_messages(queue).expect("rabbitmqctl");
+    held.map_or(0, |m| m.ready + m.unacked)
 }
 
 #[test]
@@ -152,7 +148,7 @@ request_route {{
     assert_eq!(connected, 1, "{log}");
     // Nothing stays in the queue consumed with acks.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while messages(q2) != "0" {
+    while messages(q2) != 0 {
         assert!(Instant::now() < deadline, "{q2}: {} left", messages(q2));
         std::thread::sleep(Duration::from_millis(100));
     }

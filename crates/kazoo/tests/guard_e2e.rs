@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::{amqp_cfg, cfg, int, Proxy};
 use kamailio_test::{
-    system_broker_url, system_rabbitmqctl, unique_name, AmqpProbe, HarnessError, Kamailio,
+    system_broker_url, system_queue_messages, unique_name, AmqpProbe, HarnessError, Kamailio,
+    QueueMessages,
 };
 
 fn hooks_module() -> PathBuf {
@@ -103,23 +104,6 @@ fn a_worker_whose_child_init_fails_exits() {
     assert!(!log.contains("cannot fork kazoo worker"), "{log}");
 }
 
-/// `(messages ready, unacknowledged)` of `queue` on the system broker.
-fn queue_state(queue: &str) -> (u64, u64) {
-    let out = system_rabbitmqctl(&[
-        "list_queues",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    ])
-    .unwrap();
-    out.lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (f.first() == Some(&queue)).then(|| (f[1].parse().unwrap(), f[2].parse().unwrap()))
-        })
-        .unwrap_or_else(|| panic!("no queue {queue}: {out}"))
-}
-
 #[test]
 fn a_delivery_whose_worker_link_breaks_goes_back_to_the_broker() {
     let module = hooks_module();
@@ -173,12 +157,16 @@ request_route {{
         proxy.kamailio.log()
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while queue_state(&queue) != (0, 0) {
-        assert!(
-            Instant::now() < deadline,
-            "left on the broker: {:?}",
-            queue_state(&queue)
-        );
+    let empty = Some(QueueMessages {
+        ready: 0,
+        unacked: 0,
+    });
+    loop {
+        let held = system_queue_messages(&queue).unwrap();
+        if held == empty {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left on the broker: {held:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!proxy.kamailio.log().contains("LINK-ROUTE run=3"));

@@ -26,11 +26,9 @@ fn status(proxy: &Proxy) -> serde_json::Value {
 /// `want` (the AMQP process writes the statistics every 100 ms), else its
 /// last value.
 fn statistic(proxy: &Proxy, name: &str, want: i64) -> i64 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    loop {
+    eventually(want, || {
         let text = proxy.kamcmd(&["stats.get_statistics", "kazoo:"]);
-        let value = text
-            .lines()
+        text.lines()
             .find_map(|l| {
                 l.trim()
                     .trim_matches('"')
@@ -39,7 +37,16 @@ fn statistic(proxy: &Proxy, name: &str, want: i64) -> i64 {
             })
             .unwrap_or_else(|| panic!("no kazoo:{name} in {text}"))
             .parse()
-            .unwrap();
+            .unwrap()
+    })
+}
+
+/// What `read` gives once it equals `want`, or its last value after 3 s
+/// (the AMQP process writes the statistics every 100 ms).
+fn eventually(want: i64, read: impl Fn() -> i64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let value = read();
         if value == want || std::time::Instant::now() >= deadline {
             return value;
         }
@@ -139,21 +146,15 @@ fn http_get(port: u16, path: &str) -> String {
 
 /// The value of `metric` in a Prometheus scrape, once it equals `want`.
 fn scraped(port: u16, metric: &str, want: i64) -> i64 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    loop {
+    eventually(want, || {
         let body = http_get(port, "/metrics");
-        let value = body
-            .lines()
+        body.lines()
             .find_map(|l| l.strip_prefix(&format!("{metric} ")))
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("no {metric} in the scrape:\n{body}"))
             .parse()
-            .unwrap();
-        if value == want || std::time::Instant::now() >= deadline {
-            return value;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+            .unwrap()
+    })
 }
 
 #[test]

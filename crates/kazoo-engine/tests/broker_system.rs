@@ -883,3 +883,64 @@ async fn a_mandatory_publish_nobody_takes_comes_back_with_the_brokers_reason() {
     raw.delete(&[], &[&queue]).await;
     raw.close().await;
 }
+
+/// The broker closes the confirm channel over a publish to a missing
+/// exchange; the publishes that were in flight on it with it are innocent
+/// and are published again, however many such closes come in between.
+#[tokio::test]
+async fn publishes_next_to_ones_the_broker_refuses_still_succeed() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let exchange = unique_name("kztest-mix-x");
+    let queue = unique_name("kztest-mix-q");
+    raw.channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    raw.bound_queue(&queue, &exchange, "rk").await;
+    let mut opts = options(&unique_name("kztest"));
+    opts.consumer_connections = 0;
+    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![], opts);
+    wait_connected(&mut events, &[(1, Role::Publisher)], WAIT).await;
+    let brokers = std::sync::Arc::new(brokers);
+    let missing = unique_name("kztest-mix-missing");
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..60u32 {
+        let (brokers, exchange, missing) = (brokers.clone(), exchange.clone(), missing.clone());
+        tasks.spawn(async move {
+            let bad = n % 6 == 5;
+            let target = if bad { &missing } else { &exchange };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let result = brokers
+                .publish(None, target, "rk", &[], body, deadline)
+                .await;
+            (bad, result)
+        });
+    }
+    let (mut good, mut refused) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            (false, Ok(_)) => good += 1,
+            (false, Err(e)) => panic!("an innocent publish failed: {e}"),
+            (true, Err(PublishError::Closed(reason))) => {
+                assert!(reason.contains("404"), "{reason}");
+                refused += 1;
+            }
+            (true, other) => panic!("a publish to a missing exchange: {other:?}"),
+        }
+    }
+    assert_eq!((good, refused), (50, 10));
+    raw.channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    raw.channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
+}

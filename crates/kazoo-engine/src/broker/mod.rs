@@ -712,6 +712,17 @@ impl Brokers {
                         state.done = true;
                         last_error = PublishError::Nacked { broker_id };
                     }
+                    Attempt::Refused(reason) if refused_for_another(&reason, exchange.as_str()) => {
+                        // Another publish made the broker close the shared
+                        // confirm channel: this one goes again once it reopens.
+                        log::debug!(
+                            "broker {broker_id}: publish to {exchange}/{routing_key} caught in \
+                             another publish's channel error ({reason}); publishing it again"
+                        );
+                        state.failed_generation = Some(link.generation);
+                        slot.reopen.notify_one();
+                        last_error = PublishError::Closed(reason);
+                    }
                     Attempt::Refused(reason) => {
                         log::warn!(
                             "broker {broker_id}: publish to {exchange}/{routing_key} refused: {reason}"
@@ -821,6 +832,21 @@ async fn publish_once(
             Attempt::Lost("the channel is not in confirm mode".into())
         }
         Err(e) => failed(&e),
+    }
+}
+
+/// Whether the broker's reason for closing the channel names an exchange
+/// other than `exchange` (`NOT_FOUND - no exchange 'x' in vhost '/'`,
+/// `ACCESS_REFUSED - access to exchange 'x' ...`): the publish that caused it
+/// was another one in flight on the same channel.
+fn refused_for_another(reason: &str, exchange: &str) -> bool {
+    let Some(at) = reason.find("exchange '") else {
+        return false;
+    };
+    let named = &reason[at + "exchange '".len()..];
+    match named.find('\'') {
+        Some(end) => &named[..end] != exchange,
+        None => false,
     }
 }
 

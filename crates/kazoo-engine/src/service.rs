@@ -545,7 +545,14 @@ impl Shared {
         }
     }
 
-    async fn publish(&self, outgoing: &Outgoing, deadline: Instant) -> Result<(), Unpublished> {
+    /// Publishes `outgoing`; a query (`needs_replies`) goes only to a broker
+    /// whose reply queues are consumed.
+    async fn publish(
+        &self,
+        outgoing: &Outgoing,
+        needs_replies: bool,
+        deadline: Instant,
+    ) -> Result<(), Unpublished> {
         let brokers = self
             .brokers(deadline)
             .await
@@ -559,6 +566,7 @@ impl Shared {
         let how = PublishProperties {
             headers: &outgoing.headers,
             mandatory: outgoing.mandatory,
+            needs_replies,
         };
         brokers
             .publish_with(
@@ -581,7 +589,7 @@ impl Shared {
         outgoing: &Outgoing,
         deadline: Instant,
     ) -> Result<(), Unpublished> {
-        let result = self.publish(outgoing, deadline).await;
+        let result = self.publish(outgoing, false, deadline).await;
         if let Err(Unpublished::Broker(PublishError::Returned {
             broker_id,
             reply_code,
@@ -607,7 +615,9 @@ impl Shared {
                 bump(match &failure {
                     Unpublished::NotStarted(_)
                     | Unpublished::Broker(
-                        PublishError::NoBrokerConnected | PublishError::UnknownBroker(_),
+                        PublishError::NoBrokerConnected
+                        | PublishError::NoReplyConsumer
+                        | PublishError::UnknownBroker(_),
                     ) => &c.publish_failed_no_broker,
                     Unpublished::Broker(PublishError::Nacked { .. } | PublishError::Closed(_)) => {
                         &c.publish_failed_refused
@@ -638,7 +648,7 @@ impl Shared {
         }
         // A query the broker returned fails at once (its caller is told; no
         // event route runs for it).
-        if let Err(failure) = self.publish(&outgoing, deadline).await {
+        if let Err(failure) = self.publish(&outgoing, true, deadline).await {
             lock(&self.pending).remove(&outgoing.msg_id);
             bump(&self.counters.query_failed);
             return Outcome::Failed(failure.to_string());

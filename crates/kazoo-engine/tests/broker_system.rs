@@ -841,6 +841,7 @@ async fn a_mandatory_publish_nobody_takes_comes_back_with_the_brokers_reason() {
     let mandatory = PublishProperties {
         headers: &[],
         mandatory: true,
+        needs_replies: false,
     };
     let deadline = || Instant::now() + Duration::from_secs(5);
     let nowhere = unique_name("kztest-nowhere");
@@ -935,6 +936,74 @@ async fn publishes_next_to_ones_the_broker_refuses_still_succeed() {
         }
     }
     assert_eq!((good, refused), (50, 10));
+    raw.channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    raw.channel
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await
+        .unwrap();
+}
+
+/// A query goes only to a broker whose reply queues are consumed: with no
+/// consuming connection up it fails at once instead of waiting for a reply
+/// that cannot come back; once one is up, it is published.
+#[tokio::test]
+async fn a_query_needs_a_broker_that_consumes_its_replies() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let exchange = unique_name("kztest-q-x");
+    let queue = unique_name("kztest-q-q");
+    raw.channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    raw.bound_queue(&queue, &exchange, "rk").await;
+    let query = PublishProperties {
+        headers: &[],
+        mandatory: false,
+        needs_replies: true,
+    };
+    let deadline = || Instant::now() + Duration::from_secs(5);
+
+    let mut opts = options(&unique_name("kztest"));
+    opts.consumer_connections = 0;
+    let (publisher_only, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![], opts);
+    wait_connected(&mut events, &[(1, Role::Publisher)], WAIT).await;
+    let started = Instant::now();
+    let refused = publisher_only
+        .publish_with(None, &exchange, "rk", query, body, deadline())
+        .await;
+    assert_eq!(refused, Err(PublishError::NoReplyConsumer));
+    assert!(started.elapsed() < Duration::from_millis(100));
+    // A plain publish still goes.
+    publisher_only
+        .publish(None, &exchange, "rk", &[], body, deadline())
+        .await
+        .expect("a publish needs no reply queue");
+    publisher_only.close().await;
+
+    let (both, mut events) = Brokers::start(
+        vec![broker(&url, 1, "local")],
+        vec![],
+        options(&unique_name("kztest")),
+    );
+    wait_connected(
+        &mut events,
+        &[(1, Role::Publisher), (1, Role::Consumer(0))],
+        WAIT,
+    )
+    .await;
+    both.publish_with(None, &exchange, "rk", query, body, deadline())
+        .await
+        .expect("published once the reply queues are consumed");
+    both.close().await;
     raw.channel
         .queue_delete(queue.as_str().into(), Default::default())
         .await

@@ -2,6 +2,7 @@
 //! the reporting shared by the publisher and consumer tasks.
 
 use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +61,9 @@ impl ConnCtx {
 
     pub(crate) async fn report_up(&self, reported: &mut Reported) {
         log::info!("{}: connected", self.name());
+        if matches!(self.role, Role::Consumer(_)) && *reported != Reported::Up {
+            self.slot.consumers_up.fetch_add(1, Ordering::Relaxed);
+        }
         *reported = Reported::Up;
         self.send(Event::Connected {
             broker_id: self.id(),
@@ -78,6 +82,9 @@ impl ConnCtx {
             Reported::Down => log::debug!("{}: still not connected: {reason}", self.name()),
             Reported::Up => log::info!("{}: disconnected: {reason}", self.name()),
             Reported::Nothing => log::warn!("{}: cannot connect: {reason}", self.name()),
+        }
+        if matches!(self.role, Role::Consumer(_)) && *reported == Reported::Up {
+            self.slot.consumers_up.fetch_sub(1, Ordering::Relaxed);
         }
         *reported = Reported::Down;
         self.send(Event::Disconnected {

@@ -300,6 +300,9 @@ pub struct PublishProperties<'a> {
     pub headers: &'a [(Vec<u8>, Vec<u8>)],
     /// `basic.publish` `mandatory`: the broker returns a message no queue takes.
     pub mandatory: bool,
+    /// A query: only a broker whose reply queues are being consumed can
+    /// bring its answer back, so only such brokers are candidates.
+    pub needs_replies: bool,
 }
 
 /// Why a publish was not confirmed.
@@ -307,6 +310,9 @@ pub struct PublishProperties<'a> {
 pub enum PublishError {
     /// No candidate broker's publisher was connected when the publish started.
     NoBrokerConnected,
+    /// A query, and no candidate broker has a consuming connection up to
+    /// bring the reply back (it would only wait for its timeout).
+    NoReplyConsumer,
     /// The broker answered with a negative confirm (every candidate that was tried).
     Nacked { broker_id: u32 },
     /// The deadline passed before any broker confirmed.
@@ -333,6 +339,9 @@ impl fmt::Display for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PublishError::NoBrokerConnected => f.write_str("no broker connected"),
+            PublishError::NoReplyConsumer => {
+                f.write_str("no broker consumes its reply queues (consuming connections down)")
+            }
             PublishError::Nacked { broker_id } => {
                 write!(f, "broker {broker_id} refused the message (nack)")
             }
@@ -395,6 +404,9 @@ pub(crate) struct Slot {
     quarantined: Mutex<HashSet<usize>>,
     /// Deliveries rejected (or dropped, without acks) as unreadable.
     pub(crate) rejected: AtomicU64,
+    /// Consuming connections up: they consume the reply queues (primary
+    /// brokers), so a query can be answered only while this is not 0.
+    pub(crate) consumers_up: AtomicU32,
 }
 
 #[derive(Clone)]
@@ -420,6 +432,7 @@ impl Slot {
             failed: Mutex::new(HashMap::new()),
             quarantined: Mutex::new(HashSet::new()),
             rejected: AtomicU64::new(0),
+            consumers_up: AtomicU32::new(0),
         }
     }
 
@@ -611,6 +624,7 @@ impl Brokers {
         let how = PublishProperties {
             headers,
             mandatory: false,
+            needs_replies: false,
         };
         self.publish_with(target, exchange, routing_key, how, body_for, deadline)
             .await
@@ -644,6 +658,18 @@ impl Brokers {
                 Some(i) => vec![i],
                 None => return Err(PublishError::UnknownBroker(id)),
             },
+        };
+        let candidates: Vec<usize> = if how.needs_replies {
+            let answering: Vec<usize> = candidates
+                .into_iter()
+                .filter(|&i| self.inner.slots[i].consumers_up.load(Ordering::Relaxed) > 0)
+                .collect();
+            if answering.is_empty() {
+                return Err(PublishError::NoReplyConsumer);
+            }
+            answering
+        } else {
+            candidates
         };
         let mut epoch = self.inner.epoch.subscribe();
         if !candidates

@@ -622,7 +622,9 @@ impl Shared {
                     Unpublished::Broker(PublishError::Nacked { .. } | PublishError::Closed(_)) => {
                         &c.publish_failed_refused
                     }
-                    Unpublished::Broker(PublishError::Timeout) => &c.publish_failed_timeout,
+                    Unpublished::Broker(
+                        PublishError::Timeout | PublishError::Unavailable { .. },
+                    ) => &c.publish_failed_timeout,
                     Unpublished::Broker(PublishError::Returned { .. }) => {
                         &c.publish_failed_returned
                     }

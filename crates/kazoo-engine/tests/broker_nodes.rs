@@ -421,3 +421,65 @@ async fn tls_verification_switches() {
     assert!(reason.contains("missing.pem"), "{reason}");
     drop(node);
 }
+
+/// While the broker blocks publishers (a memory alarm), publishes fail at
+/// once instead of each waiting for its deadline; once the alarm clears they
+/// go through again.
+#[tokio::test]
+async fn a_broker_that_blocks_publishers_fails_them_at_once() {
+    let node = blocking(RabbitNode::start).await.expect("private node");
+    let url = node.url();
+    let mut opts = options(&unique_name("kztest"));
+    opts.consumer_connections = 0;
+    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![], opts);
+    wait_connected(
+        &mut events,
+        &[(1, Role::Publisher)],
+        Duration::from_secs(20),
+    )
+    .await;
+    publish_nowhere(&brokers)
+        .await
+        .expect("published before the alarm");
+
+    node.rabbitmqctl(&["set_vm_memory_high_watermark", "0.000001"])
+        .expect("rabbitmqctl");
+    // The first publish may be the one that finds out (it waits for its
+    // deadline); from then on each fails at once.
+    let _ = publish_nowhere(&brokers).await;
+    for n in 0..20 {
+        let started = Instant::now();
+        let result = publish_nowhere(&brokers).await;
+        assert!(
+            matches!(result, Err(PublishError::Unavailable { broker_id: 1, .. })),
+            "publish {n} during the alarm: {result:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "publish {n} waited {:?}",
+            started.elapsed()
+        );
+    }
+    node.rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"])
+        .expect("rabbitmqctl");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while publish_nowhere(&brokers).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "publishes never went through again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    brokers.close().await;
+}
+
+/// A publish to `amq.direct` that no queue takes (the broker confirms it).
+async fn publish_nowhere(
+    brokers: &Brokers,
+) -> Result<kazoo_engine::broker::Published, PublishError> {
+    let body = |_, _| b"{}".to_vec();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    brokers
+        .publish(None, "amq.direct", "nowhere", &[], body, deadline)
+        .await
+}

@@ -46,7 +46,7 @@ mod tls;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -313,6 +313,9 @@ pub enum PublishError {
     /// A query, and no candidate broker has a consuming connection up to
     /// bring the reply back (it would only wait for its timeout).
     NoReplyConsumer,
+    /// The only brokers that could take it block publishers or stopped
+    /// confirming (see [`Slot`]'s probe): failed at once instead of waiting.
+    Unavailable { broker_id: u32, reason: String },
     /// The broker answered with a negative confirm (every candidate that was tried).
     Nacked { broker_id: u32 },
     /// The deadline passed before any broker confirmed.
@@ -339,6 +342,9 @@ impl fmt::Display for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PublishError::NoBrokerConnected => f.write_str("no broker connected"),
+            PublishError::Unavailable { broker_id, reason } => {
+                write!(f, "broker {broker_id} cannot take publishes now: {reason}")
+            }
             PublishError::NoReplyConsumer => {
                 f.write_str("no broker consumes its reply queues (consuming connections down)")
             }
@@ -407,6 +413,10 @@ pub(crate) struct Slot {
     /// Consuming connections up: they consume the reply queues (primary
     /// brokers), so a query can be answered only while this is not 0.
     pub(crate) consumers_up: AtomicU32,
+    /// A publish timed out here and the broker has confirmed nothing since:
+    /// publishes skip it (and fail at once when no other broker can take
+    /// them) until the publisher's probe, or any publish, is confirmed.
+    pub(crate) unresponsive: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -433,6 +443,39 @@ impl Slot {
             quarantined: Mutex::new(HashSet::new()),
             rejected: AtomicU64::new(0),
             consumers_up: AtomicU32::new(0),
+            unresponsive: AtomicBool::new(false),
+        }
+    }
+
+    /// Why publishes should not wait on this broker now: it blocks
+    /// publishers (memory or disk alarm), or it stopped confirming.
+    fn unavailable(&self, link: &PubLink) -> Option<&'static str> {
+        if link.connection.blocked() {
+            Some("the broker blocks publishers (memory or disk alarm)")
+        } else if self.unresponsive.load(Ordering::Relaxed) {
+            Some("the broker stopped confirming publishes")
+        } else {
+            None
+        }
+    }
+
+    /// A publish timed out here: mark the broker (logged once per change)
+    /// and have the publisher probe it.
+    fn mark_unresponsive(&self) {
+        if !self.unresponsive.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "broker {}: a publish was not confirmed in time; publishes skip this broker \
+                 (failing at once when no other can take them) until it answers again",
+                self.broker.id
+            );
+            self.reopen.notify_one();
+        }
+    }
+
+    /// The broker confirmed a publish (or the probe).
+    pub(crate) fn mark_answering(&self) {
+        if self.unresponsive.swap(false, Ordering::Relaxed) {
+            log::info!("broker {}: confirms publishes again", self.broker.id);
         }
     }
 
@@ -685,15 +728,12 @@ impl Brokers {
         let mut last_error = PublishError::NoBrokerConnected;
         loop {
             epoch.borrow_and_update();
-            // A broker blocking publishers (memory or disk alarm) is tried
-            // last: a publish there waits for the alarm to clear.
-            let mut order: Vec<usize> = (0..candidates.len()).collect();
-            order.sort_by_key(|&n| {
-                self.inner.slots[candidates[n]]
-                    .link()
-                    .is_some_and(|link| link.connection.blocked())
-            });
-            for n in order {
+            // A broker that blocks publishers (memory or disk alarm) or
+            // stopped confirming is skipped: waiting there would hold the
+            // caller (a SIP worker) for the whole timeout. When it is all
+            // there is, the publish fails at once.
+            let mut unavailable = None;
+            for n in 0..candidates.len() {
                 let i = candidates[n];
                 let slot = &self.inner.slots[i];
                 let state = &mut states[n];
@@ -706,6 +746,10 @@ impl Brokers {
                 if state.failed_generation == Some(link.generation) {
                     continue;
                 }
+                if let Some(why) = slot.unavailable(&link) {
+                    unavailable = Some((slot.broker.id, why));
+                    continue;
+                }
                 let broker_id = slot.broker.id;
                 let idx =
                     slot.next_idx.fetch_add(1, Ordering::Relaxed) % self.inner.reply_queues.max(1);
@@ -715,9 +759,15 @@ impl Brokers {
                     publish_once(&link, &exchange, &routing_key, &body, &properties, options),
                 )
                 .await
-                .map_err(|_| PublishError::Timeout)?;
+                .map_err(|_| {
+                    slot.mark_unresponsive();
+                    PublishError::Timeout
+                })?;
                 match attempt {
-                    Attempt::Confirmed => return Ok(Published { broker_id, idx }),
+                    Attempt::Confirmed => {
+                        slot.mark_answering();
+                        return Ok(Published { broker_id, idx });
+                    }
                     Attempt::Returned(returned) => {
                         log::warn!(
                             "broker {broker_id}: publish to {exchange}/{routing_key} returned: {} {}",
@@ -773,11 +823,18 @@ impl Brokers {
                 return Err(last_error);
             }
             let can_try_now = candidates.iter().zip(&states).any(|(&i, s)| {
+                let slot = &self.inner.slots[i];
                 !s.done
-                    && self.inner.slots[i]
-                        .link()
-                        .is_some_and(|l| s.failed_generation != Some(l.generation))
+                    && slot.link().is_some_and(|l| {
+                        s.failed_generation != Some(l.generation) && slot.unavailable(&l).is_none()
+                    })
             });
+            if let (false, Some((broker_id, why))) = (can_try_now, unavailable) {
+                return Err(PublishError::Unavailable {
+                    broker_id,
+                    reason: why.to_string(),
+                });
+            }
             if !can_try_now {
                 match tokio::time::timeout_at(deadline, epoch.changed()).await {
                     Err(_) => return Err(PublishError::Timeout),

@@ -2,11 +2,12 @@
 //! [`super::Brokers::publish`], reopened when the broker closes it, and the
 //! connection reopened when it drops.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Connection};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::watch;
 
 use super::connect::{connection_loop, error_text, next, ConnCtx, Reported, Serve, WATCH_INTERVAL};
@@ -14,6 +15,9 @@ use super::{lock, Inner, PubLink};
 
 /// Opening the confirm channel may take this long.
 const CHANNEL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a probe of a broker that stopped confirming waits.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(ctx: Arc<ConnCtx>, inner: Arc<Inner>, shutdown: watch::Receiver<()>) {
     let mut publishing = Publishing {
@@ -76,6 +80,30 @@ async fn open_channel(connection: &Connection) -> Result<Channel, String> {
     }
 }
 
+/// Whether the broker confirms a message on `channel` within
+/// [`PROBE_TIMEOUT`]: an empty message to the default exchange with a
+/// routing key no queue has, which the broker confirms and drops. It finds
+/// out that a broker that stopped confirming answers again, so that no SIP
+/// request has to.
+async fn probe(channel: &Channel) -> bool {
+    let attempt = async {
+        channel
+            .basic_publish(
+                "".into(),
+                "kazoo.probe".into(),
+                BasicPublishOptions::default(),
+                b"",
+                BasicProperties::default(),
+            )
+            .await?
+            .await
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
+        Ok(Ok(Confirmation::Ack(_)))
+    )
+}
+
 /// Serves one connection; returns why it ended, or None on shutdown.
 async fn session(
     ctx: &ConnCtx,
@@ -114,6 +142,10 @@ async fn session(
         }
         if !connection.status().connected() {
             return Some("connection closed by the broker".into());
+        }
+        if ctx.slot.unresponsive.load(Ordering::Relaxed) && probe(&channel).await {
+            ctx.slot.mark_answering();
+            inner.epoch.send_modify(|epoch| *epoch += 1);
         }
         if !channel.status().connected() {
             log::warn!(

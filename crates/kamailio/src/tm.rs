@@ -34,17 +34,30 @@ static TM: OnceLock<Tm> = OnceLock::new();
 const TM_BINDS_BUFFER: usize = 1024;
 const _: () = assert!(sys::TM_BINDS_SIZE <= TM_BINDS_BUFFER);
 
-/// The `struct tm_binds` members used, with the names tm.so exports them by.
-const MEMBERS: [(usize, &CStr); 5] = [
-    (sys::TM_T_GETT, c"get_t"),
-    (sys::TM_T_NEWTRAN, c"t_newtran"),
-    (sys::TM_T_SUSPEND, c"t_suspend"),
-    (sys::TM_T_CONTINUE, c"t_continue"),
-    (sys::TM_T_CANCEL_SUSPEND, c"t_cancel_suspend"),
+/// Where `load_tm` takes a `struct tm_binds` member from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// The C function tm.so exports under this name.
+    Symbol(&'static CStr),
+    /// The script function of this name without parameters (`find_export`).
+    ScriptFunction(&'static CStr),
+}
+
+/// The `struct tm_binds` members used and where `load_tm` takes them from.
+const MEMBERS: [(usize, Source); 5] = [
+    (sys::TM_T_GETT, Source::Symbol(c"get_t")),
+    (sys::TM_T_NEWTRAN, Source::ScriptFunction(c"t_newtran")),
+    (sys::TM_T_SUSPEND, Source::Symbol(c"t_suspend")),
+    (sys::TM_T_CONTINUE, Source::Symbol(c"t_continue")),
+    (
+        sys::TM_T_CANCEL_SUSPEND,
+        Source::Symbol(c"t_cancel_suspend"),
+    ),
 ];
 
-/// Checks that each member read at its offset is the function tm.so exports
-/// under its name (tm.so is found from the address of its `load_tm`).
+/// Checks that each member read at its offset is the function `load_tm`
+/// stores there: the one tm.so exports under its name (tm.so is found from
+/// the address of its `load_tm`), or the script function it looks up.
 fn check_members(load_tm: *const c_void, at: impl Fn(usize) -> usize) -> Result<(), String> {
     // SAFETY: `Dl_info` is plain pointers: all-zero is valid.
     let mut info: sys::Dl_info = unsafe { std::mem::zeroed() };
@@ -59,9 +72,16 @@ fn check_members(load_tm: *const c_void, at: impl Fn(usize) -> usize) -> Result<
     if handle.is_null() {
         return Err(format!("cannot open {}", path.to_string_lossy()));
     }
-    let result = MEMBERS.iter().try_for_each(|&(offset, name)| {
-        // SAFETY: a symbol lookup in the handle just opened.
-        let exported = unsafe { sys::dlsym(handle, name.as_ptr()) } as usize;
+    let result = MEMBERS.iter().try_for_each(|&(offset, source)| {
+        let (exported, name) = match source {
+            // SAFETY: a symbol lookup in the handle just opened.
+            Source::Symbol(name) => (unsafe { sys::dlsym(handle, name.as_ptr()) } as usize, name),
+            Source::ScriptFunction(name) => {
+                // SAFETY: a plain lookup in the core's export tables with a static name.
+                let found = unsafe { sys::find_export(name.as_ptr() as *mut _, 0, 0) };
+                (found as usize, name)
+            }
+        };
         if exported != 0 && exported == at(offset) {
             Ok(())
         } else {

@@ -12,6 +12,11 @@
 //! - `KAMAILIO_MODULE_FLAGS`, the `flags:` line of `kamailio -v`
 //! - `KAMAILIO_BIN`, the binary to ask (default: `kamailio` on `PATH`, then
 //!   `/usr/sbin/kamailio`)
+//!
+//! The release in the version string selects the layouts: the series listed
+//! in [`SUPPORTED`] are accepted (their layouts were measured), anything else
+//! is refused at build time. 5.7 and later set the `kamailio_5_7` cfg, the
+//! only version cfg of the workspace (used inside this crate alone).
 use std::env;
 use std::process::Command;
 
@@ -31,7 +36,11 @@ fn main() {
         (Ok(version), Ok(flags)) => (version, flags),
         _ => from_binary(),
     };
-    check_release(&version);
+    println!("cargo::rustc-check-cfg=cfg(kamailio_5_7)");
+    let (major, minor) = check_release(&version);
+    if (major, minor) >= (5, 7) {
+        println!("cargo::rustc-cfg=kamailio_5_7");
+    }
     println!("cargo:rustc-env=KAMAILIO_MODULE_VERSION={version}");
     println!("cargo:rustc-env=KAMAILIO_MODULE_FLAGS={flags}");
 }
@@ -67,21 +76,34 @@ fn from_binary() -> (String, String) {
     }
     panic!(
         "no Kamailio found (tried {candidates:?}). The kazoo module must be built for the exact \
-         Kamailio it will be loaded into: install Kamailio 5.6 (Debian package `kamailio`), point \
+         Kamailio it will be loaded into: install Kamailio (5.6, 5.7, 5.8 or 6.0; Debian package `kamailio`), point \
          KAMAILIO_BIN at its binary, or set KAMAILIO_MODULE_VERSION and KAMAILIO_MODULE_FLAGS \
          to the `version:` (up to the first `)`) and `flags:` lines of its `kamailio -v`"
     );
 }
 
-/// The hand-written layouts in this crate were measured for 5.6 only
-/// (`pv_value_t` and `tm_binds` change in 5.7): refuse anything else at build
-/// time instead of crashing at run time.
-fn check_release(version: &str) {
+/// Kamailio series whose layouts were measured (a C probe over each
+/// release's headers): 5.6 is one ABI family, 5.7 to 6.0 the other.
+const SUPPORTED: [(u32, u32); 4] = [(5, 6), (5, 7), (5, 8), (6, 0)];
+
+/// The `major.minor` of `kamailio X.Y.Z (arch/os)`, refused unless it is a
+/// series in [`SUPPORTED`] (a crash at run time is worse than a build error).
+fn check_release(version: &str) -> (u32, u32) {
     let release = version.split_whitespace().nth(1).unwrap_or("");
-    if !release.starts_with("5.6.") {
+    let mut parts = release.split('.').map(|p| p.parse::<u32>());
+    let series = match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor),
+        _ => panic!(
+            "cannot read the Kamailio release from `{version}` (expected `kamailio X.Y.Z (arch/os)`)"
+        ),
+    };
+    if !SUPPORTED.contains(&series) {
+        let list: Vec<String> = SUPPORTED.iter().map(|(a, b)| format!("{a}.{b}")).collect();
         panic!(
-            "Kamailio `{version}` is not supported by these bindings: the struct layouts are \
-             those of Kamailio 5.6.x"
+            "Kamailio `{version}` is not supported by these bindings: their struct layouts were \
+             verified for the series {} only",
+            list.join(", ")
         );
     }
+    series
 }

@@ -1,10 +1,16 @@
-//! Raw FFI for the Kamailio 5.6 core, written by hand: `#[repr(C)]` layouts,
-//! the core's exported functions and data, and the version strings of the
-//! Kamailio this crate was built against. No logic lives here.
+//! Raw FFI for the Kamailio 5.6, 5.7, 5.8 and 6.0 cores, written by hand:
+//! `#[repr(C)]` layouts, the core's exported functions and data, and the
+//! version strings of the Kamailio this crate was built against. No logic
+//! lives here.
 //!
-//! Every layout was measured for x86_64 Kamailio 5.6.3 (a C probe over the
-//! core headers) and is pinned by the `const` size/offset assertions at the
-//! end of the file. Types that Rust code only passes back to the core
+//! Every layout was measured for x86_64 Kamailio 5.6.3 … 6.0.7 (a C probe
+//! over each release's core headers) and is pinned by the `const` size/offset
+//! assertions at the end of the file. Across those releases only two things
+//! the module uses change, both at 5.7: `pv_value_t.ri` widens from `int` to
+//! `long` ([`pv_int_t`]) and `struct tm_binds` gains two members before
+//! `t_suspend` (the `TM_T_*` offsets). The build script sets the
+//! `kamailio_5_7` cfg for 5.7 and later; crates above this one see only
+//! version-neutral names. Types that Rust code only passes back to the core
 //! (`sip_msg`, `fparam_t`, `action`, ...) are opaque.
 #![allow(non_camel_case_types)]
 
@@ -145,12 +151,35 @@ pub const PROC_INIT: c_int = -127;
 pub const PROC_NOCHLDINIT: c_int = -128;
 pub const PROC_XWORKER: c_int = 127;
 
-/// `pv_value_t` of Kamailio 5.6 (24 bytes; 5.7 widened `ri` to `long`).
+/// The integer of `pv_value_t`: `int` up to 5.6, `long` from 5.7.
+#[cfg(not(kamailio_5_7))]
+pub type pv_int_t = c_int;
+/// The integer of `pv_value_t`: `int` up to 5.6, `long` from 5.7.
+#[cfg(kamailio_5_7)]
+pub type pv_int_t = std::ffi::c_long;
+
+/// An `i32` as the integer of `pv_value_t` (lossless in every series).
+pub const fn pv_int_from_i32(n: i32) -> pv_int_t {
+    n as pv_int_t
+}
+
+/// The integer of `pv_value_t` as an `i64` (lossless in every series).
+#[cfg(not(kamailio_5_7))]
+pub const fn pv_int_to_i64(n: pv_int_t) -> i64 {
+    n as i64
+}
+/// The integer of `pv_value_t` as an `i64` (lossless in every series).
+#[cfg(kamailio_5_7)]
+pub const fn pv_int_to_i64(n: pv_int_t) -> i64 {
+    n
+}
+
+/// `pv_value_t` (24 bytes in 5.6; 32 from 5.7, where `ri` is a `long`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct pv_value_t {
     pub rs: str_,
-    pub ri: c_int,
+    pub ri: pv_int_t,
     pub flags: c_int,
 }
 
@@ -389,21 +418,36 @@ pub type t_continue_f = unsafe extern "C" fn(c_uint, c_uint, *mut action) -> c_i
 pub type t_continue_cb_f = unsafe extern "C" fn(c_uint, c_uint, *mut str_, *mut str_) -> c_int;
 pub type t_cancel_suspend_f = unsafe extern "C" fn(c_uint, c_uint) -> c_int;
 
-/// Offsets in `struct tm_binds` of Kamailio 5.6 (every member is a pointer;
-/// 5.7 inserts two members after `t_gett`, moving the later ones).
-pub const TM_BINDS_SIZE: usize = 560;
+/// Offsets in `struct tm_binds` (every member is a pointer). 5.7 inserts
+/// `t_find` and `t_unset` after `t_gett`, moving the later members by 16.
 pub const TM_T_NEWTRAN: usize = 40;
 pub const TM_T_GETT: usize = 208;
-pub const TM_T_SUSPEND: usize = 352;
-pub const TM_T_CONTINUE: usize = 360;
-pub const TM_T_CONTINUE_CB: usize = 376;
-pub const TM_T_CANCEL_SUSPEND: usize = 384;
+#[cfg(not(kamailio_5_7))]
+mod tm_offsets {
+    /// `sizeof(struct tm_binds)`: 560 in 5.6.
+    pub const TM_BINDS_SIZE: usize = 560;
+    pub const TM_T_SUSPEND: usize = 352;
+    pub const TM_T_CONTINUE: usize = 360;
+    pub const TM_T_CONTINUE_CB: usize = 376;
+    pub const TM_T_CANCEL_SUSPEND: usize = 384;
+}
+#[cfg(kamailio_5_7)]
+mod tm_offsets {
+    /// `sizeof(struct tm_binds)`: the largest of the series (576 in 5.7,
+    /// 584 in 5.8.0 to 5.8.4, 600 from 5.8.5 and in 6.0): it grows at its end.
+    pub const TM_BINDS_SIZE: usize = 600;
+    pub const TM_T_SUSPEND: usize = 368;
+    pub const TM_T_CONTINUE: usize = 376;
+    pub const TM_T_CONTINUE_CB: usize = 392;
+    pub const TM_T_CANCEL_SUSPEND: usize = 400;
+}
+pub use tm_offsets::*;
 
 /// `rpc_t` (96 bytes): the RPC transport's reply API. Most members are
 /// C-variadic; only those the module calls are typed.
 #[repr(C)]
 pub struct rpc_t {
-    pub fault: Option<unsafe extern "C" fn(*mut c_void, c_int, *const c_char, ...) -> c_int>,
+    pub fault: Option<unsafe extern "C" fn(*mut c_void, c_int, *const c_char, ...)>,
     pub send: *const c_void,
     pub add: Option<unsafe extern "C" fn(*mut c_void, *const c_char, ...) -> c_int>,
     pub scan: *const c_void,
@@ -526,13 +570,26 @@ pub struct db_func_t {
 /// `DB_CAP_ALL`: query, insert, delete and update (what the C module requires).
 pub const DB_CAP_ALL: c_uint = 1 | 4 | 8 | 16;
 
-/// `int db_bind_mod(const str *url, db_func_t *dbf)` in libsrdb1, which is
-/// not linked in: it is looked up with `dlsym` in the copy the DB modules
-/// already loaded.
+/// `int db_bind_mod(const str *url, db_func_t *dbf)`, which is not linked
+/// in: it is looked up with `dlsym`, first in the running process (from 6.0
+/// the core binary holds the DB API), then in the libsrdb1 the DB modules
+/// loaded (up to 5.8).
 pub type db_bind_mod_f = unsafe extern "C" fn(*const str_, *mut db_func_t) -> c_int;
 
-/// `dlopen` flag.
+/// `dlopen` flags.
 pub const RTLD_NOW: c_int = 2;
+pub const RTLD_NOLOAD: c_int = 4;
+/// glibc's pseudo-handle for `dlsym`: the global scope of the process.
+pub const RTLD_DEFAULT: *mut c_void = std::ptr::null_mut();
+
+/// `Dl_info`, filled by `dladdr`.
+#[repr(C)]
+pub struct Dl_info {
+    pub dli_fname: *const c_char,
+    pub dli_fbase: *mut c_void,
+    pub dli_sname: *const c_char,
+    pub dli_saddr: *mut c_void,
+}
 
 /// Log levels (`L_*`).
 pub const L_ALERT: c_int = -5;
@@ -636,12 +693,15 @@ extern "C" {
     // --- the dynamic loader (libc)
     pub fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
     pub fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    pub fn dladdr(addr: *const c_void, info: *mut Dl_info) -> c_int;
+    pub fn dlclose(handle: *mut c_void) -> c_int;
 
     // --- version data of the running core
     pub static ver_version: [c_char; 0];
 }
 
-// Layout pins (x86_64, Kamailio 5.6.3). A change here is an ABI break.
+// Layout pins (x86_64; the same for 5.6.3 … 6.0.7 unless under a cfg
+// below). A change here is an ABI break.
 const _: () = {
     use std::mem::{offset_of, size_of};
     assert!(size_of::<str_>() == 16);
@@ -653,8 +713,7 @@ const _: () = {
     assert!(size_of::<module_exports>() == 80);
     assert!(offset_of!(module_exports, pv_items) == 40);
     assert!(offset_of!(module_exports, destroy_mod_f) == 72);
-    assert!(size_of::<pv_value_t>() == 24);
-    assert!(offset_of!(pv_value_t, flags) == 20);
+    assert!(offset_of!(pv_value_t, ri) == 16);
     assert!(size_of::<pv_spec_t>() == 88);
     assert!(offset_of!(pv_spec_t, setf) == 16);
     assert!(size_of::<pv_export_t>() == 72);
@@ -677,6 +736,35 @@ const _: () = {
     assert!(offset_of!(db_func_t, insert) == 72);
     assert!(offset_of!(db_func_t, replace) == 96);
     assert!(offset_of!(db_func_t, start_transaction) == 144);
+    assert!(size_of::<Dl_info>() == 32);
+    // tm's API: a pointer per member, the ones used in the struct's bounds.
+    assert!(TM_T_GETT < TM_T_SUSPEND);
+    assert!(TM_T_SUSPEND + 8 == TM_T_CONTINUE);
+    assert!(TM_T_CANCEL_SUSPEND + 8 <= TM_BINDS_SIZE);
+    // t_continue_cb sits right before t_cancel_suspend in both families.
+    assert!(TM_T_CONTINUE_CB + 8 == TM_T_CANCEL_SUSPEND);
+};
+
+// Kamailio 5.6.
+#[cfg(not(kamailio_5_7))]
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<pv_int_t>() == 4);
+    assert!(size_of::<pv_value_t>() == 24);
+    assert!(offset_of!(pv_value_t, flags) == 20);
+    assert!(TM_BINDS_SIZE == 560);
+    assert!(TM_T_SUSPEND == 352 && TM_T_CONTINUE == 360 && TM_T_CANCEL_SUSPEND == 384);
+};
+
+// Kamailio 5.7, 5.8 and 6.0.
+#[cfg(kamailio_5_7)]
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(size_of::<pv_int_t>() == 8);
+    assert!(size_of::<pv_value_t>() == 32);
+    assert!(offset_of!(pv_value_t, flags) == 24);
+    assert!(TM_BINDS_SIZE == 600);
+    assert!(TM_T_SUSPEND == 368 && TM_T_CONTINUE == 376 && TM_T_CANCEL_SUSPEND == 400);
 };
 
 // --- statistics (core/counters.h): a counter is one `long` per process in a

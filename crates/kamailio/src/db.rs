@@ -1,9 +1,10 @@
 //! Kamailio's generic DB API (libsrdb1 and a `db_*` module), for the module's
 //! writes to the presentity table.
 //!
-//! [`bind`] runs in `mod_init`: it finds `db_bind_mod` in the libsrdb1 the DB
-//! modules already loaded (`dlopen` of an already-loaded library returns it),
-//! and binds the driver named by the URL's scheme (`sqlite://` →
+//! [`bind`] runs in `mod_init`: it finds `db_bind_mod` in the running process
+//! (from Kamailio 6.0 the core binary holds the DB API), else in the libsrdb1
+//! the DB modules already loaded (up to 5.8; `dlopen` of an already-loaded
+//! library returns it), and binds the driver named by the URL's scheme (`sqlite://` →
 //! `db_sqlite`, which must be loaded). Connections cannot cross a fork, so
 //! each process opens its own on first use ([`with_connection`], which
 //! never uses one opened by another process), and the main process closes
@@ -15,7 +16,7 @@ use std::sync::OnceLock;
 
 use crate::sys;
 
-/// Where Debian installs libsrdb1, tried when no loaded copy is found.
+/// Where Debian installs libsrdb1 (up to 5.8), tried when no loaded copy is found.
 const SRDB1_PATH: &str = "/usr/lib/x86_64-linux-gnu/kamailio/libsrdb1.so.1";
 
 struct Api {
@@ -38,9 +39,14 @@ fn text_str(text: &[u8]) -> sys::str_ {
     }
 }
 
-/// Binds the DB driver for `url` (call in `mod_init`).
-pub fn bind(url: &str) -> Result<(), String> {
-    let url = CString::new(url).map_err(|_| "the DB URL has a NUL byte")?;
+/// `db_bind_mod`: exported by the core binary from Kamailio 6.0, by
+/// libsrdb1 (loaded by the DB modules) before.
+fn find_db_bind_mod() -> Result<*mut c_void, String> {
+    // SAFETY: a lookup in the process's global scope with a static name.
+    let in_process = unsafe { sys::dlsym(sys::RTLD_DEFAULT, c"db_bind_mod".as_ptr()) };
+    if !in_process.is_null() {
+        return Ok(in_process);
+    }
     // SAFETY: plain libc calls with NUL-terminated names.
     let handle = unsafe {
         let loaded = sys::dlopen(c"libsrdb1.so.1".as_ptr(), sys::RTLD_NOW);
@@ -52,13 +58,20 @@ pub fn bind(url: &str) -> Result<(), String> {
         }
     };
     if handle.is_null() {
-        return Err("cannot find libsrdb1 (is a db_* module loaded?)".into());
+        return Err("cannot find db_bind_mod (is a db_* module loaded?)".into());
     }
     // SAFETY: a symbol lookup in the handle just opened.
     let symbol = unsafe { sys::dlsym(handle, c"db_bind_mod".as_ptr()) };
     if symbol.is_null() {
         return Err("libsrdb1 has no db_bind_mod".into());
     }
+    Ok(symbol)
+}
+
+/// Binds the DB driver for `url` (call in `mod_init`).
+pub fn bind(url: &str) -> Result<(), String> {
+    let url = CString::new(url).map_err(|_| "the DB URL has a NUL byte")?;
+    let symbol = find_db_bind_mod()?;
     // SAFETY: `db_bind_mod` has this signature (srdb1/db.h).
     let bind_mod = unsafe { std::mem::transmute::<*mut c_void, sys::db_bind_mod_f>(symbol) };
     // SAFETY: `db_func_t` is plain pointers and an int: all-zero is valid.

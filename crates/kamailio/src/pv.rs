@@ -123,8 +123,9 @@ impl NamedPv {
             .is_some_and(|dest| dest.set_str(msg, value).is_ok())
     }
 
-    /// The variable's value as an integer, when it holds one.
-    pub fn get_int(&self, msg: &mut crate::SipMsg) -> Option<i32> {
+    /// The variable's value as an integer, when it holds one (a `long`
+    /// from Kamailio 5.7, an `int` before).
+    pub fn get_int(&self, msg: &mut crate::SipMsg) -> Option<i64> {
         let mut val = sys::pv_value_t {
             rs: sys::str_::NULL,
             ri: 0,
@@ -136,7 +137,7 @@ impl NamedPv {
             return None;
         }
         if val.flags & sys::PV_VAL_INT != 0 {
-            return Some(val.ri);
+            return Some(sys::pv_int_to_i64(val.ri));
         }
         // SAFETY: a string value returned by the core.
         let text = unsafe { crate::script::str_bytes(&val.rs) };

@@ -2,8 +2,11 @@
 //!
 //! tm exports its API as a struct of function pointers filled by `load_tm`
 //! (reached with `find_export`, as tm's own `load_tm_api` inline does). The
-//! offsets are those of Kamailio 5.6 (`kamailio-sys`); `load_tm` writes the
-//! whole struct of its version, so it gets a buffer larger than any.
+//! offsets are those of the Kamailio series the module was built for
+//! (`kamailio-sys`); `load_tm` writes the whole struct of its version, so it
+//! gets a buffer larger than any. Each pointer read is then compared with
+//! the function tm.so exports under that name, so a wrong offset table is
+//! refused with a log line instead of calling the wrong function.
 //!
 //! A script function suspends the current transaction ([`suspend`]) and
 //! returns [`Suspended`], which the export layer turns into 0 (the script
@@ -13,7 +16,7 @@
 //! KEMI engine (`cfgengine` other than native) the names are the script's
 //! functions instead, which tm's `t_continue_cb` calls (also as a failure
 //! route).
-use std::ffi::{c_int, c_uint, c_void, CString};
+use std::ffi::{c_int, c_uint, c_void, CStr, CString};
 use std::sync::OnceLock;
 
 use crate::msg::SipMsg;
@@ -31,35 +34,93 @@ struct Tm {
 
 static TM: OnceLock<Tm> = OnceLock::new();
 
+/// The buffer `load_tm` fills: larger than `struct tm_binds` of any version.
+const TM_BINDS_BUFFER: usize = 1024;
+const _: () = assert!(sys::TM_BINDS_SIZE <= TM_BINDS_BUFFER);
+
+/// Where `load_tm` takes a `struct tm_binds` member from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// The C function tm.so exports under this name.
+    Symbol(&'static CStr),
+    /// The script function of this name without parameters (`find_export`).
+    ScriptFunction(&'static CStr),
+}
+
+/// The `struct tm_binds` members used and where `load_tm` takes them from.
+const MEMBERS: [(usize, Source); 6] = [
+    (sys::TM_T_GETT, Source::Symbol(c"get_t")),
+    (sys::TM_T_NEWTRAN, Source::ScriptFunction(c"t_newtran")),
+    (sys::TM_T_SUSPEND, Source::Symbol(c"t_suspend")),
+    (sys::TM_T_CONTINUE, Source::Symbol(c"t_continue")),
+    (sys::TM_T_CONTINUE_CB, Source::Symbol(c"t_continue_cb")),
+    (
+        sys::TM_T_CANCEL_SUSPEND,
+        Source::Symbol(c"t_cancel_suspend"),
+    ),
+];
+
+/// Checks that each member read at its offset is the function `load_tm`
+/// stores there: the one tm.so exports under its name (tm.so is found from
+/// the address of its `load_tm`), or the script function it looks up.
+fn check_members(load_tm: *const c_void, at: impl Fn(usize) -> usize) -> Result<(), String> {
+    // SAFETY: `Dl_info` is plain pointers: all-zero is valid.
+    let mut info: sys::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: `dladdr` only reads the loader's tables and fills `info`.
+    if unsafe { sys::dladdr(load_tm, &mut info) } == 0 || info.dli_fname.is_null() {
+        return Err("cannot find the file of tm's load_tm".into());
+    }
+    // SAFETY: `dli_fname` is the loader's NUL-terminated path of a loaded object.
+    let path = unsafe { CStr::from_ptr(info.dli_fname) };
+    // SAFETY: RTLD_NOLOAD returns tm.so, already loaded, without loading anything.
+    let handle = unsafe { sys::dlopen(path.as_ptr(), sys::RTLD_NOW | sys::RTLD_NOLOAD) };
+    if handle.is_null() {
+        return Err(format!("cannot open {}", path.to_string_lossy()));
+    }
+    let result = MEMBERS.iter().try_for_each(|&(offset, source)| {
+        let (exported, name) = match source {
+            // SAFETY: a symbol lookup in the handle just opened.
+            Source::Symbol(name) => (unsafe { sys::dlsym(handle, name.as_ptr()) } as usize, name),
+            Source::ScriptFunction(name) => {
+                // SAFETY: a plain lookup in the core's export tables with a static name.
+                let found = unsafe { sys::find_export(name.as_ptr() as *mut _, 0, 0) };
+                (found as usize, name)
+            }
+        };
+        if exported != 0 && exported == at(offset) {
+            Ok(())
+        } else {
+            Err(format!(
+                "tm's API does not match this build (struct tm_binds at offset {offset} is not \
+                 {}): kazoo.so was built for {}",
+                name.to_string_lossy(),
+                sys::MODULE_VERSION.to_string_lossy()
+            ))
+        }
+    });
+    // SAFETY: balances the dlopen above; tm.so stays loaded by the core.
+    unsafe { sys::dlclose(handle) };
+    result
+}
+
 /// Binds tm's API (call in `mod_init`; tm must be loaded before this module).
 pub fn bind() -> Result<(), String> {
     // SAFETY: a plain lookup in the core's export tables with a static name.
-    let load = unsafe { sys::find_export(c"load_tm".as_ptr() as *mut _, sys::NO_SCRIPT, 0) };
-    if load.is_null() {
+    let load_ptr = unsafe { sys::find_export(c"load_tm".as_ptr() as *mut _, sys::NO_SCRIPT, 0) };
+    if load_ptr.is_null() {
         return Err("the tm module is not loaded (loadmodule \"tm.so\" before kazoo.so)".into());
     }
     let load: sys::load_tm_f =
         // SAFETY: `load_tm` has this signature in every tm version.
-        unsafe { std::mem::transmute::<*const c_void, sys::load_tm_f>(load) };
-    // Larger than `struct tm_binds` of any version: load_tm fills its own.
-    let mut binds = vec![0usize; 1024 / std::mem::size_of::<usize>()];
+        unsafe { std::mem::transmute::<*const c_void, sys::load_tm_f>(load_ptr) };
+    let mut binds = vec![0usize; TM_BINDS_BUFFER / std::mem::size_of::<usize>()];
     // SAFETY: `binds` is writable, zeroed and large enough for the struct.
     if unsafe { load(binds.as_mut_ptr().cast()) } == -1 {
         return Err("tm's load_tm failed".into());
     }
     let at = |offset: usize| binds[offset / std::mem::size_of::<usize>()];
-    let pointers = [
-        sys::TM_T_GETT,
-        sys::TM_T_NEWTRAN,
-        sys::TM_T_SUSPEND,
-        sys::TM_T_CONTINUE,
-        sys::TM_T_CONTINUE_CB,
-        sys::TM_T_CANCEL_SUSPEND,
-    ];
-    if pointers.iter().any(|&o| at(o) == 0) {
-        return Err("tm's API is incomplete (not Kamailio 5.6?)".into());
-    }
-    // SAFETY: each offset holds the function of the named type in 5.6's `struct tm_binds` (checked non-null above); the build refuses other Kamailio versions.
+    check_members(load_ptr, at)?;
+    // SAFETY: each offset holds the tm function of the named type (checked above against tm.so's exports by name).
     let tm = unsafe {
         Tm {
             gett: std::mem::transmute::<usize, sys::t_gett_f>(at(sys::TM_T_GETT)),

@@ -302,7 +302,7 @@ pub unsafe extern "C" fn eval_entry<T: TransClass>(
                     .store(n.to_string().into_bytes())
                     .map(|rs| sys::pv_value_t {
                         rs,
-                        ri: n,
+                        ri: sys::pv_int_from_i32(n),
                         flags: sys::PV_VAL_STR | sys::PV_VAL_INT | sys::PV_TYPE_INT,
                     })
             }

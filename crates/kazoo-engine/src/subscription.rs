@@ -6,7 +6,10 @@
 //!   and affects only itself: the C module accepts anything and an empty or unknown exchange
 //!   type later wedges the whole consumer connection (a connection-level AMQP error);
 //! - every `exchange-bindings` entry is kept (C keeps only the first, a list-linking bug);
-//! - `wait_for_consumer_ack` is honoured (C reads it and acks on receipt regardless).
+//! - `wait_for_consumer_ack` is honoured (C reads it and acks on receipt regardless);
+//! - `x-queue-type: quorum` (beside the queue flags) declares a quorum queue, which
+//!   RabbitMQ 4 recommends for durable queues; it must be durable, not exclusive and not
+//!   auto-delete, which is checked here.
 
 use std::fmt;
 
@@ -33,6 +36,8 @@ pub struct QueueFlags {
     pub durable: bool,
     pub exclusive: bool,
     pub auto_delete: bool,
+    /// Declared with `x-queue-type: quorum` (else the broker's default type).
+    pub quorum: bool,
 }
 
 impl Default for QueueFlags {
@@ -42,6 +47,7 @@ impl Default for QueueFlags {
             durable: false,
             exclusive: false,
             auto_delete: true,
+            quorum: false,
         }
     }
 }
@@ -133,6 +139,10 @@ pub enum SubscriptionError {
     NotUtf8 { field: String },
     /// A name longer than an AMQP short string allows.
     TooLong { field: String, len: usize },
+    /// An `x-queue-type` other than `classic` and `quorum`.
+    BadQueueType { field: String, value: String },
+    /// A quorum queue that is not durable, or is exclusive or auto-delete.
+    QuorumFlags { field: String },
 }
 
 impl fmt::Display for SubscriptionError {
@@ -169,6 +179,15 @@ impl fmt::Display for SubscriptionError {
                 f,
                 "subscription field `{field}` is {len} bytes long, more than the \
                  {MAX_SHORTSTR_LEN} AMQP allows"
+            ),
+            SubscriptionError::BadQueueType { field, value } => write!(
+                f,
+                "subscription field `{field}` is {value:?}, not a queue type (classic or quorum)"
+            ),
+            SubscriptionError::QuorumFlags { field } => write!(
+                f,
+                "subscription field `{field}` asks for a quorum queue, which must be durable \
+                 (durable 1), not exclusive (exclusive 0) and not auto-delete (auto_delete 0)"
             ),
         }
     }
@@ -231,17 +250,14 @@ pub fn from_description(value: &Value) -> Result<Subscription, SubscriptionError
     let routing =
         routing_keys("routing", value.get(b"routing"))?.unwrap_or_else(|| vec![String::new()]);
 
+    let queue_flags = queue_flags(queue_def, value)?;
+
     Ok(Subscription {
         exchange,
         exchange_type,
         exchange_flags: exchange_flags(exchange_def),
         queue,
-        queue_flags: QueueFlags {
-            passive: flag(queue_def, "passive", false),
-            durable: flag(queue_def, "durable", false),
-            exclusive: flag(queue_def, "exclusive", false),
-            auto_delete: flag(queue_def, "auto_delete", true),
-        },
+        queue_flags,
         routing,
         exchange_bindings: exchange_bindings(value.get(b"exchange-bindings"))?,
         no_ack: flag(value, "no_ack", true),
@@ -311,6 +327,38 @@ fn flag(object: &Value, key: &str, default: bool) -> bool {
         None | Some(Value::Null) => default,
         Some(v) => json_c_int(v) != 0,
     }
+}
+
+/// The queue flags and type from `queue_def` (the `queue-def` object, else the top level).
+fn queue_flags(queue_def: &Value, top: &Value) -> Result<QueueFlags, SubscriptionError> {
+    let field = if std::ptr::eq(queue_def, top) {
+        "x-queue-type"
+    } else {
+        "queue-def.x-queue-type"
+    };
+    let quorum = match text(queue_def, "x-queue-type").as_slice() {
+        b"" | b"classic" => false,
+        b"quorum" => true,
+        other => {
+            return Err(SubscriptionError::BadQueueType {
+                field: field.into(),
+                value: String::from_utf8_lossy(other).into_owned(),
+            })
+        }
+    };
+    let flags = QueueFlags {
+        passive: flag(queue_def, "passive", false),
+        durable: flag(queue_def, "durable", false),
+        exclusive: flag(queue_def, "exclusive", false),
+        auto_delete: flag(queue_def, "auto_delete", true),
+        quorum,
+    };
+    if quorum && (!flags.durable || flags.exclusive || flags.auto_delete) {
+        return Err(SubscriptionError::QuorumFlags {
+            field: field.into(),
+        });
+    }
+    Ok(flags)
 }
 
 fn exchange_flags(object: &Value) -> ExchangeFlags {

@@ -200,6 +200,7 @@ async fn topology_deliveries_acks_and_replies() {
         durable: false,
         exclusive: false,
         auto_delete: false,
+        quorum: false,
     };
     sub.exchange_bindings = vec![
         ExchangeBinding {
@@ -1012,4 +1013,43 @@ async fn a_query_needs_a_broker_that_consumes_its_replies() {
         .exchange_delete(exchange.as_str().into(), Default::default())
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_quorum_subscription_declares_a_quorum_queue() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let exchange = unique_name("kztest-quorum-x");
+    let queue = unique_name("kztest-quorum-q");
+    let mut sub = subscription(&exchange, "direct", &queue, &["rk"]);
+    sub.queue_flags = QueueFlags {
+        passive: false,
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        quorum: true,
+    };
+    sub.no_ack = false;
+    let mut opts = options(&unique_name("kztest"));
+    opts.reply_queues = 0;
+    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![sub], opts);
+    wait_connected(
+        &mut events,
+        &[(1, Role::Publisher), (1, Role::Consumer(0))],
+        WAIT,
+    )
+    .await;
+
+    let q = queue.clone();
+    let queues = blocking(move || rows(&["list_queues", "name", "type", "durable"])).await;
+    let row = queues.iter().find(|r| r[0] == q).expect("queue declared");
+    assert_eq!(row[1..], ["quorum", "true"]);
+    raw.publish(&exchange, "rk", b"quorum").await;
+    let d = next_delivery(&mut events, WAIT).await;
+    assert_eq!(&d.body[..], b"quorum");
+    d.ack.expect("no_ack false: an Acker").ack();
+
+    brokers.close().await;
+    raw.delete(&[&exchange], &[&queue]).await;
+    raw.close().await;
 }

@@ -41,7 +41,8 @@ fn readme_simple_form() {
             passive: false,
             durable: false,
             exclusive: false,
-            auto_delete: true
+            auto_delete: true,
+            quorum: false
         }
     );
     assert_eq!(s.routing, ["BLF-MY_HOSTNAME"]);
@@ -83,7 +84,8 @@ fn readme_json_form() {
             passive: false,
             durable: true,
             exclusive: false,
-            auto_delete: false
+            auto_delete: false,
+            quorum: false
         }
     );
     assert!(!s.no_ack && s.wait_for_consumer_ack);
@@ -188,7 +190,8 @@ fn definitions_take_precedence_over_the_top_level() {
             passive: true,
             durable: false,
             exclusive: true,
-            auto_delete: false
+            auto_delete: false,
+            quorum: false
         }
     );
 
@@ -391,5 +394,53 @@ fn the_name_field_names_the_listener_in_zone_events() {
     assert_eq!(
         simple("x", "direct", "q2", "rk").unwrap().listener_name(),
         "q2"
+    );
+}
+
+#[test]
+fn quorum_queues() {
+    let s = describe(
+        r#"{"exchange":"x","type":"direct","queue":"q",
+            "queue-def":{"durable":1,"auto_delete":0,"x-queue-type":"quorum"}}"#,
+    );
+    assert_eq!(
+        s.queue_flags,
+        QueueFlags {
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            quorum: true
+        }
+    );
+    // At the top level, as the other queue flags; `classic` is the default type.
+    let s = describe(
+        r#"{"exchange":"x","type":"direct","durable":1,"auto_delete":0,"x-queue-type":"quorum"}"#,
+    );
+    assert!(s.queue_flags.quorum && s.queue_flags.durable);
+    let s = describe(r#"{"exchange":"x","type":"direct","x-queue-type":"classic"}"#);
+    assert!(!s.queue_flags.quorum);
+
+    // A quorum queue must be durable, not exclusive and not auto-delete (the default).
+    for def in [
+        r#"{"auto_delete":0,"x-queue-type":"quorum"}"#,
+        r#"{"durable":1,"x-queue-type":"quorum"}"#,
+        r#"{"durable":1,"auto_delete":0,"exclusive":1,"x-queue-type":"quorum"}"#,
+    ] {
+        let text = format!(r#"{{"exchange":"x","type":"direct","queue-def":{def}}}"#);
+        assert_eq!(
+            refuse(&text),
+            SubscriptionError::QuorumFlags {
+                field: "queue-def.x-queue-type".into()
+            },
+            "{text}"
+        );
+    }
+    assert_eq!(
+        refuse(r#"{"exchange":"x","type":"direct","x-queue-type":"stream"}"#),
+        SubscriptionError::BadQueueType {
+            field: "x-queue-type".into(),
+            value: "stream".into()
+        }
     );
 }

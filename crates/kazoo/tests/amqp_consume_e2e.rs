@@ -98,7 +98,8 @@ fn routes_cfg(names: &Names, defined: &BTreeSet<String>) -> String {
         r#"event_route[kazoo:consumer-event-slow-ack]
 {
     xlog("L_INFO", "SLOW-START $pp $kzE\n");
-    usleep(4000000);
+    # Long enough for a rabbitmqctl call (an Erlang VM boot) on a busy machine.
+    usleep(5000000);
     xlog("L_INFO", "SLOW-DONE\n");
 }
 request_route {

@@ -18,7 +18,7 @@ use lapin::options::{
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::protocol::AMQPErrorKind;
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, Consumer, ErrorKind, ExchangeKind};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -268,6 +268,18 @@ fn queue_options(flags: QueueFlags) -> QueueDeclareOptions {
     }
 }
 
+/// `x-queue-type: quorum` for a quorum queue, else none (the broker's default type).
+fn queue_arguments(flags: QueueFlags) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if flags.quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+    }
+    arguments
+}
+
 /// `kamailio@<node>-<<id>-<idx>>`
 pub(crate) fn reply_queue(node: &str, id: u32, idx: u32) -> String {
     format!("kamailio@{node}-<{id}-{idx}>")
@@ -417,7 +429,7 @@ impl Session {
                     .queue_declare(
                         short(&sub.queue, "the queue name")?,
                         queue_options(sub.queue_flags),
-                        none(),
+                        queue_arguments(sub.queue_flags),
                     )
                     .await
                     .map_err(amqp)?;

@@ -21,6 +21,8 @@
 //! - [`AmqpProbe`]: an independent AMQP client that inspects what reached the
 //!   broker, publishes to subscriptions and answers queries like a Kazoo
 //!   responder.
+//! - [`tree_usage`]: PSS and open descriptors of a process and its
+//!   descendants (a Kamailio's processes), from `/proc`.
 //!
 //! Everything is safe to use from tests running in parallel, in threads or in
 //! processes: ports are reserved machine-wide, directories are fresh temporary
@@ -39,6 +41,7 @@ mod names;
 mod pki;
 mod ports;
 mod process;
+mod procinfo;
 mod rabbit;
 mod sip;
 mod vectors;
@@ -51,6 +54,7 @@ pub use kamailio::{
 };
 pub use names::unique_name;
 pub use pki::TestPki;
+pub use procinfo::{process_tree, tree_usage, ProcessUsage};
 pub use rabbit::{system_broker_url, system_rabbitmqctl, RabbitNode};
 pub use sip::{DigestCredentials, SipClient, SipReply, SipRequest};
 pub use vectors::{jsonl, read_vector, tsv_cell, tsv_rows, vectors_dir};

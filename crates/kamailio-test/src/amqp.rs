@@ -172,7 +172,10 @@ impl AmqpProbe {
         binding_key: &str,
     ) -> Result<(), HarnessError> {
         let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         self.run(
             "queue.declare",
             self.channel.queue_declare(

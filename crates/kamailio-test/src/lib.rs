@@ -21,6 +21,8 @@
 //! - [`AmqpProbe`]: an independent AMQP client that inspects what reached the
 //!   broker, publishes to subscriptions and answers queries like a Kazoo
 //!   responder.
+//! - [`raw_publish`]: a minimal AMQP publisher for fields no client library
+//!   sends (routing keys, headers and properties that are not UTF-8).
 //! - [`tree_usage`]: PSS and open descriptors of a process and its
 //!   descendants (a Kamailio's processes), from `/proc`.
 //!
@@ -43,6 +45,7 @@ mod ports;
 mod process;
 mod procinfo;
 mod rabbit;
+mod rawamqp;
 mod sip;
 mod vectors;
 
@@ -56,5 +59,6 @@ pub use names::unique_name;
 pub use pki::TestPki;
 pub use procinfo::{process_tree, tree_usage, ProcessUsage};
 pub use rabbit::{system_broker_url, system_rabbitmqctl, RabbitNode};
+pub use rawamqp::{raw_publish, RawMessage};
 pub use sip::{DigestCredentials, SipClient, SipReply, SipRequest};
 pub use vectors::{jsonl, read_vector, tsv_cell, tsv_rows, vectors_dir};

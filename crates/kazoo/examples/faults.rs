@@ -30,8 +30,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use kamailio_test::{
-    msg_id_of, tree_usage, unique_name, AmqpProbe, Kamailio, ProcessUsage, RabbitNode, Responder,
-    SipClient,
+    msg_id_of, raw_publish, tree_usage, unique_name, AmqpProbe, Kamailio, ProcessUsage, RabbitNode,
+    RawMessage, Responder, SipClient,
 };
 
 /// The subscription the module consumes (declared by the module).
@@ -156,7 +156,13 @@ impl Settings {
                 "--interval-ms" => settings.interval = Duration::from_millis(number(i)?),
                 "--fault-seconds" => settings.fault = Duration::from_secs(number(i)?.max(1)),
                 "--only" => {
-                    settings.only = Some(value(i)?.split(',').map(str::to_owned).collect());
+                    let names: Vec<String> = value(i)?.split(',').map(str::to_owned).collect();
+                    if let Some(unknown) =
+                        names.iter().find(|n| !FAULTS.iter().any(|f| f.name == *n))
+                    {
+                        return Err(format!("unknown fault {unknown}"));
+                    }
+                    settings.only = Some(names);
                 }
                 "--soak" => settings.soak = Some(Duration::from_secs(number(i)?.max(20))),
                 other => return Err(format!("unknown argument {other}")),
@@ -712,6 +718,40 @@ fn poison(rig: &mut Rig) -> Result<(), String> {
     for _ in 0..big_bodies {
         send("big", big.as_bytes())?;
         send("big-invalid", &big.as_bytes()[..big.len() - 2])?;
+    }
+    // Fields that are not UTF-8 where AMQP has binary short strings.
+    let body = b"{\"Event-Category\":\"poison\"}";
+    let raw = [
+        RawMessage {
+            routing_key: b"poison.raw-key.\xff\xfe",
+            ..RawMessage::default()
+        },
+        RawMessage {
+            routing_key: b"poison.raw-header-name",
+            headers: vec![(b"X-Bad-\xff", b"value")],
+            ..RawMessage::default()
+        },
+        RawMessage {
+            routing_key: b"poison.raw-header-value",
+            headers: vec![(b"X-Bad", b"\xc0\x80\xff")],
+            ..RawMessage::default()
+        },
+        RawMessage {
+            routing_key: b"poison.raw-content-type",
+            content_type: Some(b"application/\xff"),
+            ..RawMessage::default()
+        },
+    ];
+    let port = rig.node.amqp_port();
+    for _ in 0..copies {
+        for message in &raw {
+            let message = RawMessage {
+                exchange: EVENTS_EXCHANGE.as_bytes(),
+                body,
+                ..message.clone()
+            };
+            raw_publish(port, &message).map_err(|e| e.to_string())?;
+        }
     }
     Ok(())
 }

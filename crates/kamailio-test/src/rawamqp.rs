@@ -92,7 +92,10 @@ pub fn raw_publish(port: u16, message: &RawMessage<'_>) -> Result<(), HarnessErr
     let (code, reply) = read_method(&mut socket)?;
     match code {
         (10, 51) => Ok(()),
-        other => Err(err("close", format!("got method {other:?}: {}", text(&reply)))),
+        other => Err(err(
+            "close",
+            format!("got method {other:?}: {}", text(&reply)),
+        )),
     }
 }
 

@@ -63,6 +63,8 @@ loadmodule "sl.so"
 loadmodule "pv.so"
 loadmodule "xlog.so"
 loadmodule "textops.so"
+loadmodule "ctl.so"
+modparam("ctl", "binrpc", "{{CTL}}")
 loadmodule "{{MODULE}}"
 modparam("kazoo", "node_hostname", "@NODE@")
 modparam("kazoo", "pua_mode", 0)
@@ -330,6 +332,8 @@ struct Rig {
     mode: Arc<AtomicU8>,
     backend: Option<Backend>,
     checks: u64,
+    /// What each Kamailio process is (`kamcmd core.psx`), by pid.
+    labels: HashMap<u32, String>,
 }
 
 /// One row of the report.
@@ -347,6 +351,8 @@ struct Row {
     latency: Option<(Duration, Duration, Duration)>,
     recovered: Option<Duration>,
     consumers: u32,
+    /// Broker connections of the module lost during the fault (its log).
+    disconnects: usize,
     alive: bool,
     before: Vec<ProcessUsage>,
     after: Vec<ProcessUsage>,
@@ -368,6 +374,10 @@ impl Rig {
             .replace("@TIMEOUT@", &settings.timeout_ms.to_string())
             .replace("@RUN@", &run);
         let kamailio = Kamailio::start(&config).map_err(|e| format!("kamailio: {e}"))?;
+        let labels = kamailio
+            .kamcmd(&["core.psx"])
+            .map(|out| process_labels(&out))
+            .unwrap_or_default();
         let mode = Arc::new(AtomicU8::new(ANSWER));
         let backend = Backend::connect(&node.url(), &run, &mode, settings.timeout());
         let live = Arc::new(Live {
@@ -388,6 +398,7 @@ impl Rig {
             mode,
             backend,
             checks: 0,
+            labels,
         };
         if rig.wait_recovered(Instant::now()).is_none() {
             return Err(format!(
@@ -502,6 +513,7 @@ impl Rig {
     fn run_fault(&mut self, fault: &Fault) -> Result<Row, String> {
         eprintln!("==> {}", fault.name);
         let before = tree_usage(self.kamailio.pid());
+        let disconnected = disconnects(&self.kamailio.log());
         let load = Load::start(self.kamailio.port(), &self.settings, self.live.clone());
         thread::sleep(self.settings.steady);
         let fault_start = Instant::now();
@@ -519,7 +531,7 @@ impl Rig {
         let alive = self.alive();
         let after = tree_usage(self.kamailio.pid());
         outcome?;
-        Ok(row(
+        let mut row = row(
             fault.name,
             &samples,
             &held,
@@ -529,8 +541,39 @@ impl Rig {
             alive,
             before,
             after,
-        ))
+        );
+        let log = self.kamailio.log();
+        row.disconnects = disconnects(&log) - disconnected;
+        // Why, for the findings: the module's own lines, a few of them.
+        for line in log
+            .lines()
+            .filter(|l| l.contains(": disconnected: "))
+            .skip(disconnected)
+            .take(5)
+        {
+            eprintln!("    module: {}", line.trim());
+        }
+        Ok(row)
     }
+}
+
+/// Broker connections the module reported lost, in its log so far.
+fn disconnects(log: &str) -> usize {
+    log.matches(": disconnected: ").count()
+}
+
+/// `pid -> description` from `kamcmd core.psx` (`PID:` then `DSC:` lines).
+fn process_labels(psx: &str) -> HashMap<u32, String> {
+    let mut labels = HashMap::new();
+    let mut pid = None;
+    for line in psx.lines().map(str::trim) {
+        if let Some(value) = line.strip_prefix("PID:") {
+            pid = value.trim().parse().ok();
+        } else if let (Some(value), Some(p)) = (line.strip_prefix("DSC:"), pid.take()) {
+            labels.insert(p, value.trim().to_owned());
+        }
+    }
+    labels
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -586,6 +629,7 @@ fn row(
         latency: (!during.is_empty()).then(|| (pick(0.5), pick(0.99), pick(1.0))),
         recovered,
         consumers,
+        disconnects: 0,
         alive,
         before,
         after,
@@ -742,16 +786,24 @@ fn poison(rig: &mut Rig) -> Result<(), String> {
             ..RawMessage::default()
         },
     ];
+    // One at a time, each followed by a delivery that must be consumed, to
+    // tell which of them cost the module its consuming connection.
     let port = rig.node.amqp_port();
-    for _ in 0..copies {
-        for message in &raw {
-            let message = RawMessage {
-                exchange: EVENTS_EXCHANGE.as_bytes(),
-                body,
-                ..message.clone()
-            };
-            raw_publish(port, &message).map_err(|e| e.to_string())?;
-        }
+    for message in &raw {
+        let before = disconnects(&rig.kamailio.log());
+        let message = RawMessage {
+            exchange: EVENTS_EXCHANGE.as_bytes(),
+            body,
+            ..message.clone()
+        };
+        raw_publish(port, &message).map_err(|e| e.to_string())?;
+        let consumed = (0..20).any(|_| rig.delivery_consumed(Duration::from_millis(500)));
+        let lost = disconnects(&rig.kamailio.log()) - before;
+        eprintln!(
+            "    {}: {lost} connections lost, next delivery {}",
+            String::from_utf8_lossy(message.routing_key),
+            if consumed { "consumed" } else { "NOT consumed" }
+        );
     }
     Ok(())
 }
@@ -778,12 +830,12 @@ fn total_pss(usage: &[ProcessUsage]) -> u64 {
     usage.iter().map(|u| u.pss_kb).sum()
 }
 
-fn print_table(rows: &[Row], settings: &Settings) {
+fn print_table(rows: &[Row], settings: &Settings, labels: &HashMap<u32, String>) {
     println!();
     println!(
-        "| Fault | publishes answered 1 | held | lost | publish -1 | queries 1 / -1 | no reply | duplicates | held after -1 | latency p50 / p99 / max ms | recovered s | consumers | Kamailio PSS kB before → after |"
+        "| Fault | publishes answered 1 | held | lost | publish -1 | queries 1 / -1 | no reply | duplicates | held after -1 | latency p50 / p99 / max ms | recovered s | consumers | disconnects | Kamailio PSS kB before → after |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let latency = r.latency.map_or("-".to_owned(), |(p50, p99, max)| {
             format!("{} / {} / {}", ms(p50), ms(p99), ms(max))
@@ -792,7 +844,7 @@ fn print_table(rows: &[Row], settings: &Settings) {
             .recovered
             .map_or("never".to_owned(), |d| format!("{:.1}", d.as_secs_f64()));
         println!(
-            "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} → {} |",
+            "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} → {} |",
             r.name,
             r.published,
             r.held,
@@ -806,6 +858,7 @@ fn print_table(rows: &[Row], settings: &Settings) {
             latency,
             recovered,
             r.consumers,
+            r.disconnects,
             total_pss(&r.before),
             total_pss(&r.after),
         );
@@ -819,7 +872,8 @@ fn print_table(rows: &[Row], settings: &Settings) {
             .iter()
             .map(|u| {
                 let later = after.get(&u.pid).map_or("gone".to_owned(), u64::to_string);
-                format!("{}: {} → {}", u.pid, u.pss_kb, later)
+                let label = labels.get(&u.pid).map_or("", String::as_str);
+                format!("{} ({label}): {} → {}", u.pid, u.pss_kb, later)
             })
             .collect();
         println!("  {}: {}", r.name, cells.join(", "));
@@ -897,12 +951,12 @@ fn faults(mut rig: Rig) -> bool {
             }
             Err(e) => {
                 eprintln!("{}: {e}", fault.name);
-                print_table(&rows, &rig.settings);
+                print_table(&rows, &rig.settings, &rig.labels);
                 return false;
             }
         }
     }
-    print_table(&rows, &rig.settings);
+    print_table(&rows, &rig.settings, &rig.labels);
     println!("Run took {:.0} s.", started.elapsed().as_secs_f64());
     verdict(&rows, &rig.settings)
 }

@@ -349,6 +349,8 @@ struct Row {
     duplicates: usize,
     held_after_failure: usize,
     latency: Option<(Duration, Duration, Duration)>,
+    /// Transactions of the fault window slower than the target, described.
+    over_target: Vec<String>,
     recovered: Option<Duration>,
     consumers: u32,
     /// Broker connections of the module lost during the fault (its log).
@@ -536,6 +538,7 @@ impl Rig {
             &samples,
             &held,
             (fault_start, fault_end),
+            self.settings.timeout() + LATENCY_SLACK,
             recovered,
             consumers,
             alive,
@@ -582,6 +585,7 @@ fn row(
     samples: &[Sample],
     held: &[u64],
     (from, to): (Instant, Instant),
+    target: Duration,
     recovered: Option<Duration>,
     consumers: u32,
     alive: bool,
@@ -606,6 +610,15 @@ fn row(
         .collect();
     during.sort();
     let pick = |q: f64| during[((during.len() - 1) as f64 * q).round() as usize];
+    let over_target: Vec<String> = samples
+        .iter()
+        .filter(|s| s.started >= from && s.started <= to && s.took > target)
+        .map(|s| {
+            let kind = if s.query { "query" } else { "publish" };
+            let rc = s.rc.map_or("no reply".to_owned(), |rc| format!("rc {rc}"));
+            format!("{kind} {} ms {rc}", ms(s.took))
+        })
+        .collect();
     Row {
         name,
         published: confirmed.len(),
@@ -627,6 +640,7 @@ fn row(
             .filter(|s| s.rc != Some(1) && counts.contains_key(&s.seq))
             .count(),
         latency: (!during.is_empty()).then(|| (pick(0.5), pick(0.99), pick(1.0))),
+        over_target,
         recovered,
         consumers,
         disconnects: 0,
@@ -910,10 +924,12 @@ fn verdict(rows: &[Row], settings: &Settings) -> bool {
         if let Some((_, _, max)) = r.latency {
             if max > target {
                 println!(
-                    "finding {}: latency max {} ms > target {} ms",
+                    "finding {}: latency max {} ms > target {} ms ({} transactions over it: {})",
                     r.name,
                     ms(max),
-                    ms(target)
+                    ms(target),
+                    r.over_target.len(),
+                    r.over_target[..r.over_target.len().min(5)].join(", ")
                 );
             }
         }
@@ -1019,6 +1035,7 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
         &samples,
         &held,
         (rig.live.base, Instant::now()),
+        rig.settings.timeout() + LATENCY_SLACK,
         consumed.then_some(Duration::ZERO),
         1,
         alive,

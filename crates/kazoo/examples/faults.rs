@@ -200,11 +200,19 @@ struct Live {
     query_ok: AtomicU64,
     /// Transactions finished, for the soak's per-operation figures.
     done: AtomicU64,
+    /// Load stops by itself at this time (ns after `base`) at the latest.
+    until: AtomicU64,
 }
 
 impl Live {
     fn since_base(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
+    /// False once the driver stopped the load or its time bound passed.
+    fn running(&self) -> bool {
+        !self.stop.load(Ordering::SeqCst)
+            && self.since_base(Instant::now()) < self.until.load(Ordering::SeqCst)
     }
 }
 
@@ -215,7 +223,11 @@ struct Load {
 }
 
 impl Load {
-    fn start(port: u16, settings: &Settings, live: Arc<Live>) -> Load {
+    /// Starts the threads; they stop on [`Load::finish`], or by themselves
+    /// after `limit`.
+    fn start(port: u16, settings: &Settings, live: Arc<Live>, limit: Duration) -> Load {
+        let until = live.since_base(Instant::now() + limit);
+        live.until.store(until, Ordering::SeqCst);
         live.stop.store(false, Ordering::SeqCst);
         let mut threads = Vec::new();
         // The publishers, and one querying thread at a slower pace.
@@ -252,7 +264,7 @@ fn load_thread(port: u16, query: bool, interval: Duration, live: &Live) -> Vec<S
     };
     let user = if query { "query" } else { "publish" };
     let mut samples = Vec::new();
-    while !live.stop.load(Ordering::SeqCst) {
+    while live.running() {
         let seq = live.seq.fetch_add(1, Ordering::SeqCst);
         let seq_text = seq.to_string();
         let started = Instant::now();
@@ -389,6 +401,7 @@ impl Rig {
             publish_ok: AtomicU64::new(0),
             query_ok: AtomicU64::new(0),
             done: AtomicU64::new(0),
+            until: AtomicU64::new(0),
         });
         let mut rig = Rig {
             settings,
@@ -450,7 +463,7 @@ impl Rig {
         let deadline = since + RECOVERY_LIMIT;
         let mark = self.live.since_base(since);
         let mut consumed = false;
-        let load_running = !self.live.stop.load(Ordering::SeqCst);
+        let load_running = self.live.running();
         while Instant::now() < deadline {
             if !consumed {
                 consumed = self.delivery_consumed(Duration::from_millis(500));
@@ -516,7 +529,14 @@ impl Rig {
         eprintln!("==> {}", fault.name);
         let before = tree_usage(self.kamailio.pid());
         let disconnected = disconnects(&self.kamailio.log());
-        let load = Load::start(self.kamailio.port(), &self.settings, self.live.clone());
+        // Steady load, the fault, its recovery and the measurements after.
+        let limit = self.settings.steady + self.settings.fault * 2 + RECOVERY_LIMIT * 3;
+        let load = Load::start(
+            self.kamailio.port(),
+            &self.settings,
+            self.live.clone(),
+            limit,
+        );
         thread::sleep(self.settings.steady);
         let fault_start = Instant::now();
         let outcome = (fault.inject)(self);
@@ -986,7 +1006,8 @@ fn tail(log: &str) -> String {
 /// growth per 100k operations between the end of a warm-up and the end.
 fn soak(mut rig: Rig, length: Duration) -> bool {
     let warmup = (length / 5).min(Duration::from_secs(30));
-    let load = Load::start(rig.kamailio.port(), &rig.settings, rig.live.clone());
+    let limit = length + RECOVERY_LIMIT;
+    let load = Load::start(rig.kamailio.port(), &rig.settings, rig.live.clone(), limit);
     let url = rig.url();
     let live = rig.live.clone();
     // Deliveries to the subscription, paced, from a connection of their own.
@@ -995,7 +1016,7 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
         let Ok(probe) = AmqpProbe::connect(&url) else {
             return sent;
         };
-        while !live.stop.load(Ordering::SeqCst) {
+        while live.running() {
             let body = format!("{{\"Event-Category\":\"soak\",\"Seq\":\"{sent}\"}}");
             if probe
                 .publish(EVENTS_EXCHANGE, &format!("soak.{sent}"), body.as_bytes())
@@ -1013,8 +1034,23 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
     let ops_first = rig.live.done.load(Ordering::SeqCst);
     let measured = Instant::now();
     let end = Instant::now() + length.saturating_sub(warmup);
+    // A sample every sixth of the measured time, to tell growth from warm-up.
+    let every = length.saturating_sub(warmup) / 6;
+    let mut next_sample = Instant::now() + every;
+    let fds = |u: &[ProcessUsage]| u.iter().map(|p| p.fds).sum::<u64>();
     while Instant::now() < end && rig.kamailio.is_running() {
         thread::sleep(Duration::from_millis(500));
+        if Instant::now() >= next_sample {
+            next_sample += every;
+            let usage = tree_usage(rig.kamailio.pid());
+            eprintln!(
+                "    {:>5.0} s: {} operations, PSS {} kB, {} fds",
+                measured.elapsed().as_secs_f64(),
+                rig.live.done.load(Ordering::SeqCst) - ops_first,
+                total_pss(&usage),
+                fds(&usage)
+            );
+        }
     }
     let last = tree_usage(rig.kamailio.pid());
     let ops = rig.live.done.load(Ordering::SeqCst) - ops_first;
@@ -1030,6 +1066,7 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
         }
     };
     let alive = rig.alive();
+    let consumers = rig.consumers();
     let r = row(
         "soak",
         &samples,
@@ -1037,13 +1074,12 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
         (rig.live.base, Instant::now()),
         rig.settings.timeout() + LATENCY_SLACK,
         consumed.then_some(Duration::ZERO),
-        1,
+        consumers,
         alive,
         first.clone(),
         last.clone(),
     );
     let per_100k = |a: u64, b: u64| (b as f64 - a as f64) * 100_000.0 / ops.max(1) as f64;
-    let fds = |u: &[ProcessUsage]| u.iter().map(|p| p.fds).sum::<u64>();
     println!();
     println!("| Soak | value |\n|---|---|");
     println!(
@@ -1073,6 +1109,18 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
         fds(&last),
         per_100k(fds(&first), fds(&last))
     );
+    let after: HashMap<u32, &ProcessUsage> = last.iter().map(|u| (u.pid, u)).collect();
+    println!("\nPSS kB and fds of each Kamailio process (pid: first → last):");
+    for u in &first {
+        let label = rig.labels.get(&u.pid).map_or("", String::as_str);
+        match after.get(&u.pid) {
+            Some(l) => println!(
+                "  {} ({label}): {} → {} kB, {} → {} fds",
+                u.pid, u.pss_kb, l.pss_kb, u.fds, l.fds
+            ),
+            None => println!("  {} ({label}): gone", u.pid),
+        }
+    }
     verdict(&[r], &rig.settings)
 }
 

@@ -1098,6 +1098,10 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
         r.publish_failed, r.queries_ok, r.queries_failed, r.unanswered
     );
     println!(
+        "| module connections lost | {} |",
+        disconnects(&rig.kamailio.log())
+    );
+    println!(
         "| Kamailio PSS kB | {} → {} ({:+.1} kB per 100k operations) |",
         total_pss(&first),
         total_pss(&last),

@@ -160,6 +160,81 @@ impl AmqpProbe {
         Ok(name)
     }
 
+    /// A durable quorum queue `name` bound to `exchange` with `binding_key`
+    /// (declared if missing). The broker writes every message of a quorum
+    /// queue to disk before confirming it, whatever its delivery mode, so
+    /// what it holds survives closed connections and `stop_app`/`start_app`:
+    /// a capture for fault runs. Use a durable exchange (`amq.topic`).
+    pub fn durable_capture(
+        &self,
+        name: &str,
+        exchange: &str,
+        binding_key: &str,
+    ) -> Result<(), HarnessError> {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        self.run(
+            "queue.declare",
+            self.channel.queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            ),
+        )?;
+        self.run(
+            "queue.bind",
+            self.channel.queue_bind(
+                name.into(),
+                exchange.into(),
+                binding_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+    }
+
+    /// Takes every message of `queue` (consumed without acks) until none has
+    /// come for `idle`, or `limit` has passed; returns their bodies in order.
+    pub fn drain(
+        &self,
+        queue: &str,
+        idle: Duration,
+        limit: Duration,
+    ) -> Result<Vec<Vec<u8>>, HarnessError> {
+        let channel = self.run("channel", self.connection.create_channel())?;
+        let mut consumer = self.run(
+            "basic.consume",
+            channel.basic_consume(
+                queue.into(),
+                ShortString::default(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )?;
+        let deadline = Instant::now() + limit;
+        let bodies = self.runtime.block_on(async {
+            let mut bodies = Vec::new();
+            while Instant::now() < deadline {
+                match tokio::time::timeout(idle, consumer.next()).await {
+                    Ok(Some(Ok(delivery))) => bodies.push(delivery.data),
+                    _ => break,
+                }
+            }
+            bodies
+        });
+        let _ = self.run("channel.close", channel.close(200, "drained".into()));
+        Ok(bodies)
+    }
+
     /// The next message of `queue`, waiting up to `timeout`.
     pub fn get(
         &self,

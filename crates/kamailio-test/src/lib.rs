@@ -24,6 +24,8 @@
 //! - [`RawPublisher`]: publishes byte-exact frames (invalid UTF-8 in the
 //!   routing key, property and header names, any table encoding) that no AMQP
 //!   client library would send.
+//! - [`tree_usage`]: PSS and open descriptors of a process and its
+//!   descendants (a Kamailio's processes), from `/proc`.
 //!
 //! Everything is safe to use from tests running in parallel, in threads or in
 //! processes: ports are reserved machine-wide, directories are fresh temporary
@@ -42,6 +44,7 @@ mod names;
 mod pki;
 mod ports;
 mod process;
+mod procinfo;
 mod rabbit;
 mod raw_amqp;
 mod sip;
@@ -55,6 +58,7 @@ pub use kamailio::{
 };
 pub use names::unique_name;
 pub use pki::TestPki;
+pub use procinfo::{process_tree, tree_usage, ProcessUsage};
 pub use rabbit::{
     system_broker_url, system_queue_messages, system_rabbitmqctl, QueueMessages, RabbitNode,
 };

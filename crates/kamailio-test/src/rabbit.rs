@@ -245,6 +245,44 @@ impl RabbitNode {
         self.spawn()
     }
 
+    /// The pid of the node's Erlang VM (`beam.smp`): the process this node
+    /// started or one of its descendants, never any other process.
+    pub fn vm_pid(&self) -> Result<u32, HarnessError> {
+        let child = self
+            .child
+            .as_ref()
+            .ok_or_else(|| HarnessError::Usage(format!("{} is not running", self.node)))?;
+        let mut candidates = vec![child.id()];
+        candidates.extend(process::descendants(child.id()));
+        candidates
+            .into_iter()
+            .find(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim_end() == "beam.smp")
+            })
+            .ok_or_else(|| HarnessError::Usage(format!("no Erlang VM found for {}", self.node)))
+    }
+
+    /// Freezes the node (SIGSTOP of its Erlang VM): its sockets stay open but
+    /// nothing answers, as with a hung or swapped-out broker. Returns the pid
+    /// stopped; [`RabbitNode::thaw`] resumes it.
+    pub fn freeze(&self) -> Result<u32, HarnessError> {
+        let pid = self.vm_pid()?;
+        if !process::signal(pid, libc::SIGSTOP) {
+            return Err(HarnessError::Usage(format!("SIGSTOP {pid} failed")));
+        }
+        Ok(pid)
+    }
+
+    /// Resumes a node stopped by [`RabbitNode::freeze`] (SIGCONT).
+    pub fn thaw(&self) -> Result<(), HarnessError> {
+        let pid = self.vm_pid()?;
+        if !process::signal(pid, libc::SIGCONT) {
+            return Err(HarnessError::Usage(format!("SIGCONT {pid} failed")));
+        }
+        Ok(())
+    }
+
     fn log_path(&self) -> PathBuf {
         self.base.join("rabbit.log")
     }

@@ -111,25 +111,30 @@ impl Proxy {
         )
     }
 
-    /// Waits until the module's publisher connection to broker `id` is up
-    /// (`n`-th time: 1 at start-up, 2 after one reconnect, ...).
+    /// Waits until the module's publisher connection and first consuming
+    /// connection to broker `id` are up (`n`-th time: 1 at start-up, 2 after
+    /// one reconnect, ...).
     pub fn wait_connected(&self, id: u32, n: usize) {
         let needle = format!("broker {id} (");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // The publisher, and the first consuming connection: it consumes the
+        // reply queues, without which a query fails at once.
+        let roles = ["publisher: connected", "consumer 0: connected"];
         while std::time::Instant::now() < deadline {
-            let count = self
-                .kamailio
-                .log()
-                .lines()
-                .filter(|l| l.contains(&needle) && l.contains("publisher: connected"))
-                .count();
-            if count >= n {
+            let log = self.kamailio.log();
+            let up = |role: &str| {
+                log.lines()
+                    .filter(|l| l.contains(&needle) && l.contains(role))
+                    .count()
+                    >= n
+            };
+            if roles.iter().all(|role| up(role)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "broker {id} publisher did not connect ({n}):\n{}",
+            "broker {id} publisher and consumer 0 did not connect ({n}):\n{}",
             self.kamailio.log()
         );
     }

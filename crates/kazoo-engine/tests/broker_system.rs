@@ -31,12 +31,11 @@ fn rows(args: &[&str]) -> Vec<Vec<String>> {
         .collect()
 }
 
-#[tokio::test]
-async fn publish_sets_only_content_type_and_headers_and_waits_for_confirms() {
-    let url = system_broker_url();
-    let raw = Raw::connect(&url).await;
-    let exchange = unique_name("kztest-pub-x");
-    let queue = unique_name("kztest-pub-q");
+/// A fresh direct exchange named after `prefix`, with a queue bound to it
+/// with the key `rk`; their names.
+async fn direct_exchange(raw: &Raw, prefix: &str) -> (String, String) {
+    let exchange = unique_name(&format!("{prefix}-x"));
+    let queue = unique_name(&format!("{prefix}-q"));
     raw.channel
         .exchange_declare(
             exchange.as_str().into(),
@@ -47,6 +46,14 @@ async fn publish_sets_only_content_type_and_headers_and_waits_for_confirms() {
         .await
         .unwrap();
     raw.bound_queue(&queue, &exchange, "rk").await;
+    (exchange, queue)
+}
+
+#[tokio::test]
+async fn publish_sets_only_content_type_and_headers_and_waits_for_confirms() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let (exchange, queue) = direct_exchange(&raw, "kztest-pub").await;
 
     let mut opts = options(&unique_name("kztest"));
     opts.consumer_connections = 0;
@@ -893,18 +900,7 @@ async fn a_mandatory_publish_nobody_takes_comes_back_with_the_brokers_reason() {
 async fn publishes_next_to_ones_the_broker_refuses_still_succeed() {
     let url = system_broker_url();
     let raw = Raw::connect(&url).await;
-    let exchange = unique_name("kztest-mix-x");
-    let queue = unique_name("kztest-mix-q");
-    raw.channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions::default(),
-            no_args(),
-        )
-        .await
-        .unwrap();
-    raw.bound_queue(&queue, &exchange, "rk").await;
+    let (exchange, queue) = direct_exchange(&raw, "kztest-mix").await;
     let mut opts = options(&unique_name("kztest"));
     opts.consumer_connections = 0;
     let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![], opts);
@@ -937,14 +933,7 @@ async fn publishes_next_to_ones_the_broker_refuses_still_succeed() {
         }
     }
     assert_eq!((good, refused), (50, 10));
-    raw.channel
-        .queue_delete(queue.as_str().into(), Default::default())
-        .await
-        .unwrap();
-    raw.channel
-        .exchange_delete(exchange.as_str().into(), Default::default())
-        .await
-        .unwrap();
+    raw.delete(&[&exchange], &[&queue]).await;
 }
 
 /// A query goes only to a broker whose reply queues are consumed: with no
@@ -954,18 +943,7 @@ async fn publishes_next_to_ones_the_broker_refuses_still_succeed() {
 async fn a_query_needs_a_broker_that_consumes_its_replies() {
     let url = system_broker_url();
     let raw = Raw::connect(&url).await;
-    let exchange = unique_name("kztest-q-x");
-    let queue = unique_name("kztest-q-q");
-    raw.channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions::default(),
-            no_args(),
-        )
-        .await
-        .unwrap();
-    raw.bound_queue(&queue, &exchange, "rk").await;
+    let (exchange, queue) = direct_exchange(&raw, "kztest-q").await;
     let query = PublishProperties {
         headers: &[],
         mandatory: false,
@@ -1005,14 +983,7 @@ async fn a_query_needs_a_broker_that_consumes_its_replies() {
         .await
         .expect("published once the reply queues are consumed");
     both.close().await;
-    raw.channel
-        .queue_delete(queue.as_str().into(), Default::default())
-        .await
-        .unwrap();
-    raw.channel
-        .exchange_delete(exchange.as_str().into(), Default::default())
-        .await
-        .unwrap();
+    raw.delete(&[&exchange], &[&queue]).await;
 }
 
 #[tokio::test]

@@ -933,6 +933,25 @@ async fn publishes_next_to_ones_the_broker_refuses_still_succeed() {
         }
     }
     assert_eq!((good, refused), (50, 10));
+
+    // A publish whose caller gave it no time fails, and says nothing about
+    // the broker: the next one goes through.
+    let passed = Instant::now() - Duration::from_millis(10);
+    let too_late = brokers
+        .publish(None, &exchange, "rk", &[], body, passed)
+        .await;
+    assert_eq!(too_late, Err(PublishError::Timeout));
+    brokers
+        .publish(
+            None,
+            &exchange,
+            "rk",
+            &[],
+            body,
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await
+        .expect("the broker is not taken as unresponsive after a caller's short deadline");
     raw.delete(&[&exchange], &[&queue]).await;
 }
 

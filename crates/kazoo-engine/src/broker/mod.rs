@@ -413,7 +413,8 @@ pub(crate) struct Slot {
     /// Consuming connections up: they consume the reply queues (primary
     /// brokers), so a query can be answered only while this is not 0.
     pub(crate) consumers_up: AtomicU32,
-    /// A publish timed out here and the broker has confirmed nothing since:
+    /// A publish waited here [`UNRESPONSIVE_AFTER`] or more without a
+    /// confirm, and the broker has confirmed nothing since:
     /// publishes skip it (and fail at once when no other broker can take
     /// them) until the publisher's probe, or any publish, is confirmed.
     pub(crate) unresponsive: AtomicBool,
@@ -509,6 +510,10 @@ impl Slot {
         lock(&self.quarantined).contains(&index)
     }
 }
+
+/// A broker that leaves a publish unconfirmed this long is taken as not
+/// answering (see `Slot::unresponsive`).
+const UNRESPONSIVE_AFTER: Duration = Duration::from_millis(500);
 
 /// How a single attempt on one broker ended.
 enum Attempt {
@@ -754,13 +759,18 @@ impl Brokers {
                 let idx =
                     slot.next_idx.fetch_add(1, Ordering::Relaxed) % self.inner.reply_queues.max(1);
                 let body = body_for(broker_id, idx);
+                let started = Instant::now();
                 let attempt = tokio::time::timeout_at(
                     deadline,
                     publish_once(&link, &exchange, &routing_key, &body, &properties, options),
                 )
                 .await
                 .map_err(|_| {
-                    slot.mark_unresponsive();
+                    // A caller's short deadline (a query with a tight
+                    // timeout) says nothing about the broker's health.
+                    if started.elapsed() >= UNRESPONSIVE_AFTER {
+                        slot.mark_unresponsive();
+                    }
                     PublishError::Timeout
                 })?;
                 match attempt {

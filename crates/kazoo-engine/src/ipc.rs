@@ -169,8 +169,6 @@ pub struct Delivery {
     /// The subscription's own `event_key` / `event_subkey`, if it set them.
     pub event_key: Option<String>,
     pub event_subkey: Option<String>,
-    /// Whether the worker must send [`Message::Ack`] once the route ran.
-    pub needs_ack: bool,
 }
 
 /// A suspended transaction to resume in a worker (an asynchronous query's
@@ -434,7 +432,6 @@ impl Message {
                 w.bytes(&d.body);
                 w.opt_bytes(d.event_key.as_deref().map(str::as_bytes));
                 w.opt_bytes(d.event_subkey.as_deref().map(str::as_bytes));
-                w.u8(d.needs_ack as u8);
             }
             Message::Ack { delivery } => {
                 w.u8(TAG_ACK);
@@ -510,7 +507,6 @@ impl Message {
                 body: r.bytes()?,
                 event_key: r.opt_string()?,
                 event_subkey: r.opt_string()?,
-                needs_ack: r.bool()?,
             }),
             TAG_ACK => Message::Ack { delivery: r.u64()? },
             TAG_ASYNC_QUERY => Message::AsyncQuery {
@@ -839,7 +835,6 @@ mod tests {
                 body: b"{}".to_vec(),
                 event_key: Some("k".into()),
                 event_subkey: None,
-                needs_ack: true,
             }),
             Message::Ack { delivery: 9 },
             Message::Status { request: 5 },

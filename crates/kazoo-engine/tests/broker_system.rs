@@ -246,7 +246,8 @@ async fn topology_deliveries_acks_and_replies() {
     assert_eq!((d.broker_id, d.zone.as_str()), (1, "local"));
     assert_eq!((d.routing_key.as_str(), &d.body[..]), ("a.b", &b"one"[..]));
     assert!(!d.redelivered);
-    let held = d.ack.expect("no_ack false: an Acker");
+    assert!(d.ack.requeues_on_drop(), "no_ack false: requeued if dropped");
+    let held = d.ack;
 
     let (queue_rows, exchange_rows, binding_rows) = tokio::join!(
         blocking(|| rows(&[
@@ -341,7 +342,7 @@ async fn topology_deliveries_acks_and_replies() {
     held.reject(true);
     let d = next_delivery(&mut events, WAIT).await;
     assert_eq!((&d.body[..], d.redelivered), (&b"one"[..], true));
-    d.ack.unwrap().ack();
+    d.ack.ack();
     // Through the exchange-bindings (the routing key must match at both
     // hops) and the second routing key.
     raw.publish(&source2, "c.two", b"two").await;
@@ -357,7 +358,7 @@ async fn topology_deliveries_acks_and_replies() {
             d.routing_key.clone(),
             String::from_utf8(d.body.clone()).unwrap(),
         ));
-        d.ack.unwrap().ack();
+        d.ack.ack();
     }
     got.sort();
     assert_eq!(
@@ -375,7 +376,7 @@ async fn topology_deliveries_acks_and_replies() {
     drop(d);
     let d = next_delivery(&mut events, WAIT).await;
     assert_eq!((&d.body[..], d.redelivered), (&b"dropped"[..], true));
-    d.ack.unwrap().ack();
+    d.ack.ack();
 
     // A reply to a Server-ID arrives from its reply queue, without an Acker.
     raw.publish(
@@ -388,7 +389,10 @@ async fn topology_deliveries_acks_and_replies() {
     assert_eq!(d.source, Source::Reply { idx: 2 });
     assert_eq!(d.routing_key, format!("kamailio@{node}-<1>-targeted-2"));
     assert_eq!(&d.body[..], b"{ \"reply\": 1 }");
-    assert!(d.ack.is_none());
+    // Replies are consumed with acks too (the prefetch bounds them), and
+    // acked when dropped unused.
+    assert!(!d.ack.requeues_on_drop());
+    d.ack.ack();
 
     // Every ack reached the broker.
     let q = queue.clone();
@@ -1037,7 +1041,73 @@ async fn a_quorum_subscription_declares_a_quorum_queue() {
     raw.publish(&exchange, "rk", b"quorum").await;
     let d = next_delivery(&mut events, WAIT).await;
     assert_eq!(&d.body[..], b"quorum");
-    d.ack.expect("no_ack false: an Acker").ack();
+    d.ack.ack();
+
+    brokers.close().await;
+    raw.delete(&[&exchange], &[&queue]).await;
+    raw.close().await;
+}
+
+/// Backpressure: a `no_ack` subscription and the reply queues are consumed
+/// with acks too, so the broker sends a consumer no more than the prefetch
+/// before the service acks (once a worker has the delivery): a flood waits
+/// in the broker's queue, not in the module. A `no_ack` delivery dropped
+/// unused is acked (at-most-once, what `no_ack` asks for).
+#[tokio::test]
+async fn the_prefetch_holds_a_flood_on_the_broker_for_no_ack_subscriptions_too() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let exchange = unique_name("kztest-flood-x");
+    let queue = unique_name("kztest-flood-q");
+    let sub = subscription(&exchange, "direct", &queue, &["rk"]);
+    assert!(sub.no_ack);
+    let mut opts = options(&unique_name("kztest"));
+    opts.reply_queues = 0;
+    opts.prefetch = 5;
+    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![sub], opts);
+    wait_connected(
+        &mut events,
+        &[(1, Role::Publisher), (1, Role::Consumer(0))],
+        WAIT,
+    )
+    .await;
+    for i in 0..100 {
+        raw.publish(&exchange, "rk", format!("{{\"n\": {i}}}").as_bytes())
+            .await;
+    }
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(next_delivery(&mut events, WAIT).await);
+    }
+    // No sixth delivery while five are unacked.
+    let more = tokio::time::timeout(Duration::from_millis(700), async {
+        loop {
+            if let Some(Event::Delivery(d)) = events.recv().await {
+                return d;
+            }
+        }
+    })
+    .await;
+    assert!(more.is_err(), "a delivery beyond the prefetch: {more:?}");
+    let q = queue.clone();
+    let counts = blocking(move || {
+        rows(&["list_queues", "name", "messages_ready", "messages_unacknowledged"])
+    })
+    .await;
+    let row = counts.iter().find(|r| r[0] == q).expect("queue declared");
+    assert_eq!(row[1..], ["95", "5"]);
+    // Settled (one acked, the others dropped: acked too), the rest flows.
+    let first = held.remove(0);
+    assert!(!first.ack.requeues_on_drop());
+    first.ack.ack();
+    drop(held);
+    let mut bodies = std::collections::BTreeSet::new();
+    for _ in 5..100 {
+        let d = next_delivery(&mut events, WAIT).await;
+        assert!(!d.redelivered, "settled deliveries are not redelivered");
+        bodies.insert(d.body.clone());
+    }
+    assert_eq!(bodies.len(), 95);
 
     brokers.close().await;
     raw.delete(&[&exchange], &[&queue]).await;

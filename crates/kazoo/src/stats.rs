@@ -21,7 +21,7 @@ type Read = fn(&Stats) -> u64;
 /// A total: its name, its description and how to read it.
 type Total = (&'static CStr, &'static CStr, Read);
 
-const TOTALS: [Total; 19] = [
+const TOTALS: [Total; 20] = [
     (c"published", c"Publishes confirmed by the broker", |s| {
         s.published
     }),
@@ -98,7 +98,7 @@ const TOTALS: [Total; 19] = [
     }),
     (
         c"rejected",
-        c"Deliveries rejected (dead-lettered) or dropped as unreadable (routing key)",
+        c"Deliveries rejected (dead-lettered) as unreadable (routing key)",
         |s| s.rejected,
     ),
     (
@@ -108,8 +108,13 @@ const TOTALS: [Total; 19] = [
     ),
     (
         c"requeued",
-        c"Deliveries returned to the broker when their worker's link broke",
+        c"Deliveries returned to the broker (worker link broke or worker queue full)",
         |s| s.requeued,
+    ),
+    (
+        c"consumed_lost",
+        c"Deliveries acked on handover whose worker's link broke before the route reported",
+        |s| s.lost_with_worker,
     ),
 ];
 
@@ -183,7 +188,7 @@ pub fn register(config: &Config) -> Result<(), String> {
         )?,
         worker_queued: gauge(
             c"worker_queued",
-            c"Deliveries waiting for a consumer worker that is not connected",
+            c"Deliveries waiting to be written to their consumer worker",
         )?,
         brokers,
     };

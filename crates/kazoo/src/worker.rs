@@ -1,7 +1,9 @@
 //! A consumer worker process: runs the event route for each delivery the
-//! AMQP process hands it, then tells it the route ran (so the broker ack,
-//! when the subscription waits for it, follows the route, not the receipt);
-//! and resumes the transactions of asynchronous queries.
+//! AMQP process hands it, then tells it the route ran (the broker ack, when
+//! the subscription waits for it, follows the route, not the receipt; and
+//! the AMQP process hands a worker only a few deliveries ahead of its
+//! reports, so a resume never waits behind a backlog); and resumes the
+//! transactions of asynchronous queries.
 //!
 //! The route is the first of the C module's five candidate names that the
 //! configuration defines (`kazoo_engine::routes`); with `event_callback` set,
@@ -48,18 +50,16 @@ pub fn run(worker: u32, socket: &str) -> ! {
             kamailio::process::refresh_config();
             match work {
                 Ok(Some(Work::Deliver(delivery))) => {
-                    let (id, needs_ack) = (delivery.id, delivery.needs_ack);
+                    let id = delivery.id;
                     kamailio::guard::guarded("kazoo consumer event", (), || handle(delivery));
                     #[cfg(feature = "test-hooks")]
                     if crate::test_hooks::take_break_link() {
                         kamailio::info!("kazoo worker {worker}: dropping the link (test hook)");
                         break;
                     }
-                    if needs_ack {
-                        if let Err(e) = link.ack(id) {
-                            kamailio::error!("kazoo worker {worker}: cannot report the ack: {e}");
-                            break;
-                        }
+                    if let Err(e) = link.ack(id) {
+                        kamailio::error!("kazoo worker {worker}: cannot report the route ran: {e}");
+                        break;
                     }
                 }
                 Ok(Some(Work::Resume(resume))) => {

@@ -336,6 +336,19 @@ impl Session {
         let amqp = |e: lapin::Error| self.classify(&e);
         let channel: Channel = self.connection.create_channel().await.map_err(amqp)?;
         let none = FieldTable::default;
+        // Every unit is consumed with acks, `no_ack` subscriptions too (the
+        // service acks them once a worker has them): the prefetch is what
+        // stops the broker from sending faster than the routes run.
+        if self.ctx.options.prefetch > 0 {
+            channel
+                .basic_qos(self.ctx.options.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(amqp)?;
+        }
+        let consume_with_acks = BasicConsumeOptions {
+            no_ack: false,
+            ..BasicConsumeOptions::default()
+        };
         match unit {
             Unit::Reply { idx } => {
                 let node = &self.ctx.options.node_hostname;
@@ -378,12 +391,8 @@ impl Session {
                     )
                     .await
                     .map_err(amqp)?;
-                let options = BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                };
                 channel
-                    .basic_consume(queue, ShortString::default(), options, none())
+                    .basic_consume(queue, ShortString::default(), consume_with_acks, none())
                     .await
                     .map_err(amqp)
             }
@@ -453,18 +462,8 @@ impl Session {
                         .await
                         .map_err(amqp)?;
                 }
-                if !sub.no_ack {
-                    channel
-                        .basic_qos(self.ctx.options.prefetch, BasicQosOptions::default())
-                        .await
-                        .map_err(amqp)?;
-                }
-                let options = BasicConsumeOptions {
-                    no_ack: sub.no_ack,
-                    ..BasicConsumeOptions::default()
-                };
                 channel
-                    .basic_consume(queue, ShortString::default(), options, none())
+                    .basic_consume(queue, ShortString::default(), consume_with_acks, none())
                     .await
                     .map_err(amqp)
             }
@@ -620,33 +619,32 @@ impl Session {
     }
 
     /// An [`unreadable`] delivery: rejected without requeue (dead-lettered
-    /// if the queue has a dead-letter exchange), or dropped when consumed
-    /// without acks; logged and counted, never handed to the script.
+    /// if the queue has a dead-letter exchange); logged and counted, never
+    /// handed to the script.
     fn refuse(&self, unit: Unit, queue: &ShortString, delivery: lapin::message::Delivery) {
         self.ctx.slot.rejected.fetch_add(1, Ordering::Relaxed);
-        let acked = match unit {
-            Unit::Reply { .. } => false,
-            Unit::Subscription { index } => {
-                self.subscriptions.get(index).is_some_and(|s| !s.no_ack)
-            }
-        };
         log::error!(
-            "{}: {} a message from queue {} (exchange {}) on the {}: its routing key is not \
-             UTF-8 (received as {}); the script would see another key",
+            "{}: rejected (not requeued) a message from queue {} (exchange {}) on the {}: its \
+             routing key is not UTF-8 (received as {}); the script would see another key",
             self.ctx.name(),
-            if acked {
-                "rejected (not requeued)"
-            } else {
-                "dropped"
-            },
             safe(queue.as_str()),
             safe(delivery.exchange.as_str()),
             self.what(unit),
             safe(delivery.routing_key.as_str()),
         );
-        if acked {
-            Acker::new(delivery.acker, self.handle.clone(), self.ctx.id()).reject(false);
-        }
+        self.acker(unit, delivery.acker).reject(false);
+    }
+
+    /// The [`Acker`] of a delivery on `unit`: requeued when dropped unused
+    /// for subscriptions with `no_ack: 0`, acked for the others.
+    fn acker(&self, unit: Unit, acker: lapin::Acker) -> Acker {
+        let requeue_on_drop = match unit {
+            Unit::Reply { .. } => false,
+            Unit::Subscription { index } => {
+                self.subscriptions.get(index).is_some_and(|s| !s.no_ack)
+            }
+        };
+        Acker::new(acker, self.handle.clone(), self.ctx.id(), requeue_on_drop)
     }
 
     async fn forward(&self, unit: Unit, delivery: lapin::message::Delivery) {
@@ -657,15 +655,11 @@ impl Session {
             self.what(unit),
             delivery.data.len()
         );
-        let (source, ack) = match unit {
-            Unit::Reply { idx } => (Source::Reply { idx }, None),
-            Unit::Subscription { index } => {
-                let acked = self.subscriptions.get(index).is_some_and(|s| !s.no_ack);
-                let ack =
-                    acked.then(|| Acker::new(delivery.acker, self.handle.clone(), self.ctx.id()));
-                (Source::Subscription { index }, ack)
-            }
+        let source = match unit {
+            Unit::Reply { idx } => Source::Reply { idx },
+            Unit::Subscription { index } => Source::Subscription { index },
         };
+        let ack = self.acker(unit, delivery.acker);
         self.ctx
             .send(Event::Delivery(Delivery {
                 broker_id: self.ctx.id(),

@@ -77,7 +77,8 @@ pub struct BrokerOptions {
     /// `amqp_consumer_processes`: consuming connections per primary broker
     /// (other brokers: always 1).
     pub consumer_connections: u32,
-    /// `basic.qos` prefetch of each subscription consumed with acks (0 = unlimited).
+    /// `basic.qos` prefetch of every consumer: how many deliveries one
+    /// consumer may hold unacked (0 = unlimited).
     pub prefetch: u16,
     /// `amqp_heartbeats`; 0 takes the broker's proposal.
     pub heartbeat_secs: u16,
@@ -206,12 +207,17 @@ pub struct Delivery {
     pub body: Vec<u8>,
     /// The broker delivered it before (after a reject or a lost connection).
     pub redelivered: bool,
-    /// Set for subscriptions consumed with acks (`no_ack` false).
-    pub ack: Option<Acker>,
+    /// Every delivery is consumed with acks, so that the broker's prefetch
+    /// bounds what the module holds (a subscription's `no_ack` says only
+    /// when the ack is sent: see [`Acker`]).
+    pub ack: Acker,
 }
 
-/// Acknowledges one delivery. Dropping it unused rejects the delivery with
-/// requeue, so an abandoned delivery never stays unacked on the broker.
+/// Acknowledges one delivery. Dropping it unused settles it as its source
+/// wants, so an abandoned delivery never stays unacked on the broker:
+/// requeued for subscriptions with `no_ack: 0` (at-least-once), acked for
+/// `no_ack` subscriptions and reply queues (at-most-once, which is what
+/// `no_ack` asks for).
 ///
 /// Acks travel on the channel the delivery came from: once that channel or
 /// its connection is gone, the broker has requeued the message already and
@@ -220,6 +226,8 @@ pub struct Acker {
     inner: Option<lapin::Acker>,
     handle: tokio::runtime::Handle,
     broker_id: u32,
+    /// What dropping it unused does.
+    on_drop: Settle,
 }
 
 impl fmt::Debug for Acker {
@@ -227,17 +235,37 @@ impl fmt::Debug for Acker {
         f.debug_struct("Acker")
             .field("broker_id", &self.broker_id)
             .field("pending", &self.inner.is_some())
+            .field("on_drop", &self.on_drop)
             .finish()
     }
 }
 
 impl Acker {
-    fn new(inner: lapin::Acker, handle: tokio::runtime::Handle, broker_id: u32) -> Acker {
+    /// An acker whose delivery is requeued when it is dropped unused
+    /// (`requeue_on_drop`), or acked.
+    fn new(
+        inner: lapin::Acker,
+        handle: tokio::runtime::Handle,
+        broker_id: u32,
+        requeue_on_drop: bool,
+    ) -> Acker {
+        let on_drop = if requeue_on_drop {
+            Settle::Reject { requeue: true }
+        } else {
+            Settle::Ack
+        };
         Acker {
             inner: Some(inner),
             handle,
             broker_id,
+            on_drop,
         }
+    }
+
+    /// Whether dropping it unused returns the delivery to the broker
+    /// (subscriptions with `no_ack: 0`) rather than acking it.
+    pub fn requeues_on_drop(&self) -> bool {
+        matches!(self.on_drop, Settle::Reject { requeue: true })
     }
 
     /// `basic.ack` (sent in the background; needs no runtime context).
@@ -275,7 +303,7 @@ impl Acker {
 
 impl Drop for Acker {
     fn drop(&mut self) {
-        self.settle(Settle::Reject { requeue: true });
+        self.settle(self.on_drop);
     }
 }
 

@@ -29,7 +29,7 @@
 //! Everything runs on one tokio current-thread runtime on the process's main
 //! thread, so the service's own log lines may go through Kamailio's logger.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -58,7 +58,7 @@ mod status;
 
 pub use status::{BrokerStats, Stats};
 
-use dispatch::{Outbound, OutboundKind, Workers};
+use dispatch::Lanes;
 use events::broker_events;
 use requests::{collect_startup, startup_publishes};
 use server::accept;
@@ -127,8 +127,7 @@ async fn serve(
         event_subkey: config.event_subkey.clone(),
         publish_timeout: config.publish_timeout,
         pending: Mutex::new(HashMap::new()),
-        workers: Mutex::new(Workers::new(config.workers.max(1) as usize)),
-        ackers: Mutex::new(HashMap::new()),
+        lanes: Mutex::new(Lanes::new(config.workers as usize)),
         next_delivery: AtomicU64::new(1),
         round_robin: AtomicUsize::new(0),
         counters: Counters::default(),
@@ -204,28 +203,44 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The service's state, shared by its tasks (all on one thread; the
+/// mutexes are never held across an await).
 struct Shared {
     /// The broker layer, once started (after the start-up report when a
-    /// KEMI engine runs `kazoo:mod-init`).
+    /// KEMI engine runs `kazoo:mod-init`): requests wait for it until their
+    /// deadline instead of failing during start-up.
     brokers: watch::Receiver<Option<Arc<Brokers>>>,
     /// Where worker 1's start-up report goes.
     startup: mpsc::Sender<(Vec<Vec<u8>>, Vec<Outgoing>)>,
+    /// The C module's `node_hostname`: part of every `Server-ID`.
     node_hostname: String,
+    /// Zone of the brokers every subscription is consumed from (others
+    /// consume only `federate` ones): for the zone events and the status.
     primary_zone: String,
+    /// Set once the start-up report (if any) added its subscriptions: the
+    /// broker layer's `Source::Subscription` indexes point into it.
     subscriptions: OnceLock<Vec<Subscription>>,
+    /// The field names of the connection events the service makes up.
     event_key: String,
     event_subkey: String,
+    /// The longest a publish waits for its confirm (a request's own
+    /// timeout may be shorter).
     publish_timeout: Duration,
-    /// Queries waiting for their reply, by `Msg-ID`.
+    /// Queries waiting for their reply, by `Msg-ID`: a reply is matched
+    /// here before it could go to the event routes.
     pending: Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>,
-    workers: Mutex<Workers>,
-    /// Broker acks owed once a worker reports its route ran.
-    ackers: Mutex<HashMap<u64, Acker>>,
+    /// Each consumer worker's queued work and link (see [`dispatch`]).
+    lanes: Mutex<Lanes>,
+    /// The id of the next delivery, which its worker reports back.
     next_delivery: AtomicU64,
+    /// Spreads deliveries and resumes over the workers.
     round_robin: AtomicUsize,
+    /// Totals for [`Stats`].
     counters: Counters,
+    /// Each broker's connections, for the zone events and the status.
     brokers_state: Mutex<Vec<BrokerState>>,
-    /// By subscription index: where it fails.
+    /// By subscription index: the brokers where it cannot be consumed, and
+    /// why (`kazoo.subscriptions`).
     subscription_failures: Mutex<HashMap<usize, SubscriptionFailures>>,
     /// By subscription index: messages it delivered to the event routes.
     subscription_consumed: OnceLock<Vec<AtomicU64>>,

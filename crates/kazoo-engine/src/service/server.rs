@@ -55,47 +55,46 @@ pub(super) async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     let (reader, mut writer) = stream.into_split();
     // Buffered: a frame's length and body come in one read.
     let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
-    // Deliveries written to this connection whose route has not reported
-    // yet: returned to the broker if the connection breaks.
-    let in_flight: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    // Answers to this connection's requests, as frames.
+    let (answers, mut answers_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Set once the peer says it is a consumer worker: its lane, and this
+    // link's generation there.
+    let lane: Arc<OnceLock<(usize, u64)>> = Arc::default();
+    let wake = Arc::new(tokio::sync::Notify::new());
     let (stop_writer, mut stopped) = oneshot::channel::<()>();
-    let writer_in_flight = in_flight.clone();
-    let writer = crate::task::spawn("an IPC connection's writer", async move {
-        loop {
-            let item = tokio::select! {
-                item = rx.recv() => item,
-                _ = &mut stopped => None,
-            };
-            let Some(item) = item else { break };
-            if let OutboundKind::Delivery {
-                id,
-                needs_ack: true,
-            } = item.kind
-            {
-                lock(&writer_in_flight).insert(id);
-            }
-            if writer.write_all(&item.frame).await.is_err() {
-                // Not written after all.
-                if let OutboundKind::Delivery { id, .. } = item.kind {
-                    lock(&writer_in_flight).remove(&id);
+    let writer = {
+        let (shared, lane, wake) = (shared.clone(), lane.clone(), wake.clone());
+        crate::task::spawn("an IPC connection's writer", async move {
+            loop {
+                if let Some(&(index, generation)) = lane.get() {
+                    loop {
+                        let next = lock(&shared.lanes).next(index, generation);
+                        let Some(next) = next else { break };
+                        if writer.write_all(&next.frame).await.is_err() {
+                            shared.unwritten(index, generation, next);
+                            return;
+                        }
+                        if let Some(acker) = next.on_written {
+                            acker.ack();
+                            bump(&shared.counters.acked);
+                        }
+                    }
                 }
-                rx.close();
-                let mut unsent = vec![item];
-                while let Ok(item) = rx.try_recv() {
-                    unsent.push(item);
+                tokio::select! {
+                    biased;
+                    _ = &mut stopped => return,
+                    frame = answers_rx.recv() => {
+                        let Some(frame) = frame else { return };
+                        if writer.write_all(&frame).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = wake.notified() => {}
                 }
-                return unsent;
             }
-        }
-        rx.close();
-        let mut unsent = Vec::new();
-        while let Ok(item) = rx.try_recv() {
-            unsent.push(item);
-        }
-        unsent
-    });
-    let mut worker = None;
+        })
+    };
+    let answer = |request: u64, outcome: Outcome| Message::Answer { request, outcome }.encode();
     loop {
         let message = match read_message(&mut reader).await {
             Ok(Some(message)) => message,
@@ -107,25 +106,25 @@ pub(super) async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         };
         match message {
             Message::Publish(outgoing) => {
-                let (shared, tx) = (shared.clone(), tx.clone());
+                let (shared, tx) = (shared.clone(), answers.clone());
                 crate::task::spawn("a publish", async move {
                     let request = outgoing.request;
                     let outcome = shared.answer_publish(outgoing).await;
-                    let _ = tx.send(Outbound::answer(Message::Answer { request, outcome }));
+                    let _ = tx.send(answer(request, outcome));
                 });
             }
             Message::Query(outgoing) => {
-                let (shared, tx) = (shared.clone(), tx.clone());
+                let (shared, tx) = (shared.clone(), answers.clone());
                 crate::task::spawn("a query", async move {
                     let request = outgoing.request;
                     let outcome = shared.answer_query(outgoing).await;
-                    let _ = tx.send(Outbound::answer(Message::Answer { request, outcome }));
+                    let _ = tx.send(answer(request, outcome));
                 });
             }
             Message::Status { request } => {
                 log::debug!("status requested (RPC)");
                 let outcome = Outcome::Reply(shared.status());
-                let _ = tx.send(Outbound::answer(Message::Answer { request, outcome }));
+                let _ = answers.send(answer(request, outcome));
             }
             Message::AsyncQuery {
                 outgoing,
@@ -143,18 +142,29 @@ pub(super) async fn connection(shared: Arc<Shared>, stream: UnixStream) {
             }
             Message::Hello { worker: number } => {
                 let index = number.saturating_sub(1) as usize;
-                let mut workers = lock(&shared.workers);
-                if index < workers.links.len() {
-                    worker = Some((index, workers.attach(index, tx.clone())));
-                } else {
-                    log::error!("IPC: unknown consumer worker {number}");
+                let attached = {
+                    let mut lanes = lock(&shared.lanes);
+                    (index < lanes.workers() && lane.get().is_none())
+                        .then(|| lanes.attach(index, wake.clone()))
+                };
+                let Some((generation, unreported)) = attached else {
+                    log::error!("IPC: unknown consumer worker {number}, or a second hello");
+                    break;
+                };
+                let _ = lane.set((index, generation));
+                if !unreported.is_empty() {
+                    // The worker's previous link broke unnoticed so far.
+                    shared.worker_gone(index, unreported, Vec::new());
                 }
+                wake.notify_one();
             }
             Message::Ack { delivery } => {
-                lock(&in_flight).remove(&delivery);
-                if let Some(acker) = lock(&shared.ackers).remove(&delivery) {
-                    acker.ack();
-                    bump(&shared.counters.acked);
+                if let Some(&(index, generation)) = lane.get() {
+                    let owed = lock(&shared.lanes).reported(index, generation, delivery);
+                    if let Some(acker) = owed {
+                        acker.ack();
+                        bump(&shared.counters.acked);
+                    }
                 }
             }
             Message::StartupDone {
@@ -170,13 +180,13 @@ pub(super) async fn connection(shared: Arc<Shared>, stream: UnixStream) {
             }
         }
     }
-    let Some((index, generation)) = worker else {
+    let _ = stop_writer.send(());
+    let _ = writer.await;
+    let Some(&(index, generation)) = lane.get() else {
         return;
     };
-    lock(&shared.workers).detach(index, generation);
-    let _ = stop_writer.send(());
-    let unsent = writer.await.ok().flatten().unwrap_or_default();
-    shared.worker_gone(index, &lock(&in_flight), unsent);
+    let (unreported, resumes) = lock(&shared.lanes).detach(index, generation);
+    shared.worker_gone(index, unreported, resumes);
 }
 
 pub(super) async fn read_message(

@@ -22,9 +22,14 @@ pub struct Stats {
     pub delivered: u64,
     pub dropped: u64,
     pub unmatched_replies: u64,
-    /// Deliveries returned to the broker because their worker's connection
-    /// broke before the route ran.
+    /// Deliveries returned to the broker: their worker's link broke before
+    /// the route ran (or before the delivery was written), or the worker's
+    /// queue was full.
     pub requeued: u64,
+    /// Deliveries acked when handed to a worker (`no_ack` subscriptions,
+    /// acks on receipt) whose worker's link broke before its route
+    /// reported: the route may not have run.
+    pub lost_with_worker: u64,
     /// Publishes that failed, by reason: no broker connected (or none such),
     /// refused by the broker (nack, channel closed), not confirmed in time,
     /// returned (`mandatory`, no queue), not sendable.
@@ -40,7 +45,7 @@ pub struct Stats {
     /// unreadable routing key): rejected without requeue (dead-lettered
     /// where the queue has a dead-letter exchange) or dropped.
     pub rejected: u64,
-    /// Deliveries waiting for a consumer worker that is not connected.
+    /// Deliveries waiting to be written to their consumer worker.
     pub worker_queued: u64,
     pub brokers: Vec<BrokerStats>,
 }
@@ -70,9 +75,8 @@ pub(super) struct Counters {
     pub(super) delivered: AtomicU64,
     pub(super) dropped: AtomicU64,
     pub(super) unmatched_replies: AtomicU64,
-    /// Deliveries returned to the broker because their worker's connection
-    /// broke before the route ran.
     pub(super) requeued: AtomicU64,
+    pub(super) lost_with_worker: AtomicU64,
     /// Publishes that failed, by reason.
     pub(super) publish_failed_no_broker: AtomicU64,
     pub(super) publish_failed_refused: AtomicU64,
@@ -147,6 +151,7 @@ impl Shared {
             dropped: count(&c.dropped),
             unmatched_replies: count(&c.unmatched_replies),
             requeued: count(&c.requeued),
+            lost_with_worker: count(&c.lost_with_worker),
             publish_failed_no_broker: count(&c.publish_failed_no_broker),
             publish_failed_refused: count(&c.publish_failed_refused),
             publish_failed_timeout: count(&c.publish_failed_timeout),
@@ -159,11 +164,7 @@ impl Shared {
                 .borrow()
                 .as_ref()
                 .map_or(0, |brokers| brokers.rejected()),
-            worker_queued: lock(&self.workers)
-                .queued
-                .iter()
-                .map(|q| q.len() as u64)
-                .sum(),
+            worker_queued: lock(&self.lanes).queued() as u64,
             brokers,
         }
     }
@@ -257,6 +258,8 @@ impl Shared {
                     ("dropped", Value::UInt(stats.dropped)),
                     ("unmatched_replies", Value::UInt(stats.unmatched_replies)),
                     ("requeued", Value::UInt(stats.requeued)),
+                    ("lost_with_worker", Value::UInt(stats.lost_with_worker)),
+                    ("worker_queued", Value::UInt(stats.worker_queued)),
                     ("acked", Value::UInt(stats.acked)),
                     ("redelivered", Value::UInt(stats.redelivered)),
                     ("rejected", Value::UInt(stats.rejected)),

@@ -80,7 +80,7 @@ pub fn bind(url: &str) -> Result<(), String> {
     // SAFETY: a valid URL `str` and a writable function table.
     if unsafe { bind_mod(&url_str, &mut funcs) } != 0 {
         return Err(format!(
-            "cannot bind the DB module for {} (is its db_* module loaded before kazoo.so?)",
+            "cannot bind the DB module for {} (is its db_* module loaded before this module?)",
             redact(url.to_str().unwrap_or_default())
         ));
     }

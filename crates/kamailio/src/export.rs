@@ -171,7 +171,7 @@ pub fn run_hook<E: Display>(what: &str, hook: impl FnOnce() -> Result<(), E>) ->
 ///
 /// ```ignore
 /// kamailio::module! {
-///     name: c"kazoo",
+///     name: c"example",
 ///     cmds: CMDS, params: PARAMS, pvs: PVS,
 ///     register: register, init: init, child_init: child_init, destroy: destroy,
 /// }

@@ -28,7 +28,8 @@ pub fn install_panic_hook() {
                 .name()
                 .unwrap_or("unnamed")
                 .to_string();
-            eprintln!("kazoo: panic in thread {name}: {text}");
+            let module = crate::log::module_name().to_string_lossy();
+            eprintln!("{module}: panic in thread {name}: {text}");
         }
     }));
 }

@@ -34,7 +34,8 @@ pub fn set_module_name(name: &'static CStr) {
     let _ = MODULE_NAME.set(name);
 }
 
-fn module_name() -> &'static CStr {
+/// The module's name, as set by [`set_module_name`] (`rust` before).
+pub fn module_name() -> &'static CStr {
     MODULE_NAME.get().copied().unwrap_or(c"rust")
 }
 

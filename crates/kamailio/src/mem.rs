@@ -20,10 +20,10 @@ pub unsafe fn pkg_free(ptr: *mut c_void) {
             free(
                 root.mem_block,
                 ptr,
-                c"kazoo".as_ptr(),
+                c"kamailio/mem.rs".as_ptr(),
                 c"pkg_free".as_ptr(),
                 0,
-                c"kazoo".as_ptr(),
+                crate::log::module_name().as_ptr(),
             );
         }
     }
@@ -41,10 +41,10 @@ pub unsafe fn shm_free(ptr: *mut c_void) {
             free(
                 root.mem_block,
                 ptr,
-                c"kazoo".as_ptr(),
+                c"kamailio/mem.rs".as_ptr(),
                 c"shm_free".as_ptr(),
                 0,
-                c"kazoo".as_ptr(),
+                crate::log::module_name().as_ptr(),
             );
         }
     }

@@ -86,7 +86,7 @@ impl ByteSlot {
     }
 }
 
-/// A pseudo-variable named at run time (e.g. `kazoo_query`'s target given
+/// A pseudo-variable named at run time (e.g. a function's target given
 /// as text), parsed once per process by the core's PV cache.
 pub struct NamedPv {
     spec: *mut sys::pv_spec_t,

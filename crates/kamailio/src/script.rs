@@ -52,8 +52,8 @@ impl SpveArg {
     }
 
     /// The argument's text as written in the configuration, before any
-    /// variable is expanded (the C module reads `kazoo_query`'s target
-    /// variable name this way).
+    /// variable is expanded (for a parameter that names a variable rather
+    /// than giving a value).
     pub fn literal(&self) -> Vec<u8> {
         // SAFETY: `param` is a live `fparam_t` made by the core's fixup; `orig` is its NUL-terminated original text (or null).
         unsafe {

@@ -92,7 +92,7 @@ fn check_members(load_tm: *const c_void, at: impl Fn(usize) -> usize) -> Result<
         } else {
             Err(format!(
                 "tm's API does not match this build (struct tm_binds at offset {offset} is not \
-                 {}): kazoo.so was built for {}",
+                 {}): this module was built for {}",
                 name.to_string_lossy(),
                 sys::MODULE_VERSION.to_string_lossy()
             ))
@@ -108,7 +108,7 @@ pub fn bind() -> Result<(), String> {
     // SAFETY: a plain lookup in the core's export tables with a static name.
     let load_ptr = unsafe { sys::find_export(c"load_tm".as_ptr() as *mut _, sys::NO_SCRIPT, 0) };
     if load_ptr.is_null() {
-        return Err("the tm module is not loaded (loadmodule \"tm.so\" before kazoo.so)".into());
+        return Err("the tm module is not loaded (load tm.so before this module)".into());
     }
     let load: sys::load_tm_f =
         // SAFETY: `load_tm` has this signature in every tm version.
@@ -141,7 +141,7 @@ pub fn bind() -> Result<(), String> {
 
 fn tm() -> Result<&'static Tm, String> {
     TM.get()
-        .ok_or_else(|| "the tm API is not bound (is tm.so loaded before kazoo.so?)".into())
+        .ok_or_else(|| "the tm API is not bound (is tm.so loaded before this module?)".into())
 }
 
 /// A suspended transaction, named as tm names it.

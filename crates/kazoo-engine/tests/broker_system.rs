@@ -246,7 +246,10 @@ async fn topology_deliveries_acks_and_replies() {
     assert_eq!((d.broker_id, d.zone.as_str()), (1, "local"));
     assert_eq!((d.routing_key.as_str(), &d.body[..]), ("a.b", &b"one"[..]));
     assert!(!d.redelivered);
-    assert!(d.ack.requeues_on_drop(), "no_ack false: requeued if dropped");
+    assert!(
+        d.ack.requeues_on_drop(),
+        "no_ack false: requeued if dropped"
+    );
     let held = d.ack;
 
     let (queue_rows, exchange_rows, binding_rows) = tokio::join!(
@@ -1091,7 +1094,12 @@ async fn the_prefetch_holds_a_flood_on_the_broker_for_no_ack_subscriptions_too()
     assert!(more.is_err(), "a delivery beyond the prefetch: {more:?}");
     let q = queue.clone();
     let counts = blocking(move || {
-        rows(&["list_queues", "name", "messages_ready", "messages_unacknowledged"])
+        rows(&[
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ])
     })
     .await;
     let row = counts.iter().find(|r| r[0] == q).expect("queue declared");

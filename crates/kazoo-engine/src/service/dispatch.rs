@@ -274,7 +274,12 @@ impl Shared {
     /// their subscription asked) and are gone with the worker: counted and
     /// logged. Resumes that waited for the worker go to the others;
     /// deliveries not written yet wait for it to connect again.
-    pub(super) fn worker_gone(&self, worker: usize, unreported: Unreported, resumes: Vec<Outbound>) {
+    pub(super) fn worker_gone(
+        &self,
+        worker: usize,
+        unreported: Unreported,
+        resumes: Vec<Outbound>,
+    ) {
         let (mut returned, mut lost) = (0, 0);
         for owed in unreported {
             match owed {
@@ -285,8 +290,12 @@ impl Shared {
                 None => lost += 1,
             }
         }
-        self.counters.requeued.fetch_add(returned, Ordering::Relaxed);
-        self.counters.lost_with_worker.fetch_add(lost, Ordering::Relaxed);
+        self.counters
+            .requeued
+            .fetch_add(returned, Ordering::Relaxed);
+        self.counters
+            .lost_with_worker
+            .fetch_add(lost, Ordering::Relaxed);
         let handed_again = resumes.len();
         for item in resumes {
             let start = self.round_robin.fetch_add(1, Ordering::Relaxed);
@@ -410,7 +419,8 @@ impl Shared {
                 Ok(annotated) => annotated,
                 Err(e) => {
                     log::error!(
-                        "rejected (not requeued) a message from broker {} (routing key {}): {e}",
+                        "dropping a message from broker {} (routing key {}): {e} (rejected, not \
+                         requeued)",
                         delivery.broker_id,
                         delivery.routing_key
                     );
@@ -533,7 +543,6 @@ mod tests {
         );
     }
 
-
     fn delivery(id: u64, bytes: usize) -> Outbound {
         Outbound {
             frame: vec![1; bytes],
@@ -579,7 +588,10 @@ mod tests {
         assert!(lanes.next(0, generation).is_none());
         // A report makes room for one more.
         assert!(lanes.reported(0, generation, 3).is_none());
-        assert_eq!(lanes.next(0, generation).unwrap().id, Some(WINDOW as u64 + 1));
+        assert_eq!(
+            lanes.next(0, generation).unwrap().id,
+            Some(WINDOW as u64 + 1)
+        );
         assert!(lanes.next(0, generation).is_none());
     }
 
@@ -618,7 +630,10 @@ mod tests {
         // The worker connects again before its old connection noticed.
         let (new, unreported) = lanes.attach(0, wake());
         assert_eq!(unreported.len(), 2, "written to the old link, unreported");
-        assert!(lanes.next(0, old).is_none(), "the old link writes nothing more");
+        assert!(
+            lanes.next(0, old).is_none(),
+            "the old link writes nothing more"
+        );
         assert_eq!(lanes.detach(0, old).0.len(), 0);
         assert_eq!(lanes.next(0, new).unwrap().id, Some(3));
         // The new link breaks with a delivery unreported and a resume waiting.

@@ -14,7 +14,6 @@
 //! (`kazoo_publish`) or a target variable (`kazoo_query`); an argument whose
 //! value is an unsigned integer is read as flags (see [`Extra`]), and the
 //! 2048 bit publishes `mandatory`.
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kamailio::pv::NamedPv;
@@ -26,17 +25,14 @@ use kazoo_engine::payload::{
     self, CommonFields, PayloadError, PreparedPublish, PublishFlags, PublishTarget,
 };
 
-use crate::events::{self, QUERY_RESULT};
+use crate::ipc_client;
 use crate::params::config;
-use crate::processes;
+use crate::pvs::QUERY_RESULT;
+use crate::startup;
 
 /// Extra time a query's caller waits on the socket beyond the query
 /// timeout, for the AMQP process's own timeout answer to arrive.
 const ANSWER_MARGIN: Duration = Duration::from_millis(500);
-
-/// Publishes made during `kazoo:mod-init` (no broker connection exists yet);
-/// the AMQP process inherits them and publishes them once connected.
-static STARTUP_PUBLISHES: Mutex<Vec<Outgoing>> = Mutex::new(Vec::new());
 
 /// Why a publish or query returned -1.
 #[derive(Debug)]
@@ -156,7 +152,7 @@ fn outgoing(
 }
 
 fn call(message: Message, deadline: Instant) -> Result<Outcome, AmqpError> {
-    processes::with_requester(|requester| requester.call(message, deadline))
+    ipc_client::with_requester(|requester| requester.call(message, deadline))
         .map_err(AmqpError::Failed)?
         .map_err(AmqpError::Ipc)
 }
@@ -211,11 +207,8 @@ fn publish_values(
         mandatory,
         timeout,
     )?;
-    if events::in_mod_init() {
-        STARTUP_PUBLISHES
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(outgoing);
+    if startup::in_mod_init() {
+        startup::queue_publish(outgoing);
         kamailio::info!("kazoo_publish in kazoo:mod-init: queued until a broker is connected");
         return Ok(1);
     }
@@ -230,11 +223,6 @@ fn publish_values(
         )),
         Outcome::Reply(_) => Err(AmqpError::Failed("unexpected answer".into())),
     }
-}
-
-/// The publishes queued during `kazoo:mod-init` (taken by the AMQP process).
-pub fn take_startup_publishes() -> Vec<Outgoing> {
-    std::mem::take(&mut STARTUP_PUBLISHES.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// The query timeout: `amqp_query_timeout_avp` when it holds a non-zero
@@ -337,7 +325,7 @@ fn query_values(
     extra: Extra,
 ) -> Result<i32, AmqpError> {
     QUERY_RESULT.set(None);
-    if events::in_mod_init() {
+    if startup::in_mod_init() {
         return Err(AmqpError::NotInModInit);
     }
     let timeout = query_timeout(msg);
@@ -409,7 +397,7 @@ fn async_query_values(
     routes: [Vec<u8>; 2],
     flags: Option<PublishFlags>,
 ) -> Result<Suspended, AmqpError> {
-    if events::in_mod_init() {
+    if startup::in_mod_init() {
         return Err(AmqpError::NotInModInit);
     }
     let [ok_route, err_route] = routes.map(|r| String::from_utf8_lossy(&r).into_owned());
@@ -451,7 +439,7 @@ fn async_query_values(
         ok_route,
         err_route,
     };
-    let sent = processes::with_requester(|requester| {
+    let sent = ipc_client::with_requester(|requester| {
         requester.send(&message, Instant::now() + ANSWER_MARGIN)
     })
     .map_err(AmqpError::Failed)

@@ -19,14 +19,18 @@
 #![deny(unsafe_code)]
 
 mod amqp;
-mod events;
+mod amqp_process;
+mod ipc_client;
 mod json;
+mod lifecycle;
 mod logger;
 mod params;
-mod processes;
 mod pua;
+mod pvs;
 mod rpc_commands;
+mod startup;
 mod stats;
+mod subscribe;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
 mod trans;
@@ -52,8 +56,8 @@ macro_rules! command_table {
             cmd!("kazoo_async_query", spve(exchange, routing_key, payload, ok_route, err_route, flags) => amqp::async_query),
             cmd!("kazoo_query_async", spve(exchange, routing_key, payload, ok_route, err_route) => amqp::async_query),
             cmd!("kazoo_query_async", spve(exchange, routing_key, payload, ok_route, err_route, flags) => amqp::async_query),
-            cmd!("kazoo_subscribe", spve(description) => events::subscribe_json),
-            cmd!("kazoo_subscribe", spve(exchange, exchange_type, queue, routing_key) => events::subscribe_simple),
+            cmd!("kazoo_subscribe", spve(description) => subscribe::subscribe_json),
+            cmd!("kazoo_subscribe", spve(exchange, exchange_type, queue, routing_key) => subscribe::subscribe_simple),
             cmd!("kazoo_json", spve_pv<3>(json, path; target) => json::kazoo_json),
             cmd!("kazoo_json_keys", spve_pv<3>(json, path; target) => json::kazoo_json_keys),
             cmd!("kazoo_encode", spve_pv<2>(input; target) => json::kazoo_encode),
@@ -127,10 +131,10 @@ static PARAMS: [param_export_t; 48] = [
 ];
 
 static PVS: [pv_export_t; 5] = [
-    pv!("kzR", events::QUERY_RESULT),
-    pv!("kzE", events::EVENT_PAYLOAD),
-    pv!("kzRK", events::EVENT_ROUTING_KEY),
-    pv!("knode", events::NODE_NAME),
+    pv!("kzR", pvs::QUERY_RESULT),
+    pv!("kzE", pvs::EVENT_PAYLOAD),
+    pv!("kzRK", pvs::EVENT_ROUTING_KEY),
+    pv!("knode", pvs::NODE_NAME),
     PV_END,
 ];
 
@@ -167,8 +171,8 @@ static KEMI: [sr_kemi_t; 17] = [
     kemi!("kazoo", "kazoo_query_hdrs", str(exchange, routing_key, payload, target, headers) => amqp::query_hdrs_kemi),
     kemi!("kazoo", "kazoo_async_query", str(exchange, routing_key, payload, ok_function, err_function) => amqp::async_query_kemi),
     kemi!("kazoo", "kazoo_query_async", str(exchange, routing_key, payload, ok_function, err_function) => amqp::async_query_kemi),
-    kemi!("kazoo", "kazoo_subscribe", str(description) => events::subscribe_kemi),
-    kemi!("kazoo", "kazoo_subscribe_simple", str(exchange, exchange_type, queue, routing_key) => events::subscribe_simple_kemi),
+    kemi!("kazoo", "kazoo_subscribe", str(description) => subscribe::subscribe_kemi),
+    kemi!("kazoo", "kazoo_subscribe_simple", str(exchange, exchange_type, queue, routing_key) => subscribe::subscribe_simple_kemi),
     kemi!("kazoo", "kazoo_json", str(json, path, target) => json::kazoo_json_kemi),
     kemi!("kazoo", "kazoo_json_keys", str(json, path, target) => json::kazoo_json_keys_kemi),
     kemi!("kazoo", "kazoo_encode", str(input, target) => json::kazoo_encode_kemi),
@@ -186,21 +190,12 @@ kamailio::module! {
     pvs: PVS,
     rpc: RPCS,
     register: register,
-    init: params::mod_init,
-    child_init: events::child_init,
-    destroy: destroy,
+    init: lifecycle::mod_init,
+    child_init: lifecycle::child_init,
+    destroy: lifecycle::destroy,
 }
 
-/// Registers what later configuration lines may use: the `kz`
-/// transformation class and the KEMI functions.
+/// `mod_register`: see [`lifecycle::register`].
 fn register(path: &kamailio::export::ModulePath) -> Result<(), String> {
-    if !kamailio::trans::register_class(path, &TRANSFORMATIONS) {
-        return Err("cannot register the kz transformations".into());
-    }
-    if !kamailio::export::register_kemi(&KEMI) {
-        return Err("cannot register the KEMI functions".into());
-    }
-    Ok(())
+    lifecycle::register(path, &TRANSFORMATIONS, &KEMI)
 }
-
-fn destroy() {}

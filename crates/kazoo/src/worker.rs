@@ -18,8 +18,9 @@ use kamailio::tm::{self, ResumeRoute, TransactionId};
 use kazoo_engine::ipc::{self, Delivery, Message, Resume, Work, WorkerLink};
 use kazoo_engine::routes;
 
-use crate::events::{self, EVENT_PAYLOAD, EVENT_ROUTING_KEY, QUERY_RESULT};
 use crate::params::config;
+use crate::pvs::{EVENT_PAYLOAD, EVENT_ROUTING_KEY, QUERY_RESULT};
+use crate::startup;
 
 /// The worker's loop; never returns.
 pub fn run(worker: u32, socket: &str) -> ! {
@@ -98,10 +99,10 @@ fn resume_query(resume: Resume) {
 /// Runs the KEMI `kazoo:mod-init` here and reports what it declared and
 /// published to the AMQP process, which waits for it before connecting.
 fn kemi_mod_init(callback: &str, socket: &str) {
-    events::run_kemi_mod_init(callback);
+    startup::run_kemi_mod_init(callback);
     let report = Message::StartupDone {
-        subscriptions: events::subscription_descriptions(),
-        publishes: crate::amqp::take_startup_publishes(),
+        subscriptions: startup::subscription_descriptions(),
+        publishes: startup::take_startup_publishes(),
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while let Err(e) = ipc::send_once(socket, &report, deadline) {

@@ -11,7 +11,8 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::watch;
 
 use super::connect::{connection_loop, error_text, next, ConnCtx, Reported, Serve, WATCH_INTERVAL};
-use super::{lock, Inner, PubLink};
+use super::slot::PubLink;
+use super::{lock, Inner};
 
 /// Opening the confirm channel may take this long.
 const CHANNEL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -44,7 +44,7 @@ use crate::broker::{
     Acker, BrokerOptions, Brokers, Event, PublishError, PublishProperties, Role, Source,
 };
 use crate::config::Broker;
-use crate::ipc::{Delivery, Message, Outcome, Outgoing, Resume, Target, MAX_FRAME};
+use crate::ipc::{Delivery, Message, Outcome, Outgoing, Resume, Target};
 use crate::payload::{
     annotate_consumed, connection_event, connection_notice, returned_message, PreparedPublish,
 };

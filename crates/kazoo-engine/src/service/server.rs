@@ -198,10 +198,7 @@ pub(super) async fn read_message(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.to_string()),
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len == 0 || len > MAX_FRAME {
-        return Err("bad frame length".into());
-    }
+    let len = crate::ipc::wire::body_len(len).map_err(|e| e.to_string())?;
     let mut body = vec![0u8; len];
     reader
         .read_exact(&mut body)

@@ -1,0 +1,295 @@
+//! The blocking side used by Kamailio's processes: a requester per process
+//! (publishes, queries, status), a consumer worker's link, and one-off
+//! messages. It never waits without a bound: every call takes a deadline,
+//! and a connection on which a read timed out mid-frame is dropped (the next
+//! call reconnects), so a stale answer can never be read as the answer to a
+//! later request; answers also carry the request id.
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use super::socket::connect;
+use super::wire::{body_len, WireError};
+use super::{IpcError, Message, Outcome, Work};
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads one frame, giving up at `deadline`. `Ok(None)`: nothing arrived
+/// (no byte of a frame was read, so the stream is still in sync).
+fn read_frame(stream: &mut UnixStream, deadline: Instant) -> Result<Option<Message>, IpcError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(IpcError::Timeout)
+            };
+        }
+        stream.set_read_timeout(Some(left)).map_err(IpcError::Io)?;
+        match stream.read(&mut len[got..]) {
+            Ok(0) => {
+                return Err(IpcError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                )))
+            }
+            Ok(n) => got += n,
+            Err(e) if is_timeout(&e) && got == 0 => return Ok(None),
+            Err(e) if is_timeout(&e) => return Err(IpcError::Timeout),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(IpcError::Io(e)),
+        }
+    }
+    let len = body_len(len).map_err(IpcError::Wire)?;
+    let mut body = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        // Once a frame has started, finish it even past the deadline for a
+        // little while: the peer writes whole frames at once.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(100));
+        stream.set_read_timeout(Some(left)).map_err(IpcError::Io)?;
+        match stream.read(&mut body[got..]) {
+            Ok(0) => {
+                return Err(IpcError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                )))
+            }
+            Ok(n) => got += n,
+            Err(e) if is_timeout(&e) => return Err(IpcError::Timeout),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(IpcError::Io(e)),
+        }
+    }
+    Message::decode(&body).map(Some).map_err(IpcError::Wire)
+}
+
+fn write_frame(stream: &mut UnixStream, frame: &[u8], deadline: Instant) -> Result<(), IpcError> {
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    stream.set_write_timeout(Some(left)).map_err(IpcError::Io)?;
+    stream.write_all(frame).map_err(|e| {
+        if is_timeout(&e) {
+            IpcError::Timeout
+        } else {
+            IpcError::Io(e)
+        }
+    })
+}
+
+/// The request side of one process: publishes and queries, one at a time.
+pub struct Requester {
+    name: String,
+    stream: Option<UnixStream>,
+    next_request: u64,
+}
+
+impl Requester {
+    pub fn new(name: &str) -> Requester {
+        Requester {
+            name: name.to_string(),
+            stream: None,
+            next_request: 1,
+        }
+    }
+
+    /// Sends a publish or query (its `request` id is set here) and waits for
+    /// its answer until `deadline`.
+    pub fn call(&mut self, message: Message, deadline: Instant) -> Result<Outcome, IpcError> {
+        let request = self.next_request;
+        self.next_request += 1;
+        let message = match message {
+            Message::Publish(mut o) => {
+                o.request = request;
+                Message::Publish(o)
+            }
+            Message::Query(mut o) => {
+                o.request = request;
+                Message::Query(o)
+            }
+            Message::Status { .. } => Message::Status { request },
+            other => other,
+        };
+        let frame = message.encode();
+        let result = self.exchange(&frame, request, deadline);
+        if result.is_err() {
+            // Whatever state the stream is in, start afresh next time.
+            self.stream = None;
+        }
+        result
+    }
+
+    /// Sends a message that gets no answer (an asynchronous query).
+    pub fn send(&mut self, message: &Message, deadline: Instant) -> Result<(), IpcError> {
+        let frame = message.encode();
+        let result = self
+            .connected(deadline)
+            .and_then(|stream| write_frame(stream, &frame, deadline));
+        if result.is_err() {
+            self.stream = None;
+        }
+        result
+    }
+
+    fn connected(&mut self, deadline: Instant) -> Result<&mut UnixStream, IpcError> {
+        if self.stream.is_none() {
+            self.stream = Some(connect(&self.name, deadline).map_err(IpcError::Connect)?);
+        }
+        self.stream
+            .as_mut()
+            .ok_or(IpcError::Wire(WireError("no connection")))
+    }
+
+    fn exchange(
+        &mut self,
+        frame: &[u8],
+        request: u64,
+        deadline: Instant,
+    ) -> Result<Outcome, IpcError> {
+        let stream = self.connected(deadline)?;
+        write_frame(stream, frame, deadline)?;
+        loop {
+            match read_frame(stream, deadline)? {
+                None => return Err(IpcError::Timeout),
+                Some(Message::Answer {
+                    request: r,
+                    outcome,
+                }) if r == request => return Ok(outcome),
+                // An answer to an earlier request this process gave up on.
+                Some(Message::Answer { .. }) => continue,
+                Some(_) => return Err(IpcError::Wire(WireError("unexpected message"))),
+            }
+        }
+    }
+}
+
+/// Sends one message on a fresh connection (worker 1's start-up report).
+pub fn send_once(name: &str, message: &Message, deadline: Instant) -> Result<(), IpcError> {
+    let mut stream = connect(name, deadline).map_err(IpcError::Connect)?;
+    write_frame(&mut stream, &message.encode(), deadline)
+}
+
+/// A consumer worker's connection: deliveries in, acks out.
+pub struct WorkerLink {
+    stream: UnixStream,
+}
+
+impl WorkerLink {
+    /// Connects and announces worker number `worker`.
+    pub fn connect(name: &str, worker: u32) -> Result<WorkerLink, IpcError> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut stream = connect(name, deadline).map_err(IpcError::Connect)?;
+        write_frame(&mut stream, &Message::Hello { worker }.encode(), deadline)?;
+        Ok(WorkerLink { stream })
+    }
+
+    /// The next work item, or `None` when nothing arrived within `wait`.
+    pub fn next(&mut self, wait: Duration) -> Result<Option<Work>, IpcError> {
+        match read_frame(&mut self.stream, Instant::now() + wait)? {
+            None => Ok(None),
+            Some(Message::Deliver(delivery)) => Ok(Some(Work::Deliver(delivery))),
+            Some(Message::Resume(resume)) => Ok(Some(Work::Resume(resume))),
+            Some(_) => Err(IpcError::Wire(WireError("unexpected message"))),
+        }
+    }
+
+    /// Tells the AMQP process that the route for `delivery` has run.
+    pub fn ack(&mut self, delivery: u64) -> Result<(), IpcError> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        write_frame(
+            &mut self.stream,
+            &Message::Ack { delivery }.encode(),
+            deadline,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::{bind, Outgoing, Target};
+
+    fn outgoing() -> Outgoing {
+        Outgoing {
+            request: 7,
+            target: Target::Broker(2),
+            exchange: b"callmgr".to_vec(),
+            routing_key: b"a.b".to_vec(),
+            headers: vec![
+                (b"k".to_vec(), b"v".to_vec()),
+                (b"k".to_vec(), b"w".to_vec()),
+            ],
+            before: b"{ \"a\": 1, \"Server-ID\": ".to_vec(),
+            after: b" }".to_vec(),
+            server_id_slot: true,
+            msg_id: "id-1".into(),
+            timeout_ms: 2000,
+            mandatory: true,
+        }
+    }
+
+    #[test]
+    fn a_request_gets_its_own_answer_and_skips_stale_ones() {
+        let (name, listener) = bind(std::process::id()).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let Some(Message::Publish(o)) = read_frame(&mut conn, deadline).unwrap() else {
+                panic!("expected a publish");
+            };
+            // A stale answer first, then the real one.
+            let stale = Message::Answer {
+                request: o.request + 100,
+                outcome: Outcome::Timeout,
+            };
+            conn.write_all(&stale.encode()).unwrap();
+            let answer = Message::Answer {
+                request: o.request,
+                outcome: Outcome::Published,
+            };
+            conn.write_all(&answer.encode()).unwrap();
+            // The second request is never answered.
+            let _ = read_frame(&mut conn, deadline);
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let mut requester = Requester::new(&name);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let outcome = requester
+            .call(Message::Publish(outgoing()), deadline)
+            .unwrap();
+        assert_eq!(outcome, Outcome::Published);
+        let started = Instant::now();
+        let err = requester
+            .call(
+                Message::Publish(outgoing()),
+                Instant::now() + Duration::from_millis(150),
+            )
+            .unwrap_err();
+        assert!(matches!(err, IpcError::Timeout), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn an_unreachable_service_is_a_connect_error() {
+        let mut requester = Requester::new("kazoo-test-nobody-listens-here");
+        let err = requester
+            .call(
+                Message::Publish(outgoing()),
+                Instant::now() + Duration::from_secs(1),
+            )
+            .unwrap_err();
+        assert!(matches!(err, IpcError::Connect(_)), "{err}");
+    }
+}

@@ -57,12 +57,14 @@ impl str_ {
 
 /// Opaque `struct sip_msg`.
 #[repr(C)]
+#[derive(Debug)]
 pub struct sip_msg {
     _private: [u8; 0],
 }
 
 /// Opaque `struct action` (a compiled route body).
 #[repr(C)]
+#[derive(Debug)]
 pub struct action {
     _private: [u8; 0],
 }
@@ -70,6 +72,7 @@ pub struct action {
 /// `fparam_t` (the result of the core's fixups, 56 bytes): only `orig`, the
 /// parameter's text as written in the configuration, is read.
 #[repr(C)]
+#[derive(Debug)]
 pub struct fparam_t {
     pub orig: *mut c_char,
     _rest: [u8; 48],
@@ -77,12 +80,14 @@ pub struct fparam_t {
 
 /// Opaque `pv_elem_t` (a parsed format string).
 #[repr(C)]
+#[derive(Debug)]
 pub struct pv_elem_t {
     _private: [u8; 0],
 }
 
 /// Opaque `struct run_act_ctx`; allocate [`RUN_ACT_CTX_SIZE`] zeroed bytes.
 #[repr(C)]
+#[derive(Debug)]
 pub struct run_act_ctx {
     _private: [u8; 0],
 }
@@ -110,6 +115,7 @@ pub type modparam_t = c_uint;
 /// it to the arity given by `param_no`, so functions of other arities are
 /// stored here through a pointer cast.
 #[repr(C)]
+#[derive(Debug)]
 pub struct cmd_export_t {
     pub name: *const c_char,
     pub function: *const c_void,
@@ -124,6 +130,7 @@ unsafe impl Sync for cmd_export_t {}
 
 /// One module parameter (`param_export_t`, 24 bytes).
 #[repr(C)]
+#[derive(Debug)]
 pub struct param_export_t {
     pub name: *const c_char,
     pub type_: modparam_t,
@@ -201,6 +208,7 @@ pub const PVT_OTHER: c_int = 22;
 
 /// Opaque `pv_param_t` (56 bytes).
 #[repr(C)]
+#[derive(Debug)]
 pub struct pv_param_t {
     _private: [u8; 0],
 }
@@ -211,6 +219,7 @@ pub type pv_setf_t =
 
 /// `pv_spec_t` (88 bytes): only the head is named; `pvp` and `trans` are opaque.
 #[repr(C)]
+#[derive(Debug)]
 pub struct pv_spec_t {
     pub type_: c_int,
     pub getf: Option<pv_getf_t>,
@@ -221,6 +230,7 @@ pub struct pv_spec_t {
 
 /// One pseudo-variable class (`pv_export_t`, 72 bytes).
 #[repr(C)]
+#[derive(Debug)]
 pub struct pv_export_t {
     pub name: str_,
     pub type_: c_int,
@@ -238,6 +248,7 @@ unsafe impl Sync for pv_export_t {}
 /// `tr_param_t` (32 bytes). The module never hands the core any of these
 /// (its transformations keep their parameters on the Rust side).
 #[repr(C)]
+#[derive(Debug)]
 pub struct tr_param_t {
     _private: [u8; 0],
 }
@@ -247,6 +258,7 @@ pub type tr_func_t =
 
 /// `trans_t` (48 bytes), allocated by the core and filled by `tparse`.
 #[repr(C)]
+#[derive(Debug)]
 pub struct trans_t {
     pub name: str_,
     pub type_: c_int,
@@ -260,6 +272,7 @@ pub type tr_parsef_t = unsafe extern "C" fn(*mut str_, *mut trans_t) -> *mut c_c
 
 /// One transformation class (`tr_export_t`, 24 bytes).
 #[repr(C)]
+#[derive(Debug)]
 pub struct tr_export_t {
     pub tclass: str_,
     pub tparse: Option<tr_parsef_t>,
@@ -270,6 +283,7 @@ unsafe impl Sync for tr_export_t {}
 
 /// One KEMI export (`sr_kemi_t`, 72 bytes).
 #[repr(C)]
+#[derive(Debug)]
 pub struct sr_kemi_t {
     pub mname: str_,
     pub fname: str_,
@@ -287,12 +301,14 @@ pub const SR_KEMIP_STR: c_int = 2;
 
 /// Opaque KEMI engine (`sr_kemi_eng_t`).
 #[repr(C)]
+#[derive(Debug)]
 pub struct sr_kemi_eng_t {
     _private: [u8; 0],
 }
 
 /// `struct route_list` (32 bytes): only `rlist` is read.
 #[repr(C)]
+#[derive(Debug)]
 pub struct route_list {
     pub rlist: *mut *mut action,
     pub idx: c_int,
@@ -302,6 +318,7 @@ pub struct route_list {
 
 /// `struct module_exports` (80 bytes).
 #[repr(C)]
+#[derive(Debug)]
 pub struct module_exports {
     pub name: *const c_char,
     pub dlflags: c_uint,
@@ -323,6 +340,7 @@ unsafe impl Sync for module_exports {}
 /// With `DBG_SR_MEMORY` (present in Debian's build) the allocators take the
 /// caller's file, function, line and module name after their own arguments.
 #[repr(C)]
+#[derive(Debug)]
 pub struct sr_pkg_api_t {
     pub mname: *mut c_char,
     pub mem_pool: *mut c_void,
@@ -354,6 +372,7 @@ pub struct sr_pkg_api_t {
 
 /// Head of `sr_shm_api_t` (free is at offset 72 here, unlike pkg).
 #[repr(C)]
+#[derive(Debug)]
 pub struct sr_shm_api_t {
     pub mname: *mut c_char,
     pub mem_pool: *mut c_void,
@@ -378,6 +397,7 @@ pub struct sr_shm_api_t {
 
 /// One row of the core's `log_level_info` table (16 bytes).
 #[repr(C)]
+#[derive(Debug)]
 pub struct log_level_info_t {
     pub name: *const c_char,
     pub syslog_level: c_int,
@@ -385,6 +405,7 @@ pub struct log_level_info_t {
 
 /// `ksr_logdata_t` (64 bytes), handed to the structured logger.
 #[repr(C)]
+#[derive(Debug)]
 pub struct ksr_logdata_t {
     pub v_facility: c_int,
     pub v_level: c_int,
@@ -400,6 +421,7 @@ pub struct ksr_logdata_t {
 
 /// Opaque tm `struct cell` (a transaction).
 #[repr(C)]
+#[derive(Debug)]
 pub struct tm_cell {
     _private: [u8; 0],
 }
@@ -446,6 +468,7 @@ pub use tm_offsets::*;
 /// `rpc_t` (96 bytes): the RPC transport's reply API. Most members are
 /// C-variadic; only those the module calls are typed.
 #[repr(C)]
+#[derive(Debug)]
 pub struct rpc_t {
     pub fault: Option<unsafe extern "C" fn(*mut c_void, c_int, *const c_char, ...)>,
     pub send: *const c_void,
@@ -465,6 +488,7 @@ pub type rpc_function_t = unsafe extern "C" fn(*mut rpc_t, *mut c_void);
 
 /// One RPC command (`rpc_export_t`, 32 bytes).
 #[repr(C)]
+#[derive(Debug)]
 pub struct rpc_export_t {
     pub name: *const c_char,
     pub function: Option<rpc_function_t>,
@@ -477,12 +501,14 @@ unsafe impl Sync for rpc_export_t {}
 
 /// Opaque `db1_con_t` (a database connection of one process).
 #[repr(C)]
+#[derive(Debug)]
 pub struct db1_con_t {
     _private: [u8; 0],
 }
 
 /// Opaque `db1_res_t`.
 #[repr(C)]
+#[derive(Debug)]
 pub struct db1_res_t {
     _private: [u8; 0],
 }
@@ -499,7 +525,7 @@ pub const DB1_BLOB: c_int = 6;
 
 /// `db_val_t` (32 bytes): the value union at 16 holds an int or a `str`.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct db_val_t {
     pub type_: c_int,
     pub nul: c_int,
@@ -513,6 +539,13 @@ pub struct db_val_t {
 pub union db_val_union {
     pub int_val: c_int,
     pub str_val: str_,
+}
+
+impl core::fmt::Debug for db_val_union {
+    /// Which member is live is known only from `db_val_t::type_`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("db_val_union { .. }")
+    }
 }
 
 pub type db_use_table_f = unsafe extern "C" fn(*mut db1_con_t, *const str_) -> c_int;
@@ -541,6 +574,7 @@ pub type db_end_transaction_f = unsafe extern "C" fn(*mut db1_con_t) -> c_int;
 /// `db_func_t` (184 bytes): a DB module's API. Only the members the module
 /// calls are typed; any may be NULL when the driver lacks it.
 #[repr(C)]
+#[derive(Debug)]
 pub struct db_func_t {
     pub cap: c_uint,
     pub use_table: Option<db_use_table_f>,
@@ -584,6 +618,7 @@ pub const RTLD_DEFAULT: *mut c_void = std::ptr::null_mut();
 
 /// `Dl_info`, filled by `dladdr`.
 #[repr(C)]
+#[derive(Debug)]
 pub struct Dl_info {
     pub dli_fname: *const c_char,
     pub dli_fbase: *mut c_void,

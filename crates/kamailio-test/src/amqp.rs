@@ -50,6 +50,7 @@ fn err(what: &str, e: impl std::fmt::Display) -> HarnessError {
 }
 
 /// A connection to a broker with one channel.
+#[derive(Debug)]
 pub struct AmqpProbe {
     runtime: tokio::runtime::Runtime,
     connection: Connection,
@@ -493,6 +494,7 @@ fn probe_message(delivery: &lapin::message::Delivery) -> ProbeMessage {
 }
 
 /// A running responder (see [`AmqpProbe::responder`]); stops on drop.
+#[derive(Debug)]
 pub struct Responder {
     seen: Arc<std::sync::Mutex<Vec<ProbeMessage>>>,
     stop: Arc<AtomicBool>,

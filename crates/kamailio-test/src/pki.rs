@@ -10,6 +10,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 use crate::unique_name;
 
 /// A directory of PEM files, removed on drop.
+#[derive(Debug)]
 pub struct TestPki {
     dir: PathBuf,
 }

@@ -26,7 +26,7 @@ fn err(what: &str, e: impl std::fmt::Display) -> HarnessError {
 }
 
 /// AMQP `shortstr`: the length as one byte, then the bytes (at most 255).
-pub fn short_str(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn short_str(bytes: &[u8]) -> Vec<u8> {
     assert!(bytes.len() <= 255, "a shortstr holds at most 255 bytes");
     let mut out = vec![bytes.len() as u8];
     out.extend_from_slice(bytes);
@@ -34,7 +34,7 @@ pub fn short_str(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// AMQP `longstr`: the length as four bytes, then the bytes.
-pub fn long_str(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn long_str(bytes: &[u8]) -> Vec<u8> {
     let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
     out.extend_from_slice(bytes);
     out
@@ -120,6 +120,7 @@ impl RawProperties {
 }
 
 /// One connection with one channel in confirm mode.
+#[derive(Debug)]
 pub struct RawPublisher {
     stream: TcpStream,
     frame_max: u32,
@@ -215,7 +216,11 @@ impl RawPublisher {
         }
         self.delivery_tag += 1;
         let ack = self.expect(CHANNEL, 60, 80)?;
-        let tag = u64::from_be_bytes(ack[..8].try_into().expect("8 bytes"));
+        let tag = u64::from_be_bytes(
+            ack.get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| err("confirm", "a short basic.ack"))?,
+        );
         if tag != self.delivery_tag {
             return Err(err(
                 "confirm",

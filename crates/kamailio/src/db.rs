@@ -19,6 +19,7 @@ use crate::sys;
 /// Where Debian installs libsrdb1 (up to 5.8), tried when no loaded copy is found.
 const SRDB1_PATH: &str = "/usr/lib/x86_64-linux-gnu/kamailio/libsrdb1.so.1";
 
+#[derive(Debug)]
 struct Api {
     url: CString,
     funcs: sys::db_func_t,
@@ -142,6 +143,7 @@ impl DbValue<'_> {
 }
 
 /// This process's connection (opened on first use).
+#[derive(Debug)]
 pub struct Connection {
     con: *mut sys::db1_con_t,
     api: &'static Api,

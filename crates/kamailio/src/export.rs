@@ -11,6 +11,7 @@ use std::fmt::Display;
 use crate::sys;
 
 /// A `char *` variable for the core to read (`module_version`, `module_flags`).
+#[derive(Debug)]
 #[repr(transparent)]
 pub struct CStrPtr(pub *const c_char);
 
@@ -127,6 +128,7 @@ pub fn param_result<E: Display>(name: &str, result: Result<(), E>) -> c_int {
 
 /// The module's path as the core passed it to `mod_register` (what
 /// registration calls such as [`crate::trans::register_class`] need).
+#[derive(Debug)]
 pub struct ModulePath(*mut c_char);
 
 impl ModulePath {

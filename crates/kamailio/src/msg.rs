@@ -3,6 +3,7 @@ use crate::sys;
 
 /// A SIP message owned by the core for the duration of one call (a real
 /// request, or the faked message of an event route).
+#[derive(Debug)]
 pub struct SipMsg {
     raw: *mut sys::sip_msg,
 }

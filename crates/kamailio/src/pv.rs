@@ -15,6 +15,7 @@ use crate::sys;
 /// The bytes are kept with a trailing NUL that the value's length does not
 /// count: some consumers in the core and in script engines read values as C
 /// strings, as the C module's values (from `pv_get_strzval`) allow.
+#[derive(Debug)]
 pub struct ByteSlot {
     value: UnsafeCell<Option<Vec<u8>>>,
 }
@@ -88,6 +89,7 @@ impl ByteSlot {
 
 /// A pseudo-variable named at run time (e.g. a function's target given
 /// as text), parsed once per process by the core's PV cache.
+#[derive(Debug)]
 pub struct NamedPv {
     spec: *mut sys::pv_spec_t,
 }

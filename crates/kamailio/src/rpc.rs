@@ -5,6 +5,7 @@ use std::ffi::{c_void, CString};
 use crate::sys;
 
 /// The reply side of one RPC call.
+#[derive(Debug)]
 pub struct Rpc {
     api: *mut sys::rpc_t,
     ctx: *mut c_void,
@@ -41,6 +42,7 @@ impl Rpc {
 }
 
 /// A `const char*` documentation array for an RPC command (text, then NULL).
+#[derive(Debug)]
 #[repr(transparent)]
 pub struct RpcDoc(pub [*const std::ffi::c_char; 2]);
 

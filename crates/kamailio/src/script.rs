@@ -39,6 +39,7 @@ impl std::fmt::Display for ArgError {
 impl std::error::Error for ArgError {}
 
 /// A string argument that may contain pseudo-variables.
+#[derive(Debug)]
 pub struct SpveArg {
     param: *mut sys::fparam_t,
 }
@@ -81,6 +82,7 @@ impl SpveArg {
 }
 
 /// A pseudo-variable the function writes into.
+#[derive(Debug)]
 pub struct PvDest {
     spec: *mut sys::pv_spec_t,
 }

@@ -19,6 +19,7 @@ use crate::script::str_bytes;
 use crate::sys;
 
 /// What a transformation produced.
+#[derive(Debug)]
 pub enum TransOutput {
     Str(Vec<u8>),
     Int(i32),
@@ -45,6 +46,7 @@ static REGISTRY: Mutex<Vec<RegistryEntry>> = Mutex::new(Vec::new());
 
 /// A transformation parameter: a literal, a pseudo-variable, or a format
 /// string with embedded pseudo-variables (re-evaluated at every use).
+#[derive(Debug)]
 pub enum TransParam {
     Literal(Vec<u8>),
     Spec(*mut sys::pv_spec_t),

@@ -1,7 +1,7 @@
 //! Broker layer against private RabbitMQ nodes: the broker closing
 //! connections, a broker restart, failover to the next broker, and TLS.
 //! Each test starts one node (5-7 s), so they run in parallel.
-mod broker_support;
+use crate::broker_support;
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! rejected without requeue (acking subscriptions) or dropped, counted, and
 //! the next message is delivered. A rejected message goes to the queue's
 //! dead-letter exchange, when it has one.
-mod broker_support;
+use crate::broker_support;
 
 use std::time::Duration;
 

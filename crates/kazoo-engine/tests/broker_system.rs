@@ -1,7 +1,7 @@
 //! Broker layer against the system RabbitMQ (127.0.0.1:5672): publish
 //! properties and confirms, declared topology, deliveries and acks, replies,
 //! and subscriptions the broker refuses.
-mod broker_support;
+use crate::broker_support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

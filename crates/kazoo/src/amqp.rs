@@ -36,7 +36,7 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(500);
 
 /// Why a publish or query returned -1.
 #[derive(Debug)]
-pub enum AmqpError {
+pub(crate) enum AmqpError {
     Arg(ArgError),
     Target(String),
     Payload(PayloadError),
@@ -158,7 +158,7 @@ fn call(message: Message, deadline: Instant) -> Result<Outcome, AmqpError> {
 }
 
 /// `kazoo_publish(exchange, routing_key, payload [, headers | flags])`.
-pub fn publish(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
+pub(crate) fn publish(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
     let exchange = args[0].value(msg)?;
     let routing_key = args[1].value(msg)?;
     let payload = args[2].value(msg)?;
@@ -170,13 +170,13 @@ pub fn publish(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
 }
 
 /// `KSR.kazoo.kazoo_publish(exchange, routing_key, payload)`.
-pub fn publish_kemi(_msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, AmqpError> {
+pub(crate) fn publish_kemi(_msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, AmqpError> {
     publish_values(args[0].to_vec(), args[1], args[2], Extra::default())
 }
 
 /// `KSR.kazoo.kazoo_publish_hdrs(exchange, routing_key, payload, headers)`:
 /// the fourth argument is always headers (never flags).
-pub fn publish_hdrs_kemi(_msg: &mut SipMsg, args: [&[u8]; 4]) -> Result<i32, AmqpError> {
+pub(crate) fn publish_hdrs_kemi(_msg: &mut SipMsg, args: [&[u8]; 4]) -> Result<i32, AmqpError> {
     let extra = Extra {
         headers: Some(args[3].to_vec()),
         flags: None,
@@ -267,7 +267,7 @@ fn target_or_flags(msg: &mut SipMsg, arg: &SpveArg) -> (Option<Vec<u8>>, Extra) 
 }
 
 /// `kazoo_query(exchange, routing_key, payload [, target_var | flags [, headers]])`.
-pub fn query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
+pub(crate) fn query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
     let exchange = args[0].value(msg)?;
     let routing_key = args[1].value(msg)?;
     let payload = args[2].value(msg)?;
@@ -280,7 +280,7 @@ pub fn query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<i32, AmqpError> {
 }
 
 /// `KSR.kazoo.kazoo_query(exchange, routing_key, payload)`.
-pub fn query_kemi(msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, AmqpError> {
+pub(crate) fn query_kemi(msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, AmqpError> {
     query_values(
         msg,
         args[0].to_vec(),
@@ -293,7 +293,7 @@ pub fn query_kemi(msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, AmqpError> 
 
 /// `KSR.kazoo.kazoo_query_var(exchange, routing_key, payload, target_var)`:
 /// the fourth argument is always a variable name (never flags).
-pub fn query_var_kemi(msg: &mut SipMsg, args: [&[u8]; 4]) -> Result<i32, AmqpError> {
+pub(crate) fn query_var_kemi(msg: &mut SipMsg, args: [&[u8]; 4]) -> Result<i32, AmqpError> {
     let target = Some(args[3].to_vec());
     query_values(
         msg,
@@ -307,7 +307,7 @@ pub fn query_var_kemi(msg: &mut SipMsg, args: [&[u8]; 4]) -> Result<i32, AmqpErr
 
 /// `KSR.kazoo.kazoo_query_hdrs(exchange, routing_key, payload, target_var,
 /// headers)`: an empty `target_var` leaves the reply in `$kzR` only.
-pub fn query_hdrs_kemi(msg: &mut SipMsg, args: [&[u8]; 5]) -> Result<i32, AmqpError> {
+pub(crate) fn query_hdrs_kemi(msg: &mut SipMsg, args: [&[u8]; 5]) -> Result<i32, AmqpError> {
     let target = (!args[3].is_empty()).then(|| args[3].to_vec());
     let extra = Extra {
         headers: Some(args[4].to_vec()),
@@ -367,7 +367,7 @@ fn query_values(
 /// stops here (0); -1 when nothing was suspended (the script goes on). The
 /// sixth parameter is flags when its value is an unsigned integer (2600hz's
 /// builds), else ignored, as in the C module.
-pub fn async_query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<Suspended, AmqpError> {
+pub(crate) fn async_query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<Suspended, AmqpError> {
     let exchange = args[0].value(msg)?;
     let routing_key = args[1].value(msg)?;
     let payload = args[2].value(msg)?;
@@ -384,7 +384,7 @@ pub fn async_query(msg: &mut SipMsg, args: &[SpveArg]) -> Result<Suspended, Amqp
 /// err_function)`: as the native function, with the names of the script's
 /// functions that tm calls on resume (as a failure route) instead of route
 /// blocks; 0 once suspended: the script should exit then.
-pub fn async_query_kemi(msg: &mut SipMsg, args: [&[u8]; 5]) -> Result<Suspended, AmqpError> {
+pub(crate) fn async_query_kemi(msg: &mut SipMsg, args: [&[u8]; 5]) -> Result<Suspended, AmqpError> {
     let routes = [args[3].to_vec(), args[4].to_vec()];
     async_query_values(msg, args[0].to_vec(), args[1], args[2], routes, None)
 }

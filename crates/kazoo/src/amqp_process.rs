@@ -10,7 +10,7 @@ use kazoo_engine::config::Config;
 use kazoo_engine::service::{self, ServiceConfig};
 
 /// The AMQP process's body: serves `listener` until the process ends.
-pub fn run(config: &'static Config, listener: UnixListener) -> ! {
+pub(crate) fn run(config: &'static Config, listener: UnixListener) -> ! {
     let p = &config.params;
     let service_config = ServiceConfig {
         brokers: p.brokers.clone(),

@@ -12,19 +12,19 @@ static SOCKET_NAME: OnceLock<String> = OnceLock::new();
 static REQUESTER: Mutex<Option<Requester>> = Mutex::new(None);
 
 /// Records the socket's name (once, when it is bound).
-pub fn set_socket_name(name: String) -> Result<(), String> {
+pub(crate) fn set_socket_name(name: String) -> Result<(), String> {
     SOCKET_NAME
         .set(name)
         .map_err(|_| "the IPC socket was bound twice".to_string())
 }
 
 /// The socket's name (empty before it is bound).
-pub fn socket_name() -> &'static str {
+pub(crate) fn socket_name() -> &'static str {
     SOCKET_NAME.get().map(String::as_str).unwrap_or_default()
 }
 
 /// Runs `f` with this process's requester.
-pub fn with_requester<R>(f: impl FnOnce(&mut Requester) -> R) -> Result<R, String> {
+pub(crate) fn with_requester<R>(f: impl FnOnce(&mut Requester) -> R) -> Result<R, String> {
     let name = SOCKET_NAME
         .get()
         .ok_or("the kazoo processes are not started (kazoo:mod-init or kamailio -c?)")?;

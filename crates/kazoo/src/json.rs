@@ -14,7 +14,7 @@ use crate::params::config;
 
 /// Errors that make these functions return -1.
 #[derive(Debug)]
-pub enum ScriptError {
+pub(crate) enum ScriptError {
     Arg(kamailio::script::ArgError),
     Json(JsonError),
     NotAvp,
@@ -48,7 +48,7 @@ impl From<kamailio::script::ArgError> for ScriptError {
 /// missing or JSON null. Invalid JSON logs an error and gives `$null` with
 /// return code 1, as in the C module; a path with an empty segment (which
 /// aborts the C module) gives `$null` and -1.
-pub fn kazoo_json(
+pub(crate) fn kazoo_json(
     msg: &mut SipMsg,
     args: &[SpveArg; 2],
     target: &PvDest,
@@ -59,7 +59,7 @@ pub fn kazoo_json(
 }
 
 /// `KSR.kazoo.kazoo_json(json, path, target_var)`.
-pub fn kazoo_json_kemi(msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, ScriptError> {
+pub(crate) fn kazoo_json_kemi(msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, ScriptError> {
     json_into(msg, args[0], args[1], &kemi_target(args[2])?)
 }
 
@@ -89,7 +89,7 @@ fn json_into(
 /// key). A missing path or invalid JSON adds nothing and returns 1; a path
 /// that holds something other than an object returns -1 (the C module
 /// crashes there).
-pub fn kazoo_json_keys(
+pub(crate) fn kazoo_json_keys(
     msg: &mut SipMsg,
     args: &[SpveArg; 2],
     target: &PvDest,
@@ -100,7 +100,7 @@ pub fn kazoo_json_keys(
 }
 
 /// `KSR.kazoo.kazoo_json_keys(json, path, avp_name)`.
-pub fn kazoo_json_keys_kemi(msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, ScriptError> {
+pub(crate) fn kazoo_json_keys_kemi(msg: &mut SipMsg, args: [&[u8]; 3]) -> Result<i32, ScriptError> {
     keys_into(msg, args[0], args[1], &kemi_target(args[2])?)
 }
 
@@ -128,7 +128,7 @@ fn keys_into(
 
 /// `kazoo_encode(input, $dst)`: the routing-key encoding of `input`; inputs
 /// longer than 255 bytes return -1 and leave `$dst` unchanged.
-pub fn kazoo_encode(
+pub(crate) fn kazoo_encode(
     msg: &mut SipMsg,
     args: &[SpveArg; 1],
     target: &PvDest,
@@ -138,7 +138,7 @@ pub fn kazoo_encode(
 }
 
 /// `KSR.kazoo.kazoo_encode(input, target_var)`.
-pub fn kazoo_encode_kemi(msg: &mut SipMsg, args: [&[u8]; 2]) -> Result<i32, ScriptError> {
+pub(crate) fn kazoo_encode_kemi(msg: &mut SipMsg, args: [&[u8]; 2]) -> Result<i32, ScriptError> {
     encode_into(msg, args[0], &kemi_target(args[1])?)
 }
 

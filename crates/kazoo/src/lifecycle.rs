@@ -21,7 +21,7 @@ static LISTENER: Mutex<Option<UnixListener>> = Mutex::new(None);
 
 /// Registers what later configuration lines may use: the `kz`
 /// transformation class and the KEMI functions.
-pub fn register(
+pub(crate) fn register(
     path: &kamailio::export::ModulePath,
     transformations: &'static [tr_export_t],
     kemi: &'static [sr_kemi_t],
@@ -37,7 +37,7 @@ pub fn register(
 
 /// `mod_init`: validates the parameters and prepares what script execution
 /// needs.
-pub fn mod_init() -> Result<(), String> {
+pub(crate) fn mod_init() -> Result<(), String> {
     let config = params::take_collected()
         .finish()
         .map_err(|e| e.to_string())?;
@@ -75,7 +75,7 @@ pub fn mod_init() -> Result<(), String> {
 /// `child_init`: runs `kazoo:mod-init` once and binds the IPC socket in the
 /// main process before the fork of the SIP workers; forks the module's
 /// processes once Kamailio's own are running.
-pub fn child_init(rank: i32) -> Result<(), String> {
+pub(crate) fn child_init(rank: i32) -> Result<(), String> {
     #[cfg(feature = "test-hooks")]
     crate::test_hooks::child_init(rank)?;
     if rank == kamailio::sys::PROC_INIT {
@@ -95,12 +95,12 @@ pub fn child_init(rank: i32) -> Result<(), String> {
 }
 
 /// How many processes the module forks (for `register_procs` in mod_init).
-pub fn process_count(config: &Config) -> u32 {
+pub(crate) fn process_count(config: &Config) -> u32 {
     1 + config.params.amqp_consumer_workers as u32
 }
 
 /// Binds the IPC socket (main process, before the fork of any process).
-pub fn bind() -> Result<(), String> {
+pub(crate) fn bind() -> Result<(), String> {
     let (name, listener) =
         ipc::bind(std::process::id()).map_err(|e| format!("cannot bind the IPC socket: {e}"))?;
     *LISTENER.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
@@ -108,7 +108,7 @@ pub fn bind() -> Result<(), String> {
 }
 
 /// Forks the AMQP process and the consumer workers (child_init(PROC_MAIN)).
-pub fn fork_all() -> Result<(), String> {
+pub(crate) fn fork_all() -> Result<(), String> {
     let config = config();
     let listener = LISTENER.lock().unwrap_or_else(|e| e.into_inner()).take();
     let listener = listener.ok_or("the IPC socket is not bound")?;
@@ -127,4 +127,4 @@ pub fn fork_all() -> Result<(), String> {
 }
 
 /// Nothing to release: the processes end with Kamailio.
-pub fn destroy() {}
+pub(crate) fn destroy() {}

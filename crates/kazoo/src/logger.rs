@@ -33,7 +33,7 @@ impl ::log::Log for KamailioLogger {
 static LOGGER: KamailioLogger = KamailioLogger;
 
 /// Installs the bridge (once per process; later calls do nothing).
-pub fn install() {
+pub(crate) fn install() {
     if ::log::set_logger(&LOGGER).is_ok() {
         ::log::set_max_level(::log::LevelFilter::Debug);
     }

@@ -15,7 +15,7 @@ static COLLECTING: Mutex<Option<Params>> = Mutex::new(None);
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
 /// The setter behind every exported parameter.
-pub fn set(name: &str, value: HostValue<'_>) -> Result<(), ParamError> {
+pub(crate) fn set(name: &str, value: HostValue<'_>) -> Result<(), ParamError> {
     let value = match value {
         HostValue::Int(v) => ParamValue::Int(v),
         HostValue::Str(v) => ParamValue::Str(v),
@@ -27,14 +27,14 @@ pub fn set(name: &str, value: HostValue<'_>) -> Result<(), ParamError> {
 }
 
 /// The configuration; a script function can only run after `mod_init`.
-pub fn config() -> &'static Config {
+pub(crate) fn config() -> &'static Config {
     CONFIG
         .get()
         .expect("kazoo configuration used before mod_init")
 }
 
 /// The values collected so far (taken once, by `mod_init`).
-pub fn take_collected() -> Params {
+pub(crate) fn take_collected() -> Params {
     COLLECTING
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -43,7 +43,7 @@ pub fn take_collected() -> Params {
 }
 
 /// Freezes the validated configuration, before any fork.
-pub fn freeze(config: Config) -> Result<(), String> {
+pub(crate) fn freeze(config: Config) -> Result<(), String> {
     CONFIG
         .set(config)
         .map_err(|_| "mod_init ran twice".to_string())

@@ -17,7 +17,7 @@ use crate::params::config;
 
 /// Why a presence function returned -1.
 #[derive(Debug)]
-pub enum PuaError {
+pub(crate) enum PuaError {
     Disabled,
     Presence(String),
     Database(String),
@@ -37,42 +37,45 @@ impl std::fmt::Display for PuaError {
 
 /// `kazoo_pua_publish(json)`: dispatches on `Event-Package` when `Event-Name`
 /// is `update`.
-pub fn publish_any(_msg: &mut SipMsg, payload: Vec<u8>) -> Result<i32, PuaError> {
+pub(crate) fn publish_any(_msg: &mut SipMsg, payload: Vec<u8>) -> Result<i32, PuaError> {
     publish(Entry::Any, &payload)
 }
 
 /// `kazoo_pua_publish_presence(json)`.
-pub fn publish_presence(_msg: &mut SipMsg, payload: Vec<u8>) -> Result<i32, PuaError> {
+pub(crate) fn publish_presence(_msg: &mut SipMsg, payload: Vec<u8>) -> Result<i32, PuaError> {
     publish(Entry::Presence, &payload)
 }
 
 /// `kazoo_pua_publish_mwi(json)`.
-pub fn publish_mwi(_msg: &mut SipMsg, payload: Vec<u8>) -> Result<i32, PuaError> {
+pub(crate) fn publish_mwi(_msg: &mut SipMsg, payload: Vec<u8>) -> Result<i32, PuaError> {
     publish(Entry::Mwi, &payload)
 }
 
 /// `kazoo_pua_publish_dialoginfo(json)`.
-pub fn publish_dialoginfo(_msg: &mut SipMsg, payload: Vec<u8>) -> Result<i32, PuaError> {
+pub(crate) fn publish_dialoginfo(_msg: &mut SipMsg, payload: Vec<u8>) -> Result<i32, PuaError> {
     publish(Entry::DialogInfo, &payload)
 }
 
 /// `KSR.kazoo.kazoo_pua_publish(json)`.
-pub fn publish_any_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, PuaError> {
+pub(crate) fn publish_any_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, PuaError> {
     publish(Entry::Any, args[0])
 }
 
 /// `KSR.kazoo.kazoo_pua_publish_presence(json)`.
-pub fn publish_presence_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, PuaError> {
+pub(crate) fn publish_presence_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, PuaError> {
     publish(Entry::Presence, args[0])
 }
 
 /// `KSR.kazoo.kazoo_pua_publish_mwi(json)`.
-pub fn publish_mwi_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, PuaError> {
+pub(crate) fn publish_mwi_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, PuaError> {
     publish(Entry::Mwi, args[0])
 }
 
 /// `KSR.kazoo.kazoo_pua_publish_dialoginfo(json)`.
-pub fn publish_dialoginfo_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, PuaError> {
+pub(crate) fn publish_dialoginfo_kemi(
+    _msg: &mut SipMsg,
+    args: [&[u8]; 1],
+) -> Result<i32, PuaError> {
     publish(Entry::DialogInfo, args[0])
 }
 

@@ -3,10 +3,10 @@
 use kamailio::pv::ByteSlot;
 
 /// `$kzR`: the last query result of this process.
-pub static QUERY_RESULT: ByteSlot = ByteSlot::new();
+pub(crate) static QUERY_RESULT: ByteSlot = ByteSlot::new();
 /// `$kzE`: the payload of the event being handled.
-pub static EVENT_PAYLOAD: ByteSlot = ByteSlot::new();
+pub(crate) static EVENT_PAYLOAD: ByteSlot = ByteSlot::new();
 /// `$kzRK`: the routing key of the event being handled.
-pub static EVENT_ROUTING_KEY: ByteSlot = ByteSlot::new();
+pub(crate) static EVENT_ROUTING_KEY: ByteSlot = ByteSlot::new();
 /// `$knode`: this node's `Node` (`kamailio@<node_hostname>`), set at `mod_init`.
-pub static NODE_NAME: ByteSlot = ByteSlot::new();
+pub(crate) static NODE_NAME: ByteSlot = ByteSlot::new();

@@ -39,16 +39,16 @@ fn status_member(name: &str) -> Result<String, String> {
 }
 
 /// `kamcmd kazoo.status`.
-pub fn status(_rpc: &Rpc) -> Result<String, String> {
+pub(crate) fn status(_rpc: &Rpc) -> Result<String, String> {
     status_document().map(|json| String::from_utf8_lossy(&json).into_owned())
 }
 
 /// `kamcmd kazoo.brokers`.
-pub fn brokers(_rpc: &Rpc) -> Result<String, String> {
+pub(crate) fn brokers(_rpc: &Rpc) -> Result<String, String> {
     status_member("brokers")
 }
 
 /// `kamcmd kazoo.subscriptions`.
-pub fn subscriptions(_rpc: &Rpc) -> Result<String, String> {
+pub(crate) fn subscriptions(_rpc: &Rpc) -> Result<String, String> {
     status_member("subscriptions")
 }

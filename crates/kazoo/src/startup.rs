@@ -31,7 +31,7 @@ static STARTUP_PUBLISHES: Mutex<Vec<Outgoing>> = Mutex::new(Vec::new());
 
 /// Records a subscription made in `kazoo:mod-init`, with its description;
 /// false (nothing recorded) anywhere else.
-pub fn record_subscription(subscription: Subscription, description: Vec<u8>) -> bool {
+pub(crate) fn record_subscription(subscription: Subscription, description: Vec<u8>) -> bool {
     if !IN_MOD_INIT.get() {
         return false;
     }
@@ -46,7 +46,7 @@ pub fn record_subscription(subscription: Subscription, description: Vec<u8>) -> 
 }
 
 /// How many subscriptions were recorded.
-pub fn subscription_count() -> usize {
+pub(crate) fn subscription_count() -> usize {
     SUBSCRIPTIONS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -54,24 +54,24 @@ pub fn subscription_count() -> usize {
 }
 
 /// The recorded subscriptions (for the AMQP process).
-pub fn subscriptions() -> Vec<Subscription> {
+pub(crate) fn subscriptions() -> Vec<Subscription> {
     let list = SUBSCRIPTIONS.lock().unwrap_or_else(|e| e.into_inner());
     list.iter().map(|(s, _)| s.clone()).collect()
 }
 
 /// The recorded subscriptions' descriptions (worker 1's start-up report).
-pub fn subscription_descriptions() -> Vec<Vec<u8>> {
+pub(crate) fn subscription_descriptions() -> Vec<Vec<u8>> {
     let list = SUBSCRIPTIONS.lock().unwrap_or_else(|e| e.into_inner());
     list.iter().map(|(_, d)| d.clone()).collect()
 }
 
 /// Whether `kazoo:mod-init` is running in this process.
-pub fn in_mod_init() -> bool {
+pub(crate) fn in_mod_init() -> bool {
     IN_MOD_INIT.get()
 }
 
 /// Queues a publish made during `kazoo:mod-init`.
-pub fn queue_publish(outgoing: Outgoing) {
+pub(crate) fn queue_publish(outgoing: Outgoing) {
     STARTUP_PUBLISHES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -79,12 +79,12 @@ pub fn queue_publish(outgoing: Outgoing) {
 }
 
 /// The publishes queued during `kazoo:mod-init` (taken by the AMQP process).
-pub fn take_startup_publishes() -> Vec<Outgoing> {
+pub(crate) fn take_startup_publishes() -> Vec<Outgoing> {
     std::mem::take(&mut STARTUP_PUBLISHES.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Runs `event_route[kazoo:mod-init]` (main process, before the fork).
-pub fn run_mod_init() {
+pub(crate) fn run_mod_init() {
     if let Some(callback) = &config().params.event_callback {
         // KEMI engines set up their interpreter only after the fork: the
         // event goes to the KEMI function from kazoo worker 1 instead.
@@ -103,7 +103,7 @@ pub fn run_mod_init() {
 /// Runs the KEMI `kazoo:mod-init` (in kazoo worker 1, where the engine is
 /// set up); subscriptions and publishes made there are then reported to the
 /// AMQP process.
-pub fn run_kemi_mod_init(callback: &str) {
+pub(crate) fn run_kemi_mod_init(callback: &str) {
     IN_MOD_INIT.set(true);
     match route::run_kemi_event(callback.as_bytes(), b"kazoo:mod-init") {
         Ok(()) => {}

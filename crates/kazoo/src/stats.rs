@@ -143,7 +143,7 @@ static REGISTERED: OnceLock<Registered> = OnceLock::new();
 static LAST: Mutex<Option<Stats>> = Mutex::new(None);
 
 /// Registers the statistics (in `mod_init`).
-pub fn register(config: &Config) -> Result<(), String> {
+pub(crate) fn register(config: &Config) -> Result<(), String> {
     let totals = TOTALS
         .iter()
         .map(|(name, doc, read)| {
@@ -198,7 +198,7 @@ pub fn register(config: &Config) -> Result<(), String> {
 }
 
 /// Writes the AMQP process's part of the statistics (every tick).
-pub fn update(stats: &Stats) {
+pub(crate) fn update(stats: &Stats) {
     let Some(registered) = REGISTERED.get() else {
         return;
     };

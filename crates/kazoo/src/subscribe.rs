@@ -11,7 +11,7 @@ use crate::startup;
 
 /// Why `kazoo_subscribe` refused a subscription.
 #[derive(Debug)]
-pub enum SubscribeError {
+pub(crate) enum SubscribeError {
     NotInModInit,
     Arg(kamailio::script::ArgError),
     Invalid(String),
@@ -57,17 +57,20 @@ fn describe(text: &[u8]) -> Result<i32, SubscribeError> {
 }
 
 /// `kazoo_subscribe(json_description)`.
-pub fn subscribe_json(msg: &mut SipMsg, args: &[SpveArg; 1]) -> Result<i32, SubscribeError> {
+pub(crate) fn subscribe_json(msg: &mut SipMsg, args: &[SpveArg; 1]) -> Result<i32, SubscribeError> {
     describe(&args[0].value(msg)?)
 }
 
 /// `KSR.kazoo.kazoo_subscribe(json_description)`.
-pub fn subscribe_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, SubscribeError> {
+pub(crate) fn subscribe_kemi(_msg: &mut SipMsg, args: [&[u8]; 1]) -> Result<i32, SubscribeError> {
     describe(args[0])
 }
 
 /// `kazoo_subscribe(exchange, exchange_type, queue, routing_key)`.
-pub fn subscribe_simple(msg: &mut SipMsg, args: &[SpveArg; 4]) -> Result<i32, SubscribeError> {
+pub(crate) fn subscribe_simple(
+    msg: &mut SipMsg,
+    args: &[SpveArg; 4],
+) -> Result<i32, SubscribeError> {
     simple([
         args[0].value(msg)?,
         args[1].value(msg)?,
@@ -77,7 +80,10 @@ pub fn subscribe_simple(msg: &mut SipMsg, args: &[SpveArg; 4]) -> Result<i32, Su
 }
 
 /// `KSR.kazoo.kazoo_subscribe_simple(exchange, exchange_type, queue, routing_key)`.
-pub fn subscribe_simple_kemi(_msg: &mut SipMsg, args: [&[u8]; 4]) -> Result<i32, SubscribeError> {
+pub(crate) fn subscribe_simple_kemi(
+    _msg: &mut SipMsg,
+    args: [&[u8]; 4],
+) -> Result<i32, SubscribeError> {
     simple(args.map(<[u8]>::to_vec))
 }
 

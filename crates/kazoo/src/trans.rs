@@ -12,9 +12,9 @@ use kazoo_engine::json::{self, JsonError};
 
 use crate::params::config;
 
-pub struct KzTransformations;
+pub(crate) struct KzTransformations;
 
-pub enum KzTransformation {
+pub(crate) enum KzTransformation {
     Encode,
     Json(TransParam),
     JsonCount(TransParam),

@@ -23,7 +23,7 @@ use crate::pvs::{EVENT_PAYLOAD, EVENT_ROUTING_KEY, QUERY_RESULT};
 use crate::startup;
 
 /// The worker's loop; never returns.
-pub fn run(worker: u32, socket: &str) -> ! {
+pub(crate) fn run(worker: u32, socket: &str) -> ! {
     crate::logger::install();
     if worker == 1 {
         if let Some(callback) = &config().params.event_callback {

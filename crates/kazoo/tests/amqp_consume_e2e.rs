@@ -4,7 +4,7 @@
 //! routes with the C module's `$kzE` and `$kzRK`; connection events arrive;
 //! with `no_ack: 0` a message stays unacked while its route runs and is
 //! redelivered when the worker dies; bad messages never take Kamailio down.
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

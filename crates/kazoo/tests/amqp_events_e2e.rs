@@ -6,7 +6,7 @@
 //!
 //! Each route writes what it saw on a log line of its own (`RETURNED ...`,
 //! `CONN-ERROR ...`, `ZONE-UP ...`): the tests read what the script recorded.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

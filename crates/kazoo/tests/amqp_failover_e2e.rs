@@ -4,7 +4,7 @@
 //! connected every publish and query fails fast with -1 (the C module
 //! black-holes publishes and returns 1); with two brokers, traffic moves to
 //! the second when the first stops.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! arrays nested 20 000 deep) never stop the module's consuming connection
 //! nor Kamailio. A routing key that is not UTF-8 never reaches the script
 //! and leaves the queue; the rest is delivered.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! reaches the broker is what the C module sent (captured in
 //! `vectors/publish.jsonl`), byte for byte, with publisher confirms behind
 //! the return code; the C module's silent losses are -1 here.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! request's `Server-ID` as routing key and echoes `Msg-ID`): every row of
 //! `vectors/query.jsonl` gives what the C module gave; timeouts hold within
 //! ±20%; a query from an event route works (the C module can deadlock).
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@
 //! can subscribe and publish there; the C module cannot deliver it), then
 //! consumed messages and connection events as `kazoo:consumer-event`, and
 //! `KSR.kazoo.kazoo_publish` publishes.
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

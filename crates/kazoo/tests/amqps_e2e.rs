@@ -3,7 +3,7 @@
 //! not name the host, is refused with a clear reason in the log (and the
 //! script gets -1 at once); `amqps_verify_hostname 0` and
 //! `amqps_verify_peer 0` relax exactly their check.
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! a `request_route`. The Lua example runs (its subscription is declared,
 //! its REGISTER handling challenges), and every log line the troubleshooting
 //! section lists is one the module writes.
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

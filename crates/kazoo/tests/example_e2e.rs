@@ -3,7 +3,7 @@
 //! module's location changed), with the local RabbitMQ it records its
 //! subscriptions, publishes (confirmed) and consumes, answers its own
 //! queries through the targeted exchange, and answers the demo's requests.
-mod common;
+use crate::common;
 
 use common::Proxy;
 use kamailio_test::SipReply;

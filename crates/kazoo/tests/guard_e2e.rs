@@ -9,7 +9,7 @@
 //! builds with the `test-hooks`
 //! feature; this test builds that variant into its own target directory
 //! (or takes it from `KAZOO_TEST_HOOKS_MODULE`).
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

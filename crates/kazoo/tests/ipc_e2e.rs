@@ -3,7 +3,7 @@
 //! itself) is refused; Kamailio's processes still work when Kamailio drops
 //! its privileges (`-u`): the AMQP process compares a peer's uid with its
 //! own effective uid.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

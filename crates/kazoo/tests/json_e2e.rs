@@ -3,7 +3,7 @@
 //! row for row, what the C module gave for the captured vectors (except the
 //! documented encoding of bytes >= 0x80), and hostile inputs that crash the
 //! C module get an error code while Kamailio keeps answering.
-mod common;
+use crate::common;
 
 use common::{cfg, int, result, Proxy};
 use kamailio_test::{tsv_cell, tsv_rows};

@@ -19,7 +19,7 @@
 //! - `dispatcher` from the same database;
 //! - the JSON subscriptions bound as written, their messages acked;
 //! - a clean stop: exit 0, no core file, no critical or signal line.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

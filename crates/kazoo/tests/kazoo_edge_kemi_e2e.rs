@@ -14,7 +14,7 @@
 //!   written by `KSR.kazoo.kazoo_pua_publish_*` and NOTIFYed to a
 //!   SUBSCRIBEd client;
 //! - a clean stop.
-mod common;
+use crate::common;
 
 use common::edge::{
     presence_updates_reach_watchers, register_with_digest_against_the_backend, stops_cleanly, Edge,

@@ -4,7 +4,7 @@
 //! effects (broker messages and their headers, replies of a Kazoo-style
 //! responder, variables, presentity rows), and the async query's error
 //! function.
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! once and records subscriptions, and functions that cannot do their work
 //! (no broker or database configured here) return -1 without stopping the
 //! script.
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

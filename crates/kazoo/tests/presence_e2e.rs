@@ -5,7 +5,7 @@
 //! the vectors were captured with it) and with `db_mysql` on MariaDB (a
 //! driver with REPLACE and transactions; ids there follow AUTO_INCREMENT, so
 //! they are not compared).
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! the AMQP process's logging; a custom cfg group read with
 //! `$sel(cfg_get.kazoo.*)` in an event route (as Kazoo's edge configurations
 //! do everywhere) works at all.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

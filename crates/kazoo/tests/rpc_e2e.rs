@@ -1,7 +1,7 @@
 //! The `kazoo.status` RPC command through Kamailio's ctl module and
 //! `kamcmd`: it shows each broker's connections and counts what the module
 //! did (confirmed and failed publishes here).
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -89,6 +89,7 @@ fn write_frame(stream: &mut UnixStream, frame: &[u8], deadline: Instant) -> Resu
 }
 
 /// The request side of one process: publishes and queries, one at a time.
+#[derive(Debug)]
 pub struct Requester {
     name: String,
     stream: Option<UnixStream>,
@@ -181,6 +182,7 @@ pub fn send_once(name: &str, message: &Message, deadline: Instant) -> Result<(),
 }
 
 /// A consumer worker's connection: deliveries in, acks out.
+#[derive(Debug)]
 pub struct WorkerLink {
     stream: UnixStream,
 }

@@ -65,6 +65,7 @@ use server::accept;
 use status::{BrokerState, Counters, SubscriptionFailures};
 
 /// What the service needs from the module's configuration.
+#[derive(Debug)]
 pub struct ServiceConfig {
     pub brokers: Vec<Broker>,
     pub subscriptions: Vec<Subscription>,

@@ -30,18 +30,18 @@ impl log::Log for StderrLog {
 }
 
 /// Log lines of the engine on stderr when `KZ_TEST_LOG` is set (debug level).
-pub fn init_log() {
+pub(crate) fn init_log() {
     if std::env::var_os("KZ_TEST_LOG").is_some() && log::set_logger(&StderrLog).is_ok() {
         log::set_max_level(log::LevelFilter::Debug);
     }
 }
 
 /// A broker from a URL, numbered `id`, in zone `zone`.
-pub fn broker(url: &str, id: u32, zone: &str) -> Broker {
+pub(crate) fn broker(url: &str, id: u32, zone: &str) -> Broker {
     parse_connection(url, zone, id).expect("valid broker URL")
 }
 
-pub fn options(node: &str) -> BrokerOptions {
+pub(crate) fn options(node: &str) -> BrokerOptions {
     init_log();
     BrokerOptions {
         node_hostname: node.to_string(),
@@ -56,7 +56,7 @@ pub fn options(node: &str) -> BrokerOptions {
 }
 
 /// A subscription with the C defaults: no_ack, auto_delete queue.
-pub fn subscription(
+pub(crate) fn subscription(
     exchange: &str,
     exchange_type: &str,
     queue: &str,
@@ -83,7 +83,7 @@ pub fn subscription(
 
 /// Waits for the first event `pick` accepts; other events are passed to
 /// `seen` (for assertions on what came before) and dropped.
-pub async fn wait_for<T>(
+pub(crate) async fn wait_for<T>(
     events: &mut Receiver<Event>,
     within: Duration,
     what: &str,
@@ -106,7 +106,7 @@ pub async fn wait_for<T>(
 }
 
 /// Waits for `Connected` of every listed (broker, role).
-pub async fn wait_connected(
+pub(crate) async fn wait_connected(
     events: &mut Receiver<Event>,
     wanted: &[(u32, Role)],
     within: Duration,
@@ -144,7 +144,7 @@ pub async fn wait_connected(
 }
 
 /// Waits for the next delivery, failing on anything but connection events.
-pub async fn next_delivery(
+pub(crate) async fn next_delivery(
     events: &mut Receiver<Event>,
     within: Duration,
 ) -> kazoo_engine::broker::Delivery {
@@ -168,13 +168,13 @@ pub async fn next_delivery(
 }
 
 /// A plain lapin connection for the test's own declarations and publishes.
-pub struct Raw {
+pub(crate) struct Raw {
     pub connection: Connection,
     pub channel: Channel,
 }
 
 impl Raw {
-    pub async fn connect(url: &str) -> Raw {
+    pub(crate) async fn connect(url: &str) -> Raw {
         let connection = Connection::connect_with_runtime(
             &format!("{url}/%2f"),
             ConnectionProperties::default(),
@@ -190,7 +190,7 @@ impl Raw {
     }
 
     /// Declares a plain queue and binds it to `exchange` with `key`.
-    pub async fn bound_queue(&self, queue: &str, exchange: &str, key: &str) {
+    pub(crate) async fn bound_queue(&self, queue: &str, exchange: &str, key: &str) {
         self.channel
             .queue_declare(queue.into(), QueueDeclareOptions::default(), no_args())
             .await
@@ -208,7 +208,7 @@ impl Raw {
     }
 
     /// Publishes (without confirms) a plain message.
-    pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
+    pub(crate) async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
         let confirm = self
             .channel
             .basic_publish(
@@ -225,7 +225,7 @@ impl Raw {
     }
 
     /// Deletes exchanges and queues, ignoring errors (on fresh channels).
-    pub async fn delete(&self, exchanges: &[&str], queues: &[&str]) {
+    pub(crate) async fn delete(&self, exchanges: &[&str], queues: &[&str]) {
         for name in exchanges {
             if let Ok(ch) = self.connection.create_channel().await {
                 let _ = ch
@@ -242,17 +242,17 @@ impl Raw {
         }
     }
 
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let _ = self.connection.close(200, "OK".into()).await;
     }
 }
 
 /// `FieldTable::default()`, for brevity.
-pub fn no_args() -> FieldTable {
+pub(crate) fn no_args() -> FieldTable {
     FieldTable::default()
 }
 
 /// Runs a blocking harness call without stalling the test's runtime.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }

@@ -15,17 +15,17 @@ use serde_json::{json, Value};
 use super::{read, sqlite};
 
 /// The realm: the SIP domain the client sends to.
-pub const REALM: &str = "127.0.0.1";
+pub(crate) const REALM: &str = "127.0.0.1";
 /// `REALM` as one routing-key word (`kazoo_encode`).
-pub const REALM_KEY: &str = "127%2E0%2E0%2E1";
+pub(crate) const REALM_KEY: &str = "127%2E0%2E0%2E1";
 /// The media server in the dispatcher table.
-pub const MEDIA_SERVER: &str = "sip:127.0.0.1:5090";
-pub const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const MEDIA_SERVER: &str = "sip:127.0.0.1:5090";
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// Names of this run: node, the other node, exchanges (`local.cfg`
 /// overrides the configuration's defaults with them, so runs on one broker
 /// never see each other's messages).
-pub struct Names {
+pub(crate) struct Names {
     pub node: String,
     pub other_node: String,
     pub authn: String,
@@ -36,7 +36,7 @@ pub struct Names {
 }
 
 impl Names {
-    pub fn new() -> Names {
+    pub(crate) fn new() -> Names {
         Names {
             node: unique_name("edge").replace('-', "."),
             other_node: unique_name("kamailio@other").replace('-', "."),
@@ -73,20 +73,20 @@ impl Names {
 
     /// The queue a subscription of the configuration declares: the
     /// subscription's prefix and the node's name.
-    pub fn queue(&self, prefix: &str) -> String {
+    pub(crate) fn queue(&self, prefix: &str) -> String {
         format!("{prefix}-{}", self.node)
     }
 }
 
 /// The node's SQLite database: presence tables and the dispatcher table
 /// with one media server.
-pub struct Database {
+pub(crate) struct Database {
     dir: PathBuf,
     pub file: PathBuf,
 }
 
 impl Database {
-    pub fn create() -> Database {
+    pub(crate) fn create() -> Database {
         let dir = std::env::temp_dir().join(unique_name("kazoo-edge"));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("kazoo.db");
@@ -143,7 +143,7 @@ fn authn_answer(request: &[u8]) -> Vec<(Duration, Vec<u8>)> {
 }
 
 /// The backend's answer to the ACL query.
-pub fn acl_answer(request: &[u8]) -> Vec<(Duration, Vec<u8>)> {
+pub(crate) fn acl_answer(request: &[u8]) -> Vec<(Duration, Vec<u8>)> {
     let reply = json!({
         "Event-Category": "acl",
         "Event-Name": "query_resp",
@@ -157,7 +157,7 @@ pub fn acl_answer(request: &[u8]) -> Vec<(Duration, Vec<u8>)> {
     vec![(Duration::ZERO, reply.to_string().into_bytes())]
 }
 
-pub struct Edge {
+pub(crate) struct Edge {
     pub kamailio: Kamailio,
     pub names: Names,
     // Dropped before the probe, whose runtime they use.
@@ -171,7 +171,7 @@ impl Edge {
     /// Starts Kamailio with the main configuration file `main`, the other
     /// `files` next to it and the site file (`local.cfg`), and waits until
     /// the queues the subscriptions with these prefixes declare are consumed.
-    pub fn start(main: &str, files: &[(&str, &str)], queues: &[&str]) -> Edge {
+    pub(crate) fn start(main: &str, files: &[(&str, &str)], queues: &[&str]) -> Edge {
         let names = Names::new();
         let db = Database::create();
         let probe = AmqpProbe::connect(&system_broker_url()).expect("probe");
@@ -235,7 +235,7 @@ impl Drop for Edge {
 }
 
 /// Waits for a request the node sends to `client` that `wanted` accepts.
-pub fn wait_request(
+pub(crate) fn wait_request(
     client: &SipClient,
     what: &str,
     wanted: impl Fn(&SipRequest) -> bool,
@@ -252,7 +252,7 @@ pub fn wait_request(
     }
 }
 
-pub fn register(edge: &Edge, user: &str, password: &str) -> (SipClient, SipReply) {
+pub(crate) fn register(edge: &Edge, user: &str, password: &str) -> (SipClient, SipReply) {
     let client = SipClient::new().unwrap();
     let (challenge, reply) = client
         .send_with_digest(
@@ -273,7 +273,7 @@ pub fn register(edge: &Edge, user: &str, password: &str) -> (SipClient, SipReply
     (client, reply)
 }
 
-pub fn authn_request_of(edge: &Edge, user: &str) -> ProbeMessage {
+pub(crate) fn authn_request_of(edge: &Edge, user: &str) -> ProbeMessage {
     edge.authn
         .requests()
         .into_iter()
@@ -286,7 +286,7 @@ pub fn authn_request_of(edge: &Edge, user: &str) -> ProbeMessage {
 }
 
 /// Registers 1001; returns the contact the node saved.
-pub fn register_with_digest_against_the_backend(edge: &Edge) -> String {
+pub(crate) fn register_with_digest_against_the_backend(edge: &Edge) -> String {
     let successes = edge
         .probe
         .capture(&edge.names.registrar, "registration.success.#")
@@ -339,13 +339,18 @@ pub fn register_with_digest_against_the_backend(edge: &Edge) -> String {
 }
 
 /// One SUBSCRIBEd client per event package.
-pub struct Watcher {
+pub(crate) struct Watcher {
     client: SipClient,
     package: &'static str,
 }
 
 impl Watcher {
-    pub fn subscribe(edge: &Edge, user: &str, package: &'static str, accept: &str) -> Watcher {
+    pub(crate) fn subscribe(
+        edge: &Edge,
+        user: &str,
+        package: &'static str,
+        accept: &str,
+    ) -> Watcher {
         let client = SipClient::new().unwrap();
         let reply = client
             .send_request(
@@ -369,14 +374,14 @@ impl Watcher {
         watcher
     }
 
-    pub fn notify(&self, what: &str, body: impl Fn(&str) -> bool) -> SipRequest {
+    pub(crate) fn notify(&self, what: &str, body: impl Fn(&str) -> bool) -> SipRequest {
         wait_request(&self.client, &format!("{} {what}", self.package), |r| {
             r.method == "NOTIFY" && r.header("Event") == Some(self.package) && body(&r.text())
         })
     }
 }
 
-pub fn presence_updates_reach_watchers(edge: &Edge) {
+pub(crate) fn presence_updates_reach_watchers(edge: &Edge) {
     let user = "2001";
     let aor = format!("sip:{user}@{REALM}");
     let dialog = Watcher::subscribe(edge, user, "dialog", "application/dialog-info+xml");
@@ -437,7 +442,7 @@ pub fn presence_updates_reach_watchers(edge: &Edge) {
     assert!(body.contains("On the Phone"), "{body}");
 }
 
-pub fn stops_cleanly(edge: &Edge) {
+pub(crate) fn stops_cleanly(edge: &Edge) {
     assert!(edge.kamailio.is_running(), "Kamailio died during the test");
     let status = edge.kamailio.stop();
     assert!(status.success(), "exit status {status}");

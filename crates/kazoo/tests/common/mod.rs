@@ -7,7 +7,7 @@
 //! header when a value is `$null`.
 #![allow(dead_code)]
 
-pub mod edge;
+pub(crate) mod edge;
 
 use std::path::Path;
 use std::process::Command;
@@ -19,7 +19,7 @@ use kamailio_test::{hex_decode, hex_encode, Kamailio, SipClient, SipReply};
 /// modparams and `{{ROUTES}}` the routes. Kamailio 6 drops SIP messages of
 /// 32 KB and more unless `msg_recv_max_size` allows them (5.6 has no such
 /// parameter); some tests send more.
-pub const BASE_CFG: &str = r#"#!KAMAILIO
+pub(crate) const BASE_CFG: &str = r#"#!KAMAILIO
 debug=2
 log_stderror=yes
 fork=yes
@@ -46,7 +46,7 @@ modparam("kazoo", "pua_mode", 0)
 /// A configuration from [`BASE_CFG`] with a broker and a node name of its
 /// own: reply queues are named after the node, so two instances with one
 /// name would take each other's replies. Returns the config and the node.
-pub fn amqp_cfg(broker_url: &str, params: &str, routes: &str) -> (String, String) {
+pub(crate) fn amqp_cfg(broker_url: &str, params: &str, routes: &str) -> (String, String) {
     let node = kamailio_test::unique_name("kzvec").replace('-', ".");
     let config = cfg(
         &format!("modparam(\"kazoo\", \"amqp_connection\", \"{broker_url}\")\n{params}"),
@@ -57,39 +57,39 @@ pub fn amqp_cfg(broker_url: &str, params: &str, routes: &str) -> (String, String
 }
 
 /// A configuration from [`BASE_CFG`].
-pub fn cfg(params: &str, routes: &str) -> String {
+pub(crate) fn cfg(params: &str, routes: &str) -> String {
     BASE_CFG
         .replace("{{PARAMS}}", params)
         .replace("{{ROUTES}}", routes)
 }
 
-pub const TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A running Kamailio and a client to talk to it.
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub kamailio: Kamailio,
     pub client: SipClient,
 }
 
 impl Proxy {
-    pub fn start(cfg: &str) -> Proxy {
+    pub(crate) fn start(cfg: &str) -> Proxy {
         Proxy::with(Kamailio::start(cfg).unwrap_or_else(|e| panic!("kamailio: {e}")))
     }
 
     /// A proxy around a Kamailio started with other options.
-    pub fn with(kamailio: Kamailio) -> Proxy {
+    pub(crate) fn with(kamailio: Kamailio) -> Proxy {
         let client = SipClient::new().expect("sip client");
         Proxy { kamailio, client }
     }
 
     /// Sends a MESSAGE to `sip:<user>@...` with the given inputs as hex
     /// headers `X-A`, `X-B`, ... and returns the final reply.
-    pub fn call(&self, user: &str, inputs: &[&[u8]]) -> SipReply {
+    pub(crate) fn call(&self, user: &str, inputs: &[&[u8]]) -> SipReply {
         self.try_call(user, inputs)
             .unwrap_or_else(|e| panic!("{user}: {e}"))
     }
 
-    pub fn try_call(
+    pub(crate) fn try_call(
         &self,
         user: &str,
         inputs: &[&[u8]],
@@ -114,7 +114,7 @@ impl Proxy {
     /// Waits until the module's publisher connection and first consuming
     /// connection to broker `id` are up (`n`-th time: 1 at start-up, 2 after
     /// one reconnect, ...).
-    pub fn wait_connected(&self, id: u32, n: usize) {
+    pub(crate) fn wait_connected(&self, id: u32, n: usize) {
         let needle = format!("broker {id} (");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         // The publisher, and the first consuming connection: it consumes the
@@ -140,14 +140,14 @@ impl Proxy {
     }
 
     /// `kamcmd <args>` on the instance's ctl socket (`{{CTL}}`); its output.
-    pub fn kamcmd(&self, args: &[&str]) -> String {
+    pub(crate) fn kamcmd(&self, args: &[&str]) -> String {
         self.kamailio
             .kamcmd(args)
             .unwrap_or_else(|e| panic!("kamcmd {args:?}: {e}"))
     }
 
     /// Kamailio still runs and answers SIP.
-    pub fn assert_alive(&self) {
+    pub(crate) fn assert_alive(&self) {
         assert!(self.kamailio.is_running(), "Kamailio exited");
         let reply = self
             .client
@@ -158,7 +158,7 @@ impl Proxy {
 }
 
 /// A hex result header: `None` when the `<name>-Null` header says `$null`.
-pub fn result(reply: &SipReply, name: &str) -> Option<Vec<u8>> {
+pub(crate) fn result(reply: &SipReply, name: &str) -> Option<Vec<u8>> {
     if reply.header(&format!("{name}-Null")).is_some() {
         return None;
     }
@@ -169,7 +169,7 @@ pub fn result(reply: &SipReply, name: &str) -> Option<Vec<u8>> {
 }
 
 /// An integer result header.
-pub fn int(reply: &SipReply, name: &str) -> i64 {
+pub(crate) fn int(reply: &SipReply, name: &str) -> i64 {
     reply
         .header(name)
         .unwrap_or_else(|| panic!("reply has no {name} header: {reply:?}"))
@@ -179,7 +179,7 @@ pub fn int(reply: &SipReply, name: &str) -> i64 {
 
 /// The release of the Kamailio under test (`KAMAILIO_BIN`, default
 /// `/usr/sbin/kamailio`), e.g. `5.6.3`, from the `version:` line of `kamailio -v`.
-pub fn kamailio_release() -> &'static str {
+pub(crate) fn kamailio_release() -> &'static str {
     static RELEASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     RELEASE.get_or_init(|| {
         let bin = std::env::var("KAMAILIO_BIN").unwrap_or_else(|_| "/usr/sbin/kamailio".into());
@@ -201,7 +201,7 @@ pub fn kamailio_release() -> &'static str {
 /// `{{AMQP_RECEIVED}}` with the values found in `actual`, and the capture's
 /// node name `kzvec.local` with `node`; the capture's `App-Version` (5.6.3) with
 /// the release under test.
-pub fn fill_placeholders(template: &str, actual: &str, msg_id: &str, node: &str) -> String {
+pub(crate) fn fill_placeholders(template: &str, actual: &str, msg_id: &str, node: &str) -> String {
     let received = actual
         .split("\"AMQP-Received\": ")
         .nth(1)
@@ -231,14 +231,14 @@ pub fn fill_placeholders(template: &str, actual: &str, msg_id: &str, node: &str)
 }
 
 /// A file the tests need from a Debian package (e.g. a Kamailio schema).
-pub fn read(path: &str, package: &str) -> String {
+pub(crate) fn read(path: &str, package: &str) -> String {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{path}: {e} (Debian package {package})"))
 }
 
 /// Runs `script` on the SQLite database `file` with the `sqlite3` client
 /// and returns its output (`-json`: rows as a JSON array, empty for none).
-pub fn sqlite(file: &Path, script: &str) -> String {
+pub(crate) fn sqlite(file: &Path, script: &str) -> String {
     let out = Command::new("sqlite3")
         .arg("-json")
         .arg(file)

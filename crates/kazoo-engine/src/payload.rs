@@ -124,10 +124,12 @@ const KEY_RECEIVED: &[u8] = b"AMQP-Received";
 /// one concatenation, not a second parse and serialisation as in the C publisher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreparedPublish {
-    before: Vec<u8>,
-    after: Vec<u8>,
-    slot: bool,
-    msg_id: String,
+    /// Read and written directly by the IPC wire format (`ipc::wire`),
+    /// which carries it whole to the AMQP process.
+    pub(crate) before: Vec<u8>,
+    pub(crate) after: Vec<u8>,
+    pub(crate) slot: bool,
+    pub(crate) msg_id: String,
 }
 
 impl PreparedPublish {
@@ -155,23 +157,6 @@ impl PreparedPublish {
     /// Whether the publisher must supply the `Server-ID` (the payload had none, or null).
     pub fn has_server_id_slot(&self) -> bool {
         self.slot
-    }
-
-    /// The text before and after the `Server-ID` value and whether there is a slot, for
-    /// carrying the prepared payload to another process.
-    pub fn to_parts(&self) -> (&[u8], &[u8], bool) {
-        (&self.before, &self.after, self.slot)
-    }
-
-    /// Rebuilds a prepared payload from [`to_parts`](Self::to_parts) and
-    /// [`msg_id`](Self::msg_id).
-    pub fn from_parts(before: Vec<u8>, after: Vec<u8>, slot: bool, msg_id: String) -> Self {
-        PreparedPublish {
-            before,
-            after,
-            slot,
-            msg_id,
-        }
     }
 }
 
@@ -622,14 +607,6 @@ mod tests {
             let mut expected = parse(&prepared.body("s/1")).unwrap_or(Value::Null);
             assert!(expected.insert(b"Server-ID", Value::String(b"s/1".to_vec())));
             assert_eq!(prepared.body("s/1"), to_json(&expected));
-            let (before, after, slot) = prepared.to_parts();
-            let moved = PreparedPublish::from_parts(
-                before.to_vec(),
-                after.to_vec(),
-                slot,
-                prepared.msg_id().to_owned(),
-            );
-            assert_eq!(moved, prepared);
         }
     }
 

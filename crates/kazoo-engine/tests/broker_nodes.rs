@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use broker_support::*;
 use kamailio_test::{system_broker_url, unique_name, RabbitNode};
-use kazoo_engine::broker::{Brokers, Delivery, Event, PublishError, Role, TlsOptions};
+use kazoo_engine::broker::{Brokers, Consumed, Event, PublishError, Role, TlsOptions};
 use lapin::options::BasicGetOptions;
 use tokio::sync::mpsc::Receiver;
 use tokio::time::Instant;
@@ -26,7 +26,7 @@ fn soon() -> Instant {
 async fn wait_states(
     events: &mut Receiver<Event>,
     wanted: &[(u32, Role, bool)],
-    deliveries: &mut Vec<Delivery>,
+    deliveries: &mut Vec<Consumed>,
     reasons: &mut Vec<String>,
 ) {
     let mut missing = wanted.to_vec();
@@ -52,7 +52,7 @@ async fn wait_states(
                 reasons.push(reason);
                 missing.retain(|&w| w != (broker_id, role, false));
             }
-            Event::Delivery(d) => deliveries.push(d),
+            Event::Consumed(d) => deliveries.push(d),
             Event::SubscriptionFailed { index, reason, .. } => {
                 panic!("unexpected SubscriptionFailed {index}: {reason}")
             }

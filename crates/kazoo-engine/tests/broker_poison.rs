@@ -199,7 +199,7 @@ async fn assert_queue_empty(queue: &str) {
 async fn deliveries_until(
     events: &mut Receiver<Event>,
     body: &[u8],
-) -> Vec<kazoo_engine::broker::Delivery> {
+) -> Vec<kazoo_engine::broker::Consumed> {
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
@@ -210,13 +210,13 @@ async fn deliveries_until(
                     "no delivery of {:?} within {WAIT:?}; got {:?}",
                     String::from_utf8_lossy(body),
                     got.iter()
-                        .map(|d: &kazoo_engine::broker::Delivery| d.routing_key.clone())
+                        .map(|d: &kazoo_engine::broker::Consumed| d.routing_key.clone())
                         .collect::<Vec<_>>()
                 )
             })
             .expect("events");
         match event {
-            Event::Delivery(d) => {
+            Event::Consumed(d) => {
                 let done = d.body == body;
                 got.push(d);
                 if done {

@@ -487,7 +487,7 @@ async fn refused_subscriptions_do_not_stop_the_others_or_the_replies() {
             Event::SubscriptionWorking { index, .. } => {
                 panic!("subscription {index} cannot work here")
             }
-            Event::Delivery(d) => panic!("unexpected {d:?}"),
+            Event::Consumed(d) => panic!("unexpected {d:?}"),
         }
     }
     assert!(failed[&1][0].contains("406"), "{:?}", failed[&1]);
@@ -1085,7 +1085,7 @@ async fn the_prefetch_holds_a_flood_on_the_broker_for_no_ack_subscriptions_too()
     // No sixth delivery while five are unacked.
     let more = tokio::time::timeout(Duration::from_millis(700), async {
         loop {
-            if let Some(Event::Delivery(d)) = events.recv().await {
+            if let Some(Event::Consumed(d)) = events.recv().await {
                 return d;
             }
         }

@@ -20,10 +20,8 @@ use kamailio::pv::NamedPv;
 use kamailio::script::{ArgError, SpveArg};
 use kamailio::tm::{self, ResumeRoute, Suspended};
 use kamailio::SipMsg;
-use kazoo_engine::ipc::{IpcError, Message, Outcome, Outgoing, Target};
-use kazoo_engine::payload::{
-    self, CommonFields, PayloadError, PreparedPublish, PublishFlags, PublishTarget,
-};
+use kazoo_engine::ipc::{IpcError, Outcome, Outgoing, Request, ResumeAt};
+use kazoo_engine::payload::{self, CommonFields, PayloadError, PublishFlags, PublishTarget};
 
 use crate::ipc_client;
 use crate::params::config;
@@ -124,7 +122,7 @@ impl Extra {
 }
 
 fn outgoing(
-    target: Target,
+    target: PublishTarget,
     exchange: Vec<u8>,
     routing_key: &[u8],
     payload: &[u8],
@@ -133,26 +131,20 @@ fn outgoing(
     timeout: Duration,
 ) -> Result<Outgoing, AmqpError> {
     payload::check_routing_key(routing_key).map_err(|e| AmqpError::Target(e.to_string()))?;
-    let prepared: PreparedPublish =
-        payload::prepare_publish(payload, &common_fields(), payload::new_msg_id)?;
-    let (before, after, server_id_slot) = prepared.to_parts();
+    let prepared = payload::prepare_publish(payload, &common_fields(), payload::new_msg_id)?;
     Ok(Outgoing {
-        request: 0,
         target,
         exchange,
         routing_key: routing_key.to_vec(),
         headers: headers.map(payload::parse_headers).unwrap_or_default(),
-        before: before.to_vec(),
-        after: after.to_vec(),
-        server_id_slot,
-        msg_id: prepared.msg_id().to_string(),
+        payload: prepared,
         timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
         mandatory,
     })
 }
 
-fn call(message: Message, deadline: Instant) -> Result<Outcome, AmqpError> {
-    ipc_client::with_requester(|requester| requester.call(message, deadline))
+fn call(request: Request, deadline: Instant) -> Result<Outcome, AmqpError> {
+    ipc_client::with_requester(|requester| requester.call(request, deadline))
         .map_err(AmqpError::Failed)?
         .map_err(AmqpError::Ipc)
 }
@@ -192,10 +184,6 @@ fn publish_values(
 ) -> Result<i32, AmqpError> {
     let (target, routing_key) =
         payload::parse_target(routing_key).map_err(|e| AmqpError::Target(e.to_string()))?;
-    let target = match target {
-        PublishTarget::Primary => Target::Primary,
-        PublishTarget::Broker(id) => Target::Broker(id),
-    };
     let timeout = Duration::from_millis(config().params.amqp_publish_timeout as u64);
     let mandatory = extra.mandatory("kazoo_publish");
     let outgoing = outgoing(
@@ -213,7 +201,7 @@ fn publish_values(
         return Ok(1);
     }
     match call(
-        Message::Publish(outgoing),
+        Request::Publish(outgoing),
         Instant::now() + timeout + ANSWER_MARGIN,
     )? {
         Outcome::Published => Ok(1),
@@ -330,7 +318,7 @@ fn query_values(
     }
     let timeout = query_timeout(msg);
     let outgoing = outgoing(
-        Target::Primary,
+        PublishTarget::Primary,
         exchange,
         routing_key,
         payload,
@@ -339,7 +327,7 @@ fn query_values(
         timeout,
     )?;
     let reply = match call(
-        Message::Query(outgoing),
+        Request::Query(outgoing),
         Instant::now() + timeout + ANSWER_MARGIN,
     )? {
         Outcome::Reply(reply) => reply,
@@ -422,7 +410,7 @@ fn async_query_values(
     };
     let timeout = query_timeout(msg);
     let outgoing = outgoing(
-        Target::Primary,
+        PublishTarget::Primary,
         exchange,
         routing_key,
         payload,
@@ -432,15 +420,17 @@ fn async_query_values(
     )?;
     let suspended = tm::suspend(msg).map_err(AmqpError::Failed)?;
     let id = suspended.id();
-    let message = Message::AsyncQuery {
+    let request = Request::AsyncQuery {
         outgoing,
-        hash: id.hash,
-        label: id.label,
-        ok_route,
-        err_route,
+        resume: ResumeAt {
+            hash: id.hash,
+            label: id.label,
+            ok_route,
+            err_route,
+        },
     };
     let sent = ipc_client::with_requester(|requester| {
-        requester.send(&message, Instant::now() + ANSWER_MARGIN)
+        requester.send(&request, Instant::now() + ANSWER_MARGIN)
     })
     .map_err(AmqpError::Failed)
     .and_then(|sent| sent.map_err(AmqpError::Ipc));

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use kamailio::rpc::Rpc;
-use kazoo_engine::ipc::{Message, Outcome};
+use kazoo_engine::ipc::{Outcome, Request};
 use kazoo_engine::json::{self, Value};
 
 use crate::ipc_client;
@@ -18,7 +18,7 @@ use crate::ipc_client;
 /// The AMQP process's status document.
 fn status_document() -> Result<Vec<u8>, String> {
     let deadline = Instant::now() + Duration::from_secs(2);
-    let outcome = ipc_client::with_requester(|r| r.call(Message::Status { request: 0 }, deadline))?
+    let outcome = ipc_client::with_requester(|r| r.call(Request::Status, deadline))?
         .map_err(|e| e.to_string())?;
     match outcome {
         Outcome::Reply(json) => Ok(json),

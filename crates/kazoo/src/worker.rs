@@ -15,7 +15,7 @@ use kamailio::route::{self, KemiError, RouteOutcome};
 use std::time::Instant;
 
 use kamailio::tm::{self, ResumeRoute, TransactionId};
-use kazoo_engine::ipc::{self, Delivery, Message, Resume, Work, WorkerLink};
+use kazoo_engine::ipc::{self, Delivery, Request, Resume, Work, WorkerLink};
 use kazoo_engine::routes;
 
 use crate::params::config;
@@ -100,7 +100,7 @@ fn resume_query(resume: Resume) {
 /// published to the AMQP process, which waits for it before connecting.
 fn kemi_mod_init(callback: &str, socket: &str) {
     startup::run_kemi_mod_init(callback);
-    let report = Message::StartupDone {
+    let report = Request::StartupDone {
         subscriptions: startup::subscription_descriptions(),
         publishes: startup::take_startup_publishes(),
     };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{amqp_cfg, int, Proxy};
 use kamailio_test::{system_broker_url, unique_name, AmqpProbe, Kamailio};
-use kazoo_engine::ipc::{Message, Requester};
+use kazoo_engine::ipc::{Request, Requester};
 
 const ROUTES: &str = r#"
 request_route {
@@ -46,10 +46,7 @@ fn a_process_that_is_not_kamailios_is_refused() {
     proxy.wait_connected(1, 1);
     let name = socket_name(proxy.kamailio.pid());
     let mut foreign = Requester::new(&name);
-    let refused = foreign.call(
-        Message::Status { request: 0 },
-        Instant::now() + Duration::from_secs(2),
-    );
+    let refused = foreign.call(Request::Status, Instant::now() + Duration::from_secs(2));
     assert!(refused.is_err(), "a foreign process got an answer");
     assert!(proxy
         .kamailio

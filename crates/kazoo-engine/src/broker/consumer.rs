@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use super::connect::{
     connection_loop, error_text, next, Backoff, ConnCtx, Reported, Serve, STABLE, WATCH_INTERVAL,
 };
-use super::{lock, Acker, Delivery, Event, Source};
+use super::{lock, Acker, Consumed, Event, Source};
 use crate::subscription::{ExchangeFlags, QueueFlags, Subscription};
 
 /// One unit's declaration may take this long before the connection is
@@ -280,22 +280,12 @@ fn queue_arguments(flags: QueueFlags) -> FieldTable {
     arguments
 }
 
-/// `kamailio@<node>-<<id>-<idx>>`
-pub(crate) fn reply_queue(node: &str, id: u32, idx: u32) -> String {
-    format!("kamailio@{node}-<{id}-{idx}>")
-}
-
-/// `kamailio@<node>-<<id>>-targeted-<idx>` (the `Server-ID`).
-pub(crate) fn reply_key(node: &str, id: u32, idx: u32) -> String {
-    format!("kamailio@{node}-<{id}>-targeted-{idx}")
-}
-
 impl Session {
     fn what(&self, unit: Unit) -> String {
         match unit {
             Unit::Reply { idx } => format!(
                 "reply queue {}",
-                reply_queue(&self.ctx.options.node_hostname, self.ctx.id(), idx)
+                crate::payload::reply_queue(&self.ctx.options.node_hostname, self.ctx.id(), idx)
             ),
             Unit::Subscription { index } => format!("subscription {index}"),
         }
@@ -353,11 +343,11 @@ impl Session {
             Unit::Reply { idx } => {
                 let node = &self.ctx.options.node_hostname;
                 let queue = short(
-                    &reply_queue(node, self.ctx.id(), idx),
+                    &crate::payload::reply_queue(node, self.ctx.id(), idx),
                     "the reply queue name",
                 )?;
                 let key = short(
-                    &reply_key(node, self.ctx.id(), idx),
+                    &crate::payload::server_id(node, self.ctx.id(), idx),
                     "the reply binding key",
                 )?;
                 let targeted: ShortString = crate::payload::TARGETED_EXCHANGE.into();
@@ -661,7 +651,7 @@ impl Session {
         };
         let ack = self.acker(unit, delivery.acker);
         self.ctx
-            .send(Event::Delivery(Delivery {
+            .send(Event::Consumed(Consumed {
                 broker_id: self.ctx.id(),
                 zone: self.ctx.slot.broker.zone.clone(),
                 source,

@@ -108,7 +108,7 @@ pub enum Event {
         role: Role,
         reason: String,
     },
-    Delivery(Delivery),
+    Consumed(Consumed),
     /// A subscription could not be declared or consumed on a broker; reported
     /// once per (index, broker) change, not on every retry.
     SubscriptionFailed {
@@ -134,7 +134,7 @@ pub enum Source {
 
 /// A consumed message.
 #[derive(Debug)]
-pub struct Delivery {
+pub struct Consumed {
     pub broker_id: u32,
     pub zone: String,
     pub source: Source,

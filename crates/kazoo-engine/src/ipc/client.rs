@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::socket::connect;
 use super::wire::{body_len, WireError};
-use super::{IpcError, Message, Outcome, Work};
+use super::{Answer, IpcError, Outcome, Request, Work};
 
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
@@ -19,9 +19,9 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
-/// Reads one frame, giving up at `deadline`. `Ok(None)`: nothing arrived
+/// Reads one frame's body, giving up at `deadline`. `Ok(None)`: nothing arrived
 /// (no byte of a frame was read, so the stream is still in sync).
-fn read_frame(stream: &mut UnixStream, deadline: Instant) -> Result<Option<Message>, IpcError> {
+fn read_frame(stream: &mut UnixStream, deadline: Instant) -> Result<Option<Vec<u8>>, IpcError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -71,7 +71,7 @@ fn read_frame(stream: &mut UnixStream, deadline: Instant) -> Result<Option<Messa
             Err(e) => return Err(IpcError::Io(e)),
         }
     }
-    Message::decode(&body).map(Some).map_err(IpcError::Wire)
+    Ok(Some(body))
 }
 
 fn write_frame(stream: &mut UnixStream, frame: &[u8], deadline: Instant) -> Result<(), IpcError> {
@@ -105,25 +105,12 @@ impl Requester {
         }
     }
 
-    /// Sends a publish or query (its `request` id is set here) and waits for
-    /// its answer until `deadline`.
-    pub fn call(&mut self, message: Message, deadline: Instant) -> Result<Outcome, IpcError> {
-        let request = self.next_request;
+    /// Sends an answered request ([`Request::is_answered`]) with an id of
+    /// its own and waits for its answer until `deadline`.
+    pub fn call(&mut self, request: Request, deadline: Instant) -> Result<Outcome, IpcError> {
+        let id = self.next_request;
         self.next_request += 1;
-        let message = match message {
-            Message::Publish(mut o) => {
-                o.request = request;
-                Message::Publish(o)
-            }
-            Message::Query(mut o) => {
-                o.request = request;
-                Message::Query(o)
-            }
-            Message::Status { .. } => Message::Status { request },
-            other => other,
-        };
-        let frame = message.encode();
-        let result = self.exchange(&frame, request, deadline);
+        let result = self.exchange(&request.encode(id), id, deadline);
         if result.is_err() {
             // Whatever state the stream is in, start afresh next time.
             self.stream = None;
@@ -131,9 +118,9 @@ impl Requester {
         result
     }
 
-    /// Sends a message that gets no answer (an asynchronous query).
-    pub fn send(&mut self, message: &Message, deadline: Instant) -> Result<(), IpcError> {
-        let frame = message.encode();
+    /// Sends a request that gets no answer (an asynchronous query).
+    pub fn send(&mut self, request: &Request, deadline: Instant) -> Result<(), IpcError> {
+        let frame = request.encode(0);
         let result = self
             .connected(deadline)
             .and_then(|stream| write_frame(stream, &frame, deadline));
@@ -161,24 +148,23 @@ impl Requester {
         let stream = self.connected(deadline)?;
         write_frame(stream, frame, deadline)?;
         loop {
-            match read_frame(stream, deadline)? {
-                None => return Err(IpcError::Timeout),
-                Some(Message::Answer {
-                    request: r,
-                    outcome,
-                }) if r == request => return Ok(outcome),
-                // An answer to an earlier request this process gave up on.
-                Some(Message::Answer { .. }) => continue,
-                Some(_) => return Err(IpcError::Wire(WireError("unexpected message"))),
+            let Some(body) = read_frame(stream, deadline)? else {
+                return Err(IpcError::Timeout);
+            };
+            let answer = Answer::decode(&body).map_err(IpcError::Wire)?;
+            // Else an answer to an earlier request this process gave up on.
+            if answer.request == request {
+                return Ok(answer.outcome);
             }
         }
     }
 }
 
-/// Sends one message on a fresh connection (worker 1's start-up report).
-pub fn send_once(name: &str, message: &Message, deadline: Instant) -> Result<(), IpcError> {
+/// Sends one unanswered request on a fresh connection (worker 1's start-up
+/// report).
+pub fn send_once(name: &str, request: &Request, deadline: Instant) -> Result<(), IpcError> {
     let mut stream = connect(name, deadline).map_err(IpcError::Connect)?;
-    write_frame(&mut stream, &message.encode(), deadline)
+    write_frame(&mut stream, &request.encode(0), deadline)
 }
 
 /// A consumer worker's connection: deliveries in, acks out.
@@ -192,7 +178,7 @@ impl WorkerLink {
     pub fn connect(name: &str, worker: u32) -> Result<WorkerLink, IpcError> {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut stream = connect(name, deadline).map_err(IpcError::Connect)?;
-        write_frame(&mut stream, &Message::Hello { worker }.encode(), deadline)?;
+        write_frame(&mut stream, &Request::Hello { worker }.encode(0), deadline)?;
         Ok(WorkerLink { stream })
     }
 
@@ -200,9 +186,7 @@ impl WorkerLink {
     pub fn next(&mut self, wait: Duration) -> Result<Option<Work>, IpcError> {
         match read_frame(&mut self.stream, Instant::now() + wait)? {
             None => Ok(None),
-            Some(Message::Deliver(delivery)) => Ok(Some(Work::Deliver(delivery))),
-            Some(Message::Resume(resume)) => Ok(Some(Work::Resume(resume))),
-            Some(_) => Err(IpcError::Wire(WireError("unexpected message"))),
+            Some(body) => Work::decode(&body).map(Some).map_err(IpcError::Wire),
         }
     }
 
@@ -211,7 +195,7 @@ impl WorkerLink {
         let deadline = Instant::now() + Duration::from_secs(2);
         write_frame(
             &mut self.stream,
-            &Message::Ack { delivery }.encode(),
+            &Request::Ack { delivery }.encode(0),
             deadline,
         )
     }
@@ -220,26 +204,8 @@ impl WorkerLink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipc::{bind, Outgoing, Target};
-
-    fn outgoing() -> Outgoing {
-        Outgoing {
-            request: 7,
-            target: Target::Broker(2),
-            exchange: b"callmgr".to_vec(),
-            routing_key: b"a.b".to_vec(),
-            headers: vec![
-                (b"k".to_vec(), b"v".to_vec()),
-                (b"k".to_vec(), b"w".to_vec()),
-            ],
-            before: b"{ \"a\": 1, \"Server-ID\": ".to_vec(),
-            after: b" }".to_vec(),
-            server_id_slot: true,
-            msg_id: "id-1".into(),
-            timeout_ms: 2000,
-            mandatory: true,
-        }
-    }
+    use crate::ipc::bind;
+    use crate::ipc::wire::tests::outgoing;
 
     #[test]
     fn a_request_gets_its_own_answer_and_skips_stale_ones() {
@@ -247,17 +213,18 @@ mod tests {
         let server = std::thread::spawn(move || {
             let (mut conn, _) = listener.accept().unwrap();
             let deadline = Instant::now() + Duration::from_secs(5);
-            let Some(Message::Publish(o)) = read_frame(&mut conn, deadline).unwrap() else {
+            let body = read_frame(&mut conn, deadline).unwrap().unwrap();
+            let Ok((id, Request::Publish(_))) = Request::decode(&body) else {
                 panic!("expected a publish");
             };
             // A stale answer first, then the real one.
-            let stale = Message::Answer {
-                request: o.request + 100,
+            let stale = Answer {
+                request: id + 100,
                 outcome: Outcome::Timeout,
             };
             conn.write_all(&stale.encode()).unwrap();
-            let answer = Message::Answer {
-                request: o.request,
+            let answer = Answer {
+                request: id,
                 outcome: Outcome::Published,
             };
             conn.write_all(&answer.encode()).unwrap();
@@ -268,13 +235,13 @@ mod tests {
         let mut requester = Requester::new(&name);
         let deadline = Instant::now() + Duration::from_secs(5);
         let outcome = requester
-            .call(Message::Publish(outgoing()), deadline)
+            .call(Request::Publish(outgoing()), deadline)
             .unwrap();
         assert_eq!(outcome, Outcome::Published);
         let started = Instant::now();
         let err = requester
             .call(
-                Message::Publish(outgoing()),
+                Request::Publish(outgoing()),
                 Instant::now() + Duration::from_millis(150),
             )
             .unwrap_err();
@@ -288,7 +255,7 @@ mod tests {
         let mut requester = Requester::new("kazoo-test-nobody-listens-here");
         let err = requester
             .call(
-                Message::Publish(outgoing()),
+                Request::Publish(outgoing()),
                 Instant::now() + Duration::from_secs(1),
             )
             .unwrap_err();

@@ -1,5 +1,6 @@
-//! Messages between the module's processes and the AMQP process (this
-//! file), their wire format ([`wire`]), the socket and who may connect
+//! The protocol between the module's processes and the AMQP process (this
+//! file), typed by direction: [`Request`] to it, [`Answer`] back to the
+//! requester, [`Work`] to a consumer worker; their wire format ([`wire`]), the socket and who may connect
 //! ([`socket`]), and the blocking client side used by Kamailio's processes
 //! ([`client`]).
 //!
@@ -13,6 +14,8 @@
 
 use std::io;
 
+use crate::payload::{PreparedPublish, PublishTarget};
+
 mod client;
 mod socket;
 pub mod wire;
@@ -25,32 +28,16 @@ pub use wire::WireError;
 /// a guard against a corrupted length, not a product limit).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
-/// Where a publish goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// The primary zone's brokers, in configuration order (failover).
-    Primary,
-    /// One broker (`consumer://<id>/...`), no failover.
-    Broker(u32),
-}
-
-/// A publish or a query, with its body already prepared by the caller except
-/// for the `Server-ID` value, which only the AMQP process knows.
+/// A publish or a query, with its body prepared by the caller except for
+/// the `Server-ID` value, which only the AMQP process knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outgoing {
-    pub request: u64,
-    pub target: Target,
+    pub target: PublishTarget,
     pub exchange: Vec<u8>,
     pub routing_key: Vec<u8>,
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
-    /// Body text before the Server-ID value slot.
-    pub before: Vec<u8>,
-    /// Body text after the slot.
-    pub after: Vec<u8>,
-    /// Whether the AMQP process writes the Server-ID between the two.
-    pub server_id_slot: bool,
-    /// Correlation key of a query.
-    pub msg_id: String,
+    /// The body, with its `Msg-ID` (a query's correlation key).
+    pub payload: PreparedPublish,
     /// How long the caller waits for the answer.
     pub timeout_ms: u32,
     /// Published `mandatory`: the broker returns it when no queue is bound
@@ -58,12 +45,71 @@ pub struct Outgoing {
     pub mandatory: bool,
 }
 
+/// Where an asynchronous query's end resumes its suspended transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResumeAt {
+    /// tm's transaction id.
+    pub hash: u32,
+    pub label: u32,
+    /// `onreply_route` run with the reply, `failure_route` run without one.
+    pub ok_route: String,
+    pub err_route: String,
+}
+
+/// Process → AMQP process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Publish; answered once the broker confirmed (or why not).
+    Publish(Outgoing),
+    /// Publish; answered with the correlated reply.
+    Query(Outgoing),
+    /// Publish a query whose end resumes a suspended transaction in a
+    /// worker ([`Work::Resume`]); not answered.
+    AsyncQuery {
+        outgoing: Outgoing,
+        resume: ResumeAt,
+    },
+    /// The service's state and counters; answered with [`Outcome::Reply`]
+    /// holding a JSON document (the RPC commands).
+    Status,
+    /// This connection is consumer worker `worker`'s link: [`Work`] comes
+    /// back on it.
+    Hello { worker: u32 },
+    /// On a worker's link: the route for `delivery` has run.
+    Ack { delivery: u64 },
+    /// Worker 1: what the KEMI `kazoo:mod-init` callback declared
+    /// (subscription descriptions as JSON text) and published; not answered
+    /// (the AMQP process waits for it before connecting).
+    StartupDone {
+        subscriptions: Vec<Vec<u8>>,
+        publishes: Vec<Outgoing>,
+    },
+}
+
+impl Request {
+    /// Whether the AMQP process answers it ([`Answer`] with its id).
+    pub fn is_answered(&self) -> bool {
+        matches!(
+            self,
+            Request::Publish(_) | Request::Query(_) | Request::Status
+        )
+    }
+}
+
+/// AMQP process → the process that made request `request`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub request: u64,
+    pub outcome: Outcome,
+}
+
 /// How a request ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The broker confirmed the publish.
     Published,
-    /// The correlated reply of a query (annotated as consumed messages are).
+    /// The correlated reply of a query (annotated as consumed messages are),
+    /// or the status document.
     Reply(Vec<u8>),
     /// No answer in time.
     Timeout,
@@ -71,9 +117,19 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// AMQP process → a consumer worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Run the event route for this.
+    Deliver(Delivery),
+    /// Resume a suspended transaction.
+    Resume(Resume),
+}
+
 /// A message (or a synthetic connection event) for an event route.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
+    /// Reported back in [`Request::Ack`] once the route ran.
     pub id: u64,
     /// `None` for connection events (`$kzRK` is null then).
     pub routing_key: Option<Vec<u8>>,
@@ -95,51 +151,6 @@ pub struct Resume {
     pub answered: bool,
     pub route: String,
     pub reply: Option<Vec<u8>>,
-}
-
-/// What a worker receives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Work {
-    Deliver(Delivery),
-    Resume(Resume),
-}
-
-/// Everything that travels on the sockets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Message {
-    /// Process → AMQP: publish and wait for the broker's confirm.
-    Publish(Outgoing),
-    /// Process → AMQP: publish and wait for the correlated reply.
-    Query(Outgoing),
-    /// AMQP → process: the end of a request.
-    Answer { request: u64, outcome: Outcome },
-    /// Worker → AMQP: this connection delivers to worker `worker`.
-    Hello { worker: u32 },
-    /// AMQP → worker: run the event route for this.
-    Deliver(Delivery),
-    /// Worker → AMQP: the route for `delivery` has run.
-    Ack { delivery: u64 },
-    /// Process → AMQP: publish a query whose end resumes a suspended
-    /// transaction in a worker; no answer is sent back to the caller.
-    AsyncQuery {
-        outgoing: Outgoing,
-        hash: u32,
-        label: u32,
-        ok_route: String,
-        err_route: String,
-    },
-    /// AMQP → worker: resume a suspended transaction.
-    Resume(Resume),
-    /// Process → AMQP: the service's state and counters, answered with
-    /// [`Outcome::Reply`] holding a JSON document (the `kazoo.status` RPC).
-    Status { request: u64 },
-    /// Worker 1 → AMQP: what the KEMI `kazoo:mod-init` callback declared
-    /// (subscription descriptions as JSON text) and published; the AMQP
-    /// process waits for it before connecting when a KEMI engine is used.
-    StartupDone {
-        subscriptions: Vec<Vec<u8>>,
-        publishes: Vec<Outgoing>,
-    },
 }
 
 /// Why a blocking call failed.

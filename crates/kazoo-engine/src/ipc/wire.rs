@@ -3,7 +3,8 @@
 //! strings are a `u32` length and the bytes, options a flag byte. The only
 //! code that knows the layout (both the blocking client and the AMQP
 //! process's server read frames through [`body_len`]).
-use super::{Delivery, Message, Outcome, Outgoing, Resume, Target, MAX_FRAME};
+use super::{Answer, Delivery, Outcome, Outgoing, Request, Resume, ResumeAt, Work, MAX_FRAME};
+use crate::payload::{PreparedPublish, PublishTarget};
 
 /// A frame that cannot be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,21 +28,24 @@ pub fn body_len(prefix: [u8; 4]) -> Result<usize, WireError> {
     Ok(len)
 }
 
-const TAG_PUBLISH: u8 = 1;
-const TAG_QUERY: u8 = 2;
-const TAG_ANSWER: u8 = 3;
-const TAG_HELLO: u8 = 4;
-const TAG_DELIVER: u8 = 5;
-const TAG_ACK: u8 = 6;
-const TAG_STARTUP_DONE: u8 = 7;
-const TAG_ASYNC_QUERY: u8 = 8;
-const TAG_RESUME: u8 = 9;
-const TAG_STATUS: u8 = 10;
+// Request tags.
+const REQUEST_PUBLISH: u8 = 1;
+const REQUEST_QUERY: u8 = 2;
+const REQUEST_ASYNC_QUERY: u8 = 3;
+const REQUEST_STATUS: u8 = 4;
+const REQUEST_HELLO: u8 = 5;
+const REQUEST_ACK: u8 = 6;
+const REQUEST_STARTUP_DONE: u8 = 7;
 
+// Outcome tags (answers).
 const OUTCOME_PUBLISHED: u8 = 0;
 const OUTCOME_REPLY: u8 = 1;
 const OUTCOME_TIMEOUT: u8 = 2;
 const OUTCOME_FAILED: u8 = 3;
+
+// Work tags.
+const WORK_DELIVER: u8 = 1;
+const WORK_RESUME: u8 = 2;
 
 struct Writer(Vec<u8>);
 
@@ -124,11 +128,35 @@ impl<'a> Reader<'a> {
     }
 }
 
+impl Writer {
+    /// A frame with room for its length prefix.
+    fn frame() -> Writer {
+        Writer(vec![0; 4])
+    }
+
+    /// The frame, its length prefix written.
+    fn finish(mut self) -> Vec<u8> {
+        let len = (self.0.len() - 4) as u32;
+        self.0[..4].copy_from_slice(&len.to_le_bytes());
+        self.0
+    }
+}
+
+impl Reader<'_> {
+    /// Refuses what is left over after a whole message.
+    fn end(&self) -> Result<(), WireError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError("trailing bytes"))
+        }
+    }
+}
+
 fn write_outgoing(w: &mut Writer, o: &Outgoing) {
-    w.u64(o.request);
     match o.target {
-        Target::Primary => w.u8(0),
-        Target::Broker(id) => {
+        PublishTarget::Primary => w.u8(0),
+        PublishTarget::Broker(id) => {
             w.u8(1);
             w.u32(id);
         }
@@ -140,19 +168,19 @@ fn write_outgoing(w: &mut Writer, o: &Outgoing) {
         w.bytes(k);
         w.bytes(v);
     }
-    w.bytes(&o.before);
-    w.bytes(&o.after);
-    w.u8(o.server_id_slot as u8);
-    w.bytes(o.msg_id.as_bytes());
+    let p = &o.payload;
+    w.bytes(&p.before);
+    w.bytes(&p.after);
+    w.u8(p.slot as u8);
+    w.bytes(p.msg_id.as_bytes());
     w.u32(o.timeout_ms);
     w.u8(o.mandatory as u8);
 }
 
 fn read_outgoing(r: &mut Reader<'_>) -> Result<Outgoing, WireError> {
-    let request = r.u64()?;
     let target = match r.u8()? {
-        0 => Target::Primary,
-        1 => Target::Broker(r.u32()?),
+        0 => PublishTarget::Primary,
+        1 => PublishTarget::Broker(r.u32()?),
         _ => return Err(WireError("bad target")),
     };
     let exchange = r.bytes()?;
@@ -163,96 +191,52 @@ fn read_outgoing(r: &mut Reader<'_>) -> Result<Outgoing, WireError> {
         headers.push((r.bytes()?, r.bytes()?));
     }
     Ok(Outgoing {
-        request,
         target,
         exchange,
         routing_key,
         headers,
-        before: r.bytes()?,
-        after: r.bytes()?,
-        server_id_slot: r.bool()?,
-        msg_id: r.string()?,
+        payload: PreparedPublish {
+            before: r.bytes()?,
+            after: r.bytes()?,
+            slot: r.bool()?,
+            msg_id: r.string()?,
+        },
         timeout_ms: r.u32()?,
         mandatory: r.bool()?,
     })
 }
 
-impl Message {
-    /// The frame for this message, length prefix included.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(vec![0; 4]);
+impl Request {
+    /// The frame for this request with the id its answer will carry (any
+    /// value for requests that are not answered), length prefix included.
+    pub fn encode(&self, id: u64) -> Vec<u8> {
+        let mut w = Writer::frame();
         match self {
-            Message::Publish(o) => {
-                w.u8(TAG_PUBLISH);
-                write_outgoing(&mut w, o);
-            }
-            Message::Query(o) => {
-                w.u8(TAG_QUERY);
-                write_outgoing(&mut w, o);
-            }
-            Message::Answer { request, outcome } => {
-                w.u8(TAG_ANSWER);
-                w.u64(*request);
-                match outcome {
-                    Outcome::Published => w.u8(OUTCOME_PUBLISHED),
-                    Outcome::Reply(body) => {
-                        w.u8(OUTCOME_REPLY);
-                        w.bytes(body);
-                    }
-                    Outcome::Timeout => w.u8(OUTCOME_TIMEOUT),
-                    Outcome::Failed(reason) => {
-                        w.u8(OUTCOME_FAILED);
-                        w.bytes(reason.as_bytes());
-                    }
-                }
-            }
-            Message::Hello { worker } => {
-                w.u8(TAG_HELLO);
-                w.u32(*worker);
-            }
-            Message::Deliver(d) => {
-                w.u8(TAG_DELIVER);
-                w.u64(d.id);
-                w.opt_bytes(d.routing_key.as_deref());
-                w.bytes(&d.body);
-                w.opt_bytes(d.event_key.as_deref().map(str::as_bytes));
-                w.opt_bytes(d.event_subkey.as_deref().map(str::as_bytes));
-            }
-            Message::Ack { delivery } => {
-                w.u8(TAG_ACK);
-                w.u64(*delivery);
-            }
-            Message::AsyncQuery {
-                outgoing,
-                hash,
-                label,
-                ok_route,
-                err_route,
-            } => {
-                w.u8(TAG_ASYNC_QUERY);
+            Request::Publish(_) => w.u8(REQUEST_PUBLISH),
+            Request::Query(_) => w.u8(REQUEST_QUERY),
+            Request::AsyncQuery { .. } => w.u8(REQUEST_ASYNC_QUERY),
+            Request::Status => w.u8(REQUEST_STATUS),
+            Request::Hello { .. } => w.u8(REQUEST_HELLO),
+            Request::Ack { .. } => w.u8(REQUEST_ACK),
+            Request::StartupDone { .. } => w.u8(REQUEST_STARTUP_DONE),
+        }
+        w.u64(id);
+        match self {
+            Request::Publish(o) | Request::Query(o) => write_outgoing(&mut w, o),
+            Request::AsyncQuery { outgoing, resume } => {
                 write_outgoing(&mut w, outgoing);
-                w.u32(*hash);
-                w.u32(*label);
-                w.bytes(ok_route.as_bytes());
-                w.bytes(err_route.as_bytes());
-            }
-            Message::Status { request } => {
-                w.u8(TAG_STATUS);
-                w.u64(*request);
-            }
-            Message::Resume(resume) => {
-                w.u8(TAG_RESUME);
                 w.u32(resume.hash);
                 w.u32(resume.label);
-                w.u8(resume.answered as u8);
-                w.bytes(resume.route.as_bytes());
-                w.opt_bytes(resume.reply.as_deref());
+                w.bytes(resume.ok_route.as_bytes());
+                w.bytes(resume.err_route.as_bytes());
             }
-            Message::StartupDone {
+            Request::Status => {}
+            Request::Hello { worker } => w.u32(*worker),
+            Request::Ack { delivery } => w.u64(*delivery),
+            Request::StartupDone {
                 subscriptions,
                 publishes,
             } => {
-                w.u8(TAG_STARTUP_DONE);
                 w.u32(subscriptions.len() as u32);
                 for description in subscriptions {
                     w.bytes(description);
@@ -263,53 +247,31 @@ impl Message {
                 }
             }
         }
-        let len = (w.0.len() - 4) as u32;
-        w.0[..4].copy_from_slice(&len.to_le_bytes());
-        w.0
+        w.finish()
     }
 
-    /// Decodes a frame body (without its length prefix).
-    pub fn decode(body: &[u8]) -> Result<Message, WireError> {
+    /// Decodes a request frame's body (without its length prefix): the
+    /// request and its id.
+    pub fn decode(body: &[u8]) -> Result<(u64, Request), WireError> {
         let mut r = Reader(body);
-        let message = match r.u8()? {
-            TAG_PUBLISH => Message::Publish(read_outgoing(&mut r)?),
-            TAG_QUERY => Message::Query(read_outgoing(&mut r)?),
-            TAG_ANSWER => {
-                let request = r.u64()?;
-                let outcome = match r.u8()? {
-                    OUTCOME_PUBLISHED => Outcome::Published,
-                    OUTCOME_REPLY => Outcome::Reply(r.bytes()?),
-                    OUTCOME_TIMEOUT => Outcome::Timeout,
-                    OUTCOME_FAILED => Outcome::Failed(r.string()?),
-                    _ => return Err(WireError("bad outcome")),
-                };
-                Message::Answer { request, outcome }
-            }
-            TAG_HELLO => Message::Hello { worker: r.u32()? },
-            TAG_DELIVER => Message::Deliver(Delivery {
-                id: r.u64()?,
-                routing_key: r.opt_bytes()?,
-                body: r.bytes()?,
-                event_key: r.opt_string()?,
-                event_subkey: r.opt_string()?,
-            }),
-            TAG_ACK => Message::Ack { delivery: r.u64()? },
-            TAG_ASYNC_QUERY => Message::AsyncQuery {
+        let tag = r.u8()?;
+        let id = r.u64()?;
+        let request = match tag {
+            REQUEST_PUBLISH => Request::Publish(read_outgoing(&mut r)?),
+            REQUEST_QUERY => Request::Query(read_outgoing(&mut r)?),
+            REQUEST_ASYNC_QUERY => Request::AsyncQuery {
                 outgoing: read_outgoing(&mut r)?,
-                hash: r.u32()?,
-                label: r.u32()?,
-                ok_route: r.string()?,
-                err_route: r.string()?,
+                resume: ResumeAt {
+                    hash: r.u32()?,
+                    label: r.u32()?,
+                    ok_route: r.string()?,
+                    err_route: r.string()?,
+                },
             },
-            TAG_STATUS => Message::Status { request: r.u64()? },
-            TAG_RESUME => Message::Resume(Resume {
-                hash: r.u32()?,
-                label: r.u32()?,
-                answered: r.bool()?,
-                route: r.string()?,
-                reply: r.opt_bytes()?,
-            }),
-            TAG_STARTUP_DONE => {
+            REQUEST_STATUS => Request::Status,
+            REQUEST_HELLO => Request::Hello { worker: r.u32()? },
+            REQUEST_ACK => Request::Ack { delivery: r.u64()? },
+            REQUEST_STARTUP_DONE => {
                 let count = r.u32()? as usize;
                 let mut subscriptions = Vec::with_capacity(count.min(1024));
                 for _ in 0..count {
@@ -320,111 +282,207 @@ impl Message {
                 for _ in 0..count {
                     publishes.push(read_outgoing(&mut r)?);
                 }
-                Message::StartupDone {
+                Request::StartupDone {
                     subscriptions,
                     publishes,
                 }
             }
-            _ => return Err(WireError("unknown message type")),
+            _ => return Err(WireError("unknown request")),
         };
-        if !r.0.is_empty() {
-            return Err(WireError("trailing bytes"));
+        r.end()?;
+        Ok((id, request))
+    }
+}
+
+impl Answer {
+    /// The frame, length prefix included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::frame();
+        w.u64(self.request);
+        match &self.outcome {
+            Outcome::Published => w.u8(OUTCOME_PUBLISHED),
+            Outcome::Reply(body) => {
+                w.u8(OUTCOME_REPLY);
+                w.bytes(body);
+            }
+            Outcome::Timeout => w.u8(OUTCOME_TIMEOUT),
+            Outcome::Failed(reason) => {
+                w.u8(OUTCOME_FAILED);
+                w.bytes(reason.as_bytes());
+            }
         }
-        Ok(message)
+        w.finish()
+    }
+
+    /// Decodes an answer frame's body (without its length prefix).
+    pub fn decode(body: &[u8]) -> Result<Answer, WireError> {
+        let mut r = Reader(body);
+        let request = r.u64()?;
+        let outcome = match r.u8()? {
+            OUTCOME_PUBLISHED => Outcome::Published,
+            OUTCOME_REPLY => Outcome::Reply(r.bytes()?),
+            OUTCOME_TIMEOUT => Outcome::Timeout,
+            OUTCOME_FAILED => Outcome::Failed(r.string()?),
+            _ => return Err(WireError("bad outcome")),
+        };
+        r.end()?;
+        Ok(Answer { request, outcome })
+    }
+}
+
+impl Work {
+    /// The frame, length prefix included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::frame();
+        match self {
+            Work::Deliver(d) => {
+                w.u8(WORK_DELIVER);
+                w.u64(d.id);
+                w.opt_bytes(d.routing_key.as_deref());
+                w.bytes(&d.body);
+                w.opt_bytes(d.event_key.as_deref().map(str::as_bytes));
+                w.opt_bytes(d.event_subkey.as_deref().map(str::as_bytes));
+            }
+            Work::Resume(resume) => {
+                w.u8(WORK_RESUME);
+                w.u32(resume.hash);
+                w.u32(resume.label);
+                w.u8(resume.answered as u8);
+                w.bytes(resume.route.as_bytes());
+                w.opt_bytes(resume.reply.as_deref());
+            }
+        }
+        w.finish()
+    }
+
+    /// Decodes a work frame's body (without its length prefix).
+    pub fn decode(body: &[u8]) -> Result<Work, WireError> {
+        let mut r = Reader(body);
+        let work = match r.u8()? {
+            WORK_DELIVER => Work::Deliver(Delivery {
+                id: r.u64()?,
+                routing_key: r.opt_bytes()?,
+                body: r.bytes()?,
+                event_key: r.opt_string()?,
+                event_subkey: r.opt_string()?,
+            }),
+            WORK_RESUME => Work::Resume(Resume {
+                hash: r.u32()?,
+                label: r.u32()?,
+                answered: r.bool()?,
+                route: r.string()?,
+                reply: r.opt_bytes()?,
+            }),
+            _ => return Err(WireError("unknown work")),
+        };
+        r.end()?;
+        Ok(work)
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn outgoing() -> Outgoing {
+    pub(crate) fn outgoing() -> Outgoing {
         Outgoing {
-            request: 7,
-            target: Target::Broker(2),
+            target: PublishTarget::Broker(2),
             exchange: b"callmgr".to_vec(),
             routing_key: b"a.b".to_vec(),
             headers: vec![
                 (b"k".to_vec(), b"v".to_vec()),
                 (b"k".to_vec(), b"w".to_vec()),
             ],
-            before: b"{ \"a\": 1, \"Server-ID\": ".to_vec(),
-            after: b" }".to_vec(),
-            server_id_slot: true,
-            msg_id: "id-1".into(),
+            payload: PreparedPublish {
+                before: b"{ \"a\": 1, \"Server-ID\": ".to_vec(),
+                after: b" }".to_vec(),
+                slot: true,
+                msg_id: "id-1".into(),
+            },
             timeout_ms: 2000,
             mandatory: true,
         }
     }
 
+    fn body(frame: &[u8]) -> &[u8] {
+        let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+        assert_eq!(len, frame.len() - 4);
+        &frame[4..]
+    }
+
     #[test]
-    fn every_message_round_trips() {
-        let messages = [
-            Message::Publish(outgoing()),
-            Message::Query(Outgoing {
-                target: Target::Primary,
+    fn every_request_answer_and_work_round_trips() {
+        let requests = [
+            Request::Publish(outgoing()),
+            Request::Query(Outgoing {
+                target: PublishTarget::Primary,
                 ..outgoing()
             }),
-            Message::Answer {
-                request: 1,
-                outcome: Outcome::Published,
+            Request::AsyncQuery {
+                outgoing: outgoing(),
+                resume: ResumeAt {
+                    hash: 1234,
+                    label: 99,
+                    ok_route: "KZ_OK".into(),
+                    err_route: "KZ_ERR".into(),
+                },
             },
-            Message::Answer {
-                request: 2,
-                outcome: Outcome::Reply(b"{ }".to_vec()),
+            Request::Status,
+            Request::Hello { worker: 3 },
+            Request::Ack { delivery: 9 },
+            Request::StartupDone {
+                subscriptions: vec![b"{'exchange':'x','type':'topic'}".to_vec(), Vec::new()],
+                publishes: vec![outgoing()],
             },
-            Message::Answer {
-                request: 3,
-                outcome: Outcome::Timeout,
-            },
-            Message::Answer {
+        ];
+        for (id, request) in requests.into_iter().enumerate() {
+            let frame = request.encode(id as u64);
+            assert_eq!(Request::decode(body(&frame)), Ok((id as u64, request)));
+        }
+        for outcome in [
+            Outcome::Published,
+            Outcome::Reply(b"{ }".to_vec()),
+            Outcome::Timeout,
+            Outcome::Failed("no broker".into()),
+        ] {
+            let answer = Answer {
                 request: 4,
-                outcome: Outcome::Failed("no broker".into()),
-            },
-            Message::Hello { worker: 3 },
-            Message::Deliver(Delivery {
+                outcome,
+            };
+            assert_eq!(Answer::decode(body(&answer.encode())), Ok(answer));
+        }
+        for work in [
+            Work::Deliver(Delivery {
                 id: 9,
                 routing_key: None,
                 body: b"{}".to_vec(),
                 event_key: Some("k".into()),
                 event_subkey: None,
             }),
-            Message::Ack { delivery: 9 },
-            Message::Status { request: 5 },
-            Message::AsyncQuery {
-                outgoing: outgoing(),
-                hash: 1234,
-                label: 99,
-                ok_route: "KZ_OK".into(),
-                err_route: "KZ_ERR".into(),
-            },
-            Message::Resume(Resume {
+            Work::Resume(Resume {
                 hash: 1234,
                 label: 99,
                 answered: true,
                 route: "KZ_OK".into(),
                 reply: Some(b"{ }".to_vec()),
             }),
-            Message::StartupDone {
-                subscriptions: vec![b"{'exchange':'x','type':'topic'}".to_vec(), Vec::new()],
-                publishes: vec![outgoing()],
-            },
-        ];
-        for message in messages {
-            let frame = message.encode();
-            let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
-            assert_eq!(len, frame.len() - 4);
-            assert_eq!(Message::decode(&frame[4..]), Ok(message));
+        ] {
+            assert_eq!(Work::decode(body(&work.encode())), Ok(work));
         }
     }
 
     #[test]
     fn truncated_and_garbage_frames_are_errors() {
-        let frame = Message::Publish(outgoing()).encode();
+        let frame = Request::Publish(outgoing()).encode(7);
         for cut in 5..frame.len() {
-            assert!(Message::decode(&frame[4..cut]).is_err(), "cut at {cut}");
+            assert!(Request::decode(&frame[4..cut]).is_err(), "cut at {cut}");
         }
-        assert!(Message::decode(&[99]).is_err());
-        assert!(Message::decode(&[]).is_err());
+        let mut trailing = frame[4..].to_vec();
+        trailing.push(0);
+        assert!(Request::decode(&trailing).is_err());
+        assert!(Request::decode(&[99, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(Request::decode(&[]).is_err());
+        assert!(Answer::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 9]).is_err());
+        assert!(Work::decode(&[7]).is_err());
     }
 }

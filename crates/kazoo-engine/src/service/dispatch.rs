@@ -262,7 +262,7 @@ impl Shared {
     pub(super) fn resume(&self, resume: Resume) {
         let start = self.round_robin.fetch_add(1, Ordering::Relaxed);
         let item = Outbound {
-            frame: Message::Resume(resume).encode(),
+            frame: Work::Resume(resume).encode(),
             kind: OutboundKind::Resume,
         };
         lock(&self.lanes).push_resume(start, item);
@@ -327,7 +327,7 @@ impl Shared {
                 id: delivery.id,
                 ack,
             },
-            frame: Message::Deliver(delivery).encode(),
+            frame: Work::Deliver(delivery).encode(),
         };
         let Err(refused) = lanes.push_delivery(worker, item) else {
             return;
@@ -406,7 +406,7 @@ impl Shared {
 
     /// A consumed message: the reply a query waits for (acked at once), or
     /// a delivery for a worker.
-    pub(super) fn consumed(&self, delivery: crate::broker::Delivery) {
+    pub(super) fn consumed(&self, delivery: crate::broker::Consumed) {
         if delivery.redelivered {
             bump(&self.counters.redelivered);
         }

@@ -154,7 +154,7 @@ pub(super) async fn broker_events(shared: Arc<Shared>, mut events: mpsc::Receive
                     shared.listener_zone_events(&zone, false);
                 }
             }
-            Event::Delivery(delivery) => shared.consumed(delivery),
+            Event::Consumed(delivery) => shared.consumed(delivery),
             Event::SubscriptionFailed {
                 index,
                 broker_id,

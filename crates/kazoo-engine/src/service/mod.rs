@@ -44,9 +44,9 @@ use crate::broker::{
     Acker, BrokerOptions, Brokers, Event, PublishError, PublishProperties, Role, Source,
 };
 use crate::config::Broker;
-use crate::ipc::{Delivery, Message, Outcome, Outgoing, Resume, Target};
+use crate::ipc::{Answer, Delivery, Outcome, Outgoing, Request, Resume, ResumeAt, Work};
 use crate::payload::{
-    annotate_consumed, connection_event, connection_notice, returned_message, PreparedPublish,
+    annotate_consumed, connection_event, connection_notice, returned_message, PublishTarget,
 };
 use crate::subscription::Subscription;
 
@@ -80,7 +80,7 @@ pub struct ServiceConfig {
     pub publish_timeout: Duration,
     /// Publishes made during `kazoo:mod-init`.
     pub startup_publishes: Vec<Outgoing>,
-    /// Wait for worker 1's [`Message::StartupDone`] (the KEMI `kazoo:mod-init`
+    /// Wait for worker 1's [`Request::StartupDone`] (the KEMI `kazoo:mod-init`
     /// runs there) before connecting, at most this long.
     pub await_startup: Option<Duration>,
     /// Called every [`TICK`] on the runtime's thread (the process's main

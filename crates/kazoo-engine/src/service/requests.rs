@@ -47,16 +47,13 @@ impl std::fmt::Display for Unpublished {
 }
 
 impl Shared {
-    pub(super) fn body_for(&self, outgoing: &Outgoing) -> impl Fn(u32, u32) -> Vec<u8> + '_ {
-        let prepared = PreparedPublish::from_parts(
-            outgoing.before.clone(),
-            outgoing.after.clone(),
-            outgoing.server_id_slot,
-            outgoing.msg_id.clone(),
-        );
+    pub(super) fn body_for<'a>(
+        &'a self,
+        outgoing: &'a Outgoing,
+    ) -> impl Fn(u32, u32) -> Vec<u8> + 'a {
         move |broker_id, idx| {
             let server_id = crate::payload::server_id(&self.node_hostname, broker_id, idx);
-            prepared.body(&server_id)
+            outgoing.payload.body(&server_id)
         }
     }
 
@@ -83,8 +80,8 @@ impl Shared {
             .await
             .map_err(Unpublished::NotStarted)?;
         let target = match outgoing.target {
-            Target::Primary => None,
-            Target::Broker(id) => Some(id),
+            PublishTarget::Primary => None,
+            PublishTarget::Broker(id) => Some(id),
         };
         let exchange = String::from_utf8_lossy(&outgoing.exchange);
         let routing_key = String::from_utf8_lossy(&outgoing.routing_key);
@@ -162,21 +159,21 @@ impl Shared {
 
     pub(super) async fn answer_query(&self, outgoing: Outgoing) -> Outcome {
         let deadline = Instant::now() + Duration::from_millis(outgoing.timeout_ms.into());
+        let msg_id = outgoing.payload.msg_id().to_string();
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = lock(&self.pending);
-            if pending.contains_key(&outgoing.msg_id) {
+            if pending.contains_key(&msg_id) {
                 return Outcome::Failed(format!(
-                    "a query with Msg-ID {} is already waiting for its reply",
-                    outgoing.msg_id
+                    "a query with Msg-ID {msg_id} is already waiting for its reply"
                 ));
             }
-            pending.insert(outgoing.msg_id.clone(), tx);
+            pending.insert(msg_id.clone(), tx);
         }
         // A query the broker returned fails at once (its caller is told; no
         // event route runs for it).
         if let Err(failure) = self.publish(&outgoing, true, deadline).await {
-            lock(&self.pending).remove(&outgoing.msg_id);
+            lock(&self.pending).remove(&msg_id);
             bump(&self.counters.query_failed);
             return Outcome::Failed(failure.to_string());
         }
@@ -186,7 +183,7 @@ impl Shared {
                 Outcome::Reply(reply)
             }
             _ => {
-                lock(&self.pending).remove(&outgoing.msg_id);
+                lock(&self.pending).remove(&msg_id);
                 bump(&self.counters.query_timed_out);
                 Outcome::Timeout
             }
@@ -196,14 +193,13 @@ impl Shared {
     /// Runs an asynchronous query and has a worker resume its transaction:
     /// in `ok_route` with the reply, or in `err_route` when it failed or
     /// timed out (the reason is logged).
-    pub(super) async fn async_query(
-        &self,
-        outgoing: Outgoing,
-        hash: u32,
-        label: u32,
-        ok_route: String,
-        err_route: String,
-    ) {
+    pub(super) async fn async_query(&self, outgoing: Outgoing, at: ResumeAt) {
+        let ResumeAt {
+            hash,
+            label,
+            ok_route,
+            err_route,
+        } = at;
         let resume = match self.answer_query(outgoing).await {
             Outcome::Reply(reply) => {
                 bump(&self.counters.async_answered);

@@ -94,53 +94,43 @@ pub(super) async fn connection(shared: Arc<Shared>, stream: UnixStream) {
             }
         })
     };
-    let answer = |request: u64, outcome: Outcome| Message::Answer { request, outcome }.encode();
+    let answer = |request: u64, outcome: Outcome| Answer { request, outcome }.encode();
     loop {
-        let message = match read_message(&mut reader).await {
-            Ok(Some(message)) => message,
+        let (id, request) = match read_request(&mut reader).await {
+            Ok(Some(request)) => request,
             Ok(None) => break,
             Err(e) => {
                 log::error!("IPC: {e}");
                 break;
             }
         };
-        match message {
-            Message::Publish(outgoing) => {
+        match request {
+            Request::Publish(outgoing) => {
                 let (shared, tx) = (shared.clone(), answers.clone());
                 crate::task::spawn("a publish", async move {
-                    let request = outgoing.request;
                     let outcome = shared.answer_publish(outgoing).await;
-                    let _ = tx.send(answer(request, outcome));
+                    let _ = tx.send(answer(id, outcome));
                 });
             }
-            Message::Query(outgoing) => {
+            Request::Query(outgoing) => {
                 let (shared, tx) = (shared.clone(), answers.clone());
                 crate::task::spawn("a query", async move {
-                    let request = outgoing.request;
                     let outcome = shared.answer_query(outgoing).await;
-                    let _ = tx.send(answer(request, outcome));
+                    let _ = tx.send(answer(id, outcome));
                 });
             }
-            Message::Status { request } => {
+            Request::Status => {
                 log::debug!("status requested (RPC)");
                 let outcome = Outcome::Reply(shared.status());
-                let _ = answers.send(answer(request, outcome));
+                let _ = answers.send(answer(id, outcome));
             }
-            Message::AsyncQuery {
-                outgoing,
-                hash,
-                label,
-                ok_route,
-                err_route,
-            } => {
+            Request::AsyncQuery { outgoing, resume } => {
                 let shared = shared.clone();
                 crate::task::spawn("an asynchronous query", async move {
-                    shared
-                        .async_query(outgoing, hash, label, ok_route, err_route)
-                        .await;
+                    shared.async_query(outgoing, resume).await;
                 });
             }
-            Message::Hello { worker: number } => {
+            Request::Hello { worker: number } => {
                 let index = number.saturating_sub(1) as usize;
                 let attached = {
                     let mut lanes = lock(&shared.lanes);
@@ -158,7 +148,7 @@ pub(super) async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 }
                 wake.notify_one();
             }
-            Message::Ack { delivery } => {
+            Request::Ack { delivery } => {
                 if let Some(&(index, generation)) = lane.get() {
                     let owed = lock(&shared.lanes).reported(index, generation, delivery);
                     if let Some(acker) = owed {
@@ -167,16 +157,13 @@ pub(super) async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                     }
                 }
             }
-            Message::StartupDone {
+            Request::StartupDone {
                 subscriptions,
                 publishes,
             } => {
                 if shared.startup.try_send((subscriptions, publishes)).is_err() {
                     log::error!("IPC: a start-up report came too late or twice; ignored");
                 }
-            }
-            Message::Answer { .. } | Message::Deliver(_) | Message::Resume(_) => {
-                log::error!("IPC: unexpected message from a Kamailio process");
             }
         }
     }
@@ -189,9 +176,10 @@ pub(super) async fn connection(shared: Arc<Shared>, stream: UnixStream) {
     shared.worker_gone(index, unreported, resumes);
 }
 
-pub(super) async fn read_message(
+/// The next request and its id; `None` when the peer closed the connection.
+pub(super) async fn read_request(
     reader: &mut tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>,
-) -> Result<Option<Message>, String> {
+) -> Result<Option<(u64, Request)>, String> {
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len).await {
         Ok(_) => {}
@@ -204,5 +192,5 @@ pub(super) async fn read_message(
         .read_exact(&mut body)
         .await
         .map_err(|e| e.to_string())?;
-    Message::decode(&body).map(Some).map_err(|e| e.to_string())
+    Request::decode(&body).map(Some).map_err(|e| e.to_string())
 }

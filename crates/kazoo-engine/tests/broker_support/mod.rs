@@ -138,7 +138,7 @@ pub(crate) async fn wait_connected(
                 panic!("unexpected SubscriptionFailed {index} on {broker_id}: {reason}")
             }
             Ok(Some(Event::SubscriptionWorking { .. })) => {}
-            Ok(Some(Event::Delivery(d))) => panic!("unexpected delivery {d:?}"),
+            Ok(Some(Event::Consumed(d))) => panic!("unexpected delivery {d:?}"),
         }
     }
 }
@@ -147,12 +147,12 @@ pub(crate) async fn wait_connected(
 pub(crate) async fn next_delivery(
     events: &mut Receiver<Event>,
     within: Duration,
-) -> kazoo_engine::broker::Delivery {
+) -> kazoo_engine::broker::Consumed {
     match wait_for(
         events,
         within,
         "a delivery",
-        |e| matches!(e, Event::Delivery(_)),
+        |e| matches!(e, Event::Consumed(_)),
         |e| match e {
             Event::SubscriptionFailed { index, reason, .. } => {
                 panic!("unexpected SubscriptionFailed {index}: {reason}")
@@ -162,7 +162,7 @@ pub(crate) async fn next_delivery(
     )
     .await
     {
-        Event::Delivery(d) => d,
+        Event::Consumed(d) => d,
         _ => unreachable!(),
     }
 }

@@ -53,6 +53,29 @@ impl str_ {
             len: text.count_bytes() as c_int,
         }
     }
+
+    /// A `str` over `bytes` (not NUL-terminated), for the core to read
+    /// while `bytes` lives; `None` when longer than a C `int` can say.
+    pub fn from_bytes(bytes: &[u8]) -> Option<str_> {
+        Some(str_ {
+            s: bytes.as_ptr() as *mut c_char,
+            len: c_int::try_from(bytes.len()).ok()?,
+        })
+    }
+
+    /// The bytes it points at (none for a null or empty `str`).
+    ///
+    /// # Safety
+    /// A non-null `s` must point at `len` readable bytes that stay valid and
+    /// unchanged for `'a`.
+    pub unsafe fn as_bytes<'a>(&self) -> &'a [u8] {
+        if self.s.is_null() || self.len <= 0 {
+            &[]
+        } else {
+            // SAFETY: guaranteed by the caller.
+            unsafe { std::slice::from_raw_parts(self.s as *const u8, self.len as usize) }
+        }
+    }
 }
 
 /// Opaque `struct sip_msg`.
@@ -128,6 +151,20 @@ pub struct cmd_export_t {
 // SAFETY: export tables are immutable statics; the core only reads them.
 unsafe impl Sync for cmd_export_t {}
 
+impl cmd_export_t {
+    /// The row that ends a table.
+    pub const fn empty() -> cmd_export_t {
+        cmd_export_t {
+            name: std::ptr::null(),
+            function: std::ptr::null(),
+            param_no: 0,
+            fixup: None,
+            free_fixup: None,
+            flags: 0,
+        }
+    }
+}
+
 /// One module parameter (`param_export_t`, 24 bytes).
 #[repr(C)]
 #[derive(Debug)]
@@ -139,6 +176,17 @@ pub struct param_export_t {
 
 // SAFETY: export tables are immutable statics; the core only reads them.
 unsafe impl Sync for param_export_t {}
+
+impl param_export_t {
+    /// The row that ends a table.
+    pub const fn empty() -> param_export_t {
+        param_export_t {
+            name: std::ptr::null(),
+            type_: 0,
+            param_pointer: std::ptr::null_mut(),
+        }
+    }
+}
 
 pub const PARAM_STRING: modparam_t = 1;
 pub const PARAM_INT: modparam_t = 2;
@@ -188,6 +236,34 @@ pub struct pv_value_t {
     pub rs: str_,
     pub ri: pv_int_t,
     pub flags: c_int,
+}
+
+impl pv_value_t {
+    /// A value for the core to fill (`pv_get_spec_value`).
+    pub const fn empty() -> pv_value_t {
+        pv_value_t {
+            rs: str_::NULL,
+            ri: 0,
+            flags: 0,
+        }
+    }
+
+    /// `$null`.
+    pub const fn null() -> pv_value_t {
+        pv_value_t {
+            flags: PV_VAL_NULL,
+            ..pv_value_t::empty()
+        }
+    }
+
+    /// A string value over `rs`.
+    pub const fn string(rs: str_) -> pv_value_t {
+        pv_value_t {
+            rs,
+            ri: 0,
+            flags: PV_VAL_STR,
+        }
+    }
 }
 
 pub const PV_VAL_NONE: c_int = 0;
@@ -245,6 +321,22 @@ pub struct pv_export_t {
 // SAFETY: export tables are immutable statics; the core copies the entries.
 unsafe impl Sync for pv_export_t {}
 
+impl pv_export_t {
+    /// The row that ends a table.
+    pub const fn empty() -> pv_export_t {
+        pv_export_t {
+            name: str_::NULL,
+            type_: 0,
+            getf: None,
+            setf: None,
+            parse_name: std::ptr::null(),
+            parse_index: std::ptr::null(),
+            init_param: std::ptr::null(),
+            iparam: 0,
+        }
+    }
+}
+
 /// `tr_param_t` (32 bytes). The module never hands the core any of these
 /// (its transformations keep their parameters on the Rust side).
 #[repr(C)]
@@ -281,6 +373,16 @@ pub struct tr_export_t {
 // SAFETY: export tables are immutable statics; the core copies the entries.
 unsafe impl Sync for tr_export_t {}
 
+impl tr_export_t {
+    /// The row that ends a table.
+    pub const fn empty() -> tr_export_t {
+        tr_export_t {
+            tclass: str_::NULL,
+            tparse: None,
+        }
+    }
+}
+
 /// One KEMI export (`sr_kemi_t`, 72 bytes).
 #[repr(C)]
 #[derive(Debug)]
@@ -294,6 +396,19 @@ pub struct sr_kemi_t {
 
 // SAFETY: export tables are immutable statics; the core only reads them.
 unsafe impl Sync for sr_kemi_t {}
+
+impl sr_kemi_t {
+    /// The row that ends a table.
+    pub const fn empty() -> sr_kemi_t {
+        sr_kemi_t {
+            mname: str_::NULL,
+            fname: str_::NULL,
+            rtype: 0,
+            func: std::ptr::null(),
+            ptypes: [0; 6],
+        }
+    }
+}
 
 pub const SR_KEMIP_NONE: c_int = 0;
 pub const SR_KEMIP_INT: c_int = 1;
@@ -498,6 +613,18 @@ pub struct rpc_export_t {
 
 // SAFETY: export tables are immutable statics; the core only reads them.
 unsafe impl Sync for rpc_export_t {}
+
+impl rpc_export_t {
+    /// The row that ends a table.
+    pub const fn empty() -> rpc_export_t {
+        rpc_export_t {
+            name: std::ptr::null(),
+            function: None,
+            doc_str: std::ptr::null(),
+            flags: 0,
+        }
+    }
+}
 
 /// Opaque `db1_con_t` (a database connection of one process).
 #[repr(C)]

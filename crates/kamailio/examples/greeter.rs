@@ -15,25 +15,19 @@
 
 use std::sync::Mutex;
 
-use kamailio::export::{CMD_END, PARAM_END, PV_END, RPC_END};
 use kamailio::params::ParamValue;
 use kamailio::script::{PvDest, SpveArg};
-use kamailio::sys::{cmd_export_t, param_export_t, pv_export_t, rpc_export_t};
 use kamailio::{cmd, param, SipMsg};
 
 /// Set by `modparam` in the main process before the fork: every process
 /// reads its own copy.
 static GREETING: Mutex<String> = Mutex::new(String::new());
 
-static CMDS: [cmd_export_t; 2] = [cmd!("greet", spve_pv<2>(name; target) => greet), CMD_END];
-static PARAMS: [param_export_t; 2] = [param!("greeting", Str, set_greeting), PARAM_END];
-static PVS: [pv_export_t; 1] = [PV_END];
-static RPCS: [rpc_export_t; 1] = [RPC_END];
-
 kamailio::module! {
     name: c"greeter",
-    cmds: CMDS, params: PARAMS, pvs: PVS, rpc: RPCS,
-    register: register, init: init, child_init: child_init, destroy: destroy,
+    cmds: [cmd!("greet", spve_pv<2>(name; target) => greet)],
+    params: [param!("greeting", Str, set_greeting)],
+    init: init,
 }
 
 fn set_greeting(_name: &str, value: ParamValue<'_>) -> Result<(), String> {
@@ -58,10 +52,6 @@ fn greet(msg: &mut SipMsg, args: &[SpveArg; 1], target: &PvDest) -> Result<i32, 
     Ok(1)
 }
 
-fn register(_path: &kamailio::export::ModulePath) -> Result<(), String> {
-    Ok(())
-}
-
 fn init() -> Result<(), String> {
     let mut greeting = GREETING.lock().unwrap_or_else(|e| e.into_inner());
     if greeting.is_empty() {
@@ -70,9 +60,3 @@ fn init() -> Result<(), String> {
     kamailio::info!("greeting with \"{greeting}\"");
     Ok(())
 }
-
-fn child_init(_rank: i32) -> Result<(), String> {
-    Ok(())
-}
-
-fn destroy() {}

@@ -5,70 +5,7 @@
 //! handler inside the panic guard and maps its `Result` to what the core
 //! expects (script functions: the handler's code or -1; init hooks: 0 or -1).
 //! The tables are immutable statics; the core never writes into them.
-use std::ffi::{c_char, c_int, CStr};
-use std::fmt::Display;
-
-use crate::sys;
-
-/// A `char *` variable for the core to read (`module_version`, `module_flags`).
-#[derive(Debug)]
-#[repr(transparent)]
-pub struct CStrPtr(pub *const c_char);
-
-// SAFETY: points at an immutable static string.
-unsafe impl Sync for CStrPtr {}
-
-/// Terminator of a script-function table.
-pub const CMD_END: sys::cmd_export_t = sys::cmd_export_t {
-    name: std::ptr::null(),
-    function: std::ptr::null(),
-    param_no: 0,
-    fixup: None,
-    free_fixup: None,
-    flags: 0,
-};
-
-/// Terminator of a parameter table.
-pub const PARAM_END: sys::param_export_t = sys::param_export_t {
-    name: std::ptr::null(),
-    type_: 0,
-    param_pointer: std::ptr::null_mut(),
-};
-
-/// Terminator of a pseudo-variable table.
-pub const PV_END: sys::pv_export_t = sys::pv_export_t {
-    name: sys::str_::NULL,
-    type_: 0,
-    getf: None,
-    setf: None,
-    parse_name: std::ptr::null(),
-    parse_index: std::ptr::null(),
-    init_param: std::ptr::null(),
-    iparam: 0,
-};
-
-/// Terminator of a transformation-class table.
-pub const TRANS_END: sys::tr_export_t = sys::tr_export_t {
-    tclass: sys::str_::NULL,
-    tparse: None,
-};
-
-/// Terminator of an RPC table.
-pub const RPC_END: sys::rpc_export_t = sys::rpc_export_t {
-    name: std::ptr::null(),
-    function: None,
-    doc_str: std::ptr::null(),
-    flags: 0,
-};
-
-/// Terminator of a KEMI table.
-pub const KEMI_END: sys::sr_kemi_t = sys::sr_kemi_t {
-    mname: sys::str_::NULL,
-    fname: sys::str_::NULL,
-    rtype: 0,
-    func: std::ptr::null(),
-    ptypes: [0; 6],
-};
+use std::ffi::c_int;
 
 /// What a script handler may return on success.
 pub trait ScriptReturn {
@@ -100,108 +37,80 @@ impl ScriptReturn for crate::tm::Suspended {
     }
 }
 
-/// Maps a script handler's result to the function's return code; errors are
-/// logged with the function's name and give -1.
-pub fn script_result<R: ScriptReturn, E: Display>(function: &str, result: Result<R, E>) -> c_int {
-    match result {
-        Ok(value) => value.code(function),
-        Err(err) => {
-            crate::log::plain(crate::log::Level::Err, format_args!("{function}: {err}"));
-            -1
-        }
-    }
-}
-
-/// Maps a parameter setter's result; errors name the parameter.
-pub fn param_result<E: Display>(name: &str, result: Result<(), E>) -> c_int {
-    match result {
-        Ok(()) => 0,
-        Err(err) => {
-            crate::log::plain(
-                crate::log::Level::Err,
-                format_args!("modparam \"{name}\": {err}"),
-            );
-            -1
-        }
-    }
-}
-
-/// The module's path as the core passed it to `mod_register` (what
-/// registration calls such as [`crate::trans::register_class`] need).
-#[derive(Debug)]
-pub struct ModulePath(*mut c_char);
-
-impl ModulePath {
-    pub(crate) fn as_ptr(&self) -> *mut c_char {
-        self.0
-    }
-}
-
-/// Runs a module's `mod_register` hook: claims the host thread, installs
-/// the panic hook and names the logger before anything else.
-pub fn run_register<E: Display>(
-    name: &'static CStr,
-    path: *mut c_char,
-    hook: impl FnOnce(&ModulePath) -> Result<(), E>,
-) -> c_int {
-    crate::thread::mark_host_thread();
-    crate::guard::install_panic_hook();
-    crate::log::set_module_name(name);
-    let path = ModulePath(path);
-    crate::guard::guarded("mod_register", -1, || match hook(&path) {
-        Ok(()) => 0,
-        Err(err) => {
-            crate::error!("module registration failed: {err}");
-            -1
-        }
-    })
-}
-
-/// Runs an init-type hook (`mod_init`, `child_init`).
-pub fn run_hook<E: Display>(what: &str, hook: impl FnOnce() -> Result<(), E>) -> c_int {
-    crate::guard::guarded(what, -1, || match hook() {
-        Ok(()) => 0,
-        Err(err) => {
-            crate::log::plain(crate::log::Level::Err, format_args!("{what}: {err}"));
-            -1
-        }
-    })
-}
-
-/// Emits the symbols the core looks up in a module: `module_version`,
-/// `module_flags`, `module_interface_ver`, `exports` and `mod_register`.
+/// Emits the symbols the core looks up in a module (`module_version`,
+/// `module_flags`, `module_interface_ver`, `exports`, `mod_register`) from
+/// its tables, rows written inline (the terminating rows are added), and
+/// its hooks. Everything but `name` is optional; what is given comes in
+/// this order:
 ///
 /// ```ignore
 /// kamailio::module! {
 ///     name: c"example",
-///     cmds: CMDS, params: PARAMS, pvs: PVS,
-///     register: register, init: init, child_init: child_init, destroy: destroy,
+///     cmds: [cmd!("greet", spve_pv<2>(name; target) => greet)],
+///     params: [param!("greeting", Str, set_greeting)],
+///     pvs: [],
+///     rpc: [],
+///     transformations: [],
+///     kemi: [],
+///     init: init,
+///     child_init: child_init,
+///     destroy: destroy,
 /// }
 /// ```
-/// `register` takes the module path ([`ModulePath`], for registering
-/// transformations) and the hooks return `Result<(), impl Display>`.
+///
+/// A row may carry `#[cfg(...)]`. `mod_register` registers the
+/// transformation classes and the KEMI functions; `init` and `child_init`
+/// return `Result<(), impl Display>` (an error is logged and stops
+/// Kamailio), `destroy` returns nothing.
 #[macro_export]
 macro_rules! module {
     (
-        name: $name:expr,
-        cmds: $cmds:path,
-        params: $params:path,
-        pvs: $pvs:path,
-        rpc: $rpc:path,
-        register: $register:path,
-        init: $init:path,
-        child_init: $child_init:path,
-        destroy: $destroy:path $(,)?
+        name: $name:expr
+        $(, cmds: [$($cmd:expr),* $(,)?])?
+        $(, params: [$($param:expr),* $(,)?])?
+        $(, pvs: [$($pv:expr),* $(,)?])?
+        $(, rpc: [$($rpc:expr),* $(,)?])?
+        $(, transformations: [$($tr:expr),* $(,)?])?
+        $(, kemi: [$($kemi:expr),* $(,)?])?
+        $(, init: $init:path)?
+        $(, child_init: $child_init:path)?
+        $(, destroy: $destroy:path)?
+        $(,)?
     ) => {
-        #[allow(unsafe_code, non_upper_case_globals)]
-        #[no_mangle]
-        pub static module_version: $crate::export::CStrPtr =
-            $crate::export::CStrPtr($crate::sys::MODULE_VERSION.as_ptr());
+        static __KAMAILIO_CMDS: &[$crate::sys::cmd_export_t] = &[
+            $($($cmd,)*)?
+            $crate::sys::cmd_export_t::empty(),
+        ];
+        static __KAMAILIO_PARAMS: &[$crate::sys::param_export_t] = &[
+            $($($param,)*)?
+            $crate::sys::param_export_t::empty(),
+        ];
+        static __KAMAILIO_PVS: &[$crate::sys::pv_export_t] = &[
+            $($($pv,)*)?
+            $crate::sys::pv_export_t::empty(),
+        ];
+        static __KAMAILIO_RPC: &[$crate::sys::rpc_export_t] = &[
+            $($($rpc,)*)?
+            $crate::sys::rpc_export_t::empty(),
+        ];
+        static __KAMAILIO_TRANSFORMATIONS: &[$crate::sys::tr_export_t] = &[
+            $($($tr,)*)?
+            $crate::sys::tr_export_t::empty(),
+        ];
+        static __KAMAILIO_KEMI: &[$crate::sys::sr_kemi_t] = &[
+            $($($kemi,)*)?
+            $crate::sys::sr_kemi_t::empty(),
+        ];
 
         #[allow(unsafe_code, non_upper_case_globals)]
         #[no_mangle]
-        pub static module_flags: $crate::export::CStrPtr =
-            $crate::export::CStrPtr($crate::sys::MODULE_FLAGS.as_ptr());
+        pub static module_version: $crate::__private::CStrPtr =
+            $crate::__private::CStrPtr($crate::sys::MODULE_VERSION.as_ptr());
+
+        #[allow(unsafe_code, non_upper_case_globals)]
+        #[no_mangle]
+        pub static module_flags: $crate::__private::CStrPtr =
+            $crate::__private::CStrPtr($crate::sys::MODULE_FLAGS.as_ptr());
 
         #[allow(unsafe_code, non_upper_case_globals)]
         #[no_mangle]
@@ -212,10 +121,10 @@ macro_rules! module {
         pub static exports: $crate::sys::module_exports = $crate::sys::module_exports {
             name: $name.as_ptr(),
             dlflags: 0,
-            cmds: $cmds.as_ptr(),
-            params: $params.as_ptr(),
-            rpc_methods: $rpc.as_ptr(),
-            pv_items: $pvs.as_ptr(),
+            cmds: __KAMAILIO_CMDS.as_ptr(),
+            params: __KAMAILIO_PARAMS.as_ptr(),
+            rpc_methods: __KAMAILIO_RPC.as_ptr(),
+            pv_items: __KAMAILIO_PVS.as_ptr(),
             response_f: None,
             init_mod_f: Some(__kamailio_mod_init),
             init_child_f: Some(__kamailio_child_init),
@@ -230,20 +139,44 @@ macro_rules! module {
             _reserved1: *mut ::std::ffi::c_void,
             _reserved2: *mut ::std::ffi::c_void,
         ) -> ::std::ffi::c_int {
-            $crate::export::run_register($name, path, $register)
+            $crate::__private::run_register(
+                $name,
+                path,
+                __KAMAILIO_TRANSFORMATIONS,
+                __KAMAILIO_KEMI,
+            )
         }
 
         extern "C" fn __kamailio_mod_init() -> ::std::ffi::c_int {
-            $crate::export::run_hook("mod_init", $init)
+            $crate::__private::run_hook("mod_init", $crate::__hook!(init $($init)?))
         }
 
         extern "C" fn __kamailio_child_init(rank: ::std::ffi::c_int) -> ::std::ffi::c_int {
-            $crate::export::run_hook("child_init", || $child_init(rank))
+            let hook = $crate::__hook!(child_init $($child_init)?);
+            $crate::__private::run_hook("child_init", || hook(rank))
         }
 
         extern "C" fn __kamailio_destroy() {
-            $crate::guard::guarded("mod_destroy", (), $destroy)
+            $crate::guard::guarded("mod_destroy", (), $crate::__hook!(destroy $($destroy)?))
         }
+    };
+}
+
+/// A [`module!`] hook, or what stands for a missing one.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __hook {
+    (init) => {
+        || ::core::result::Result::<(), ::core::convert::Infallible>::Ok(())
+    };
+    (child_init) => {
+        |_rank: ::std::ffi::c_int| ::core::result::Result::<(), ::core::convert::Infallible>::Ok(())
+    };
+    (destroy) => {
+        || ()
+    };
+    ($hook:ident $path:path) => {
+        $path
     };
 }
 
@@ -273,7 +206,7 @@ macro_rules! cmd {
                         [$($crate::script::SpveArg::from_raw($arg)),+],
                     )
                 };
-                $crate::export::script_result($name, $handler(&mut msg, &args))
+                $crate::__private::script_result($name, $handler(&mut msg, &args))
             })
         }
         $crate::sys::cmd_export_t {
@@ -301,7 +234,7 @@ macro_rules! cmd {
                         $crate::script::PvDest::from_raw($dst),
                     )
                 };
-                $crate::export::script_result($name, $handler(&mut msg, &args, &dst))
+                $crate::__private::script_result($name, $handler(&mut msg, &args, &dst))
             })
         }
         $crate::sys::cmd_export_t {
@@ -323,7 +256,7 @@ macro_rules! cmd {
                 let (mut msg, arg) =
                     // SAFETY: the core passes the current message and the argument's NUL-terminated text (no fixup).
                     unsafe { ($crate::SipMsg::from_raw(msg), $crate::script::raw_arg($arg)) };
-                $crate::export::script_result($name, $handler(&mut msg, arg))
+                $crate::__private::script_result($name, $handler(&mut msg, arg))
             })
         }
         $crate::sys::cmd_export_t {
@@ -352,7 +285,7 @@ macro_rules! param {
             $crate::guard::guarded("modparam", -1, || {
                 // SAFETY: the core calls the setter with the declared type and a value valid for this call.
                 let value = unsafe { $crate::params::decode(ty, val) };
-                $crate::export::param_result($name, $setter($name, value))
+                $crate::__private::param_result($name, $setter($name, value))
             })
         }
         $crate::sys::param_export_t {
@@ -380,7 +313,7 @@ macro_rules! pv {
             })
         }
         $crate::sys::pv_export_t {
-            name: $crate::sys::str_::from_static($crate::export::cstr(concat!($name, "\0"))),
+            name: $crate::sys::str_::from_static($crate::__private::cstr(concat!($name, "\0"))),
             type_: $crate::sys::PVT_OTHER,
             getf: Some(get),
             setf: None,
@@ -397,7 +330,7 @@ macro_rules! pv {
 macro_rules! trans_class {
     ($class:literal, $ty:ty) => {
         $crate::sys::tr_export_t {
-            tclass: $crate::sys::str_::from_static($crate::export::cstr(concat!($class, "\0"))),
+            tclass: $crate::sys::str_::from_static($crate::__private::cstr(concat!($class, "\0"))),
             tparse: Some($crate::trans::parse_entry::<$ty>),
         }
     };
@@ -408,7 +341,7 @@ macro_rules! trans_class {
 #[macro_export]
 macro_rules! rpc {
     ($name:literal, $doc:literal, $handler:path) => {{
-        static DOC: $crate::rpc::RpcDoc = $crate::rpc::RpcDoc([
+        static DOC: $crate::__private::RpcDoc = $crate::__private::RpcDoc([
             concat!($doc, "\0").as_ptr() as *const ::std::ffi::c_char,
             ::std::ptr::null(),
         ]);
@@ -435,7 +368,7 @@ macro_rules! rpc {
 /// One row of a KEMI table: `KSR.<module>.<name>(str, ...)` returning int;
 /// the handler is `fn(&mut SipMsg, [&[u8]; N]) -> Result<R, E>` with `R` a
 /// [`ScriptReturn`] (a code, or [`crate::tm::Suspended`] for 0), mapped as
-/// for native functions ([`script_result`]).
+/// for native functions.
 #[macro_export]
 macro_rules! kemi {
     ($module:literal, $name:literal, str($($arg:ident),+) => $handler:path) => {{
@@ -449,47 +382,18 @@ macro_rules! kemi {
                 let (mut msg, args) = unsafe {
                     (
                         $crate::SipMsg::from_raw(msg),
-                        [$($crate::script::str_bytes(&*$arg)),+],
+                        [$((*$arg).as_bytes()),+],
                     )
                 };
-                $crate::export::script_result($name, $handler(&mut msg, args))
+                $crate::__private::script_result($name, $handler(&mut msg, args))
             })
         }
         $crate::sys::sr_kemi_t {
-            mname: $crate::sys::str_::from_static($crate::export::cstr(concat!($module, "\0"))),
-            fname: $crate::sys::str_::from_static($crate::export::cstr(concat!($name, "\0"))),
+            mname: $crate::sys::str_::from_static($crate::__private::cstr(concat!($module, "\0"))),
+            fname: $crate::sys::str_::from_static($crate::__private::cstr(concat!($name, "\0"))),
             rtype: $crate::sys::SR_KEMIP_INT,
             func: entry as *const ::std::ffi::c_void,
-            ptypes: $crate::export::kemi_str_params($crate::cmd!(@count $($arg),+)),
+            ptypes: $crate::__private::kemi_str_params($crate::cmd!(@count $($arg),+)),
         }
     }};
-}
-
-/// A NUL-terminated literal as a `CStr`, at compile time.
-pub const fn cstr(text: &'static str) -> &'static CStr {
-    match CStr::from_bytes_with_nul(text.as_bytes()) {
-        Ok(s) => s,
-        Err(_) => panic!("export names must not contain NUL"),
-    }
-}
-
-/// `ptypes` of a KEMI function taking `n` strings.
-pub const fn kemi_str_params(n: i32) -> [c_int; 6] {
-    let mut ptypes = [sys::SR_KEMIP_NONE; 6];
-    let mut i = 0;
-    while i < n as usize && i < 6 {
-        ptypes[i] = sys::SR_KEMIP_STR;
-        i += 1;
-    }
-    ptypes
-}
-
-/// Registers a KEMI table (call from `mod_register`); it must end with
-/// [`KEMI_END`].
-pub fn register_kemi(table: &'static [sys::sr_kemi_t]) -> bool {
-    if table.last().is_none_or(|last| !last.func.is_null()) {
-        return false;
-    }
-    // SAFETY: the table is static and ends with an all-zero entry; the core keeps the pointer.
-    unsafe { sys::sr_kemi_modules_add(table.as_ptr()) == 0 }
 }

@@ -17,8 +17,12 @@
 //! - [`mem`]: the few places where Kamailio's pkg allocator must be used.
 //! - [`process`]: registering and forking module processes, and their duties.
 //! - [`stats`]: statistics (Kamailio's counters).
-//! - [`export`]: the macros that emit a module's exported symbols and tables.
+//! - [`export`]: the macros that emit a module's exported symbols and tables
+//!   (what they expand to is in the hidden `__private` module).
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
 pub mod db;
 pub mod export;
 pub mod guard;

@@ -128,11 +128,7 @@ impl NamedPv {
     /// The variable's value as an integer, when it holds one (a `long`
     /// from Kamailio 5.7, an `int` before).
     pub fn get_int(&self, msg: &mut crate::SipMsg) -> Option<i64> {
-        let mut val = sys::pv_value_t {
-            rs: sys::str_::NULL,
-            ri: 0,
-            flags: 0,
-        };
+        let mut val = sys::pv_value_t::empty();
         // SAFETY: a parsed spec, the current message, an output value.
         let rc = unsafe { sys::pv_get_spec_value(msg.as_ptr(), self.spec, &mut val) };
         if rc != 0 || val.flags & sys::PV_VAL_NULL != 0 {
@@ -142,7 +138,7 @@ impl NamedPv {
             return Some(sys::pv_int_to_i64(val.ri));
         }
         // SAFETY: a string value returned by the core.
-        let text = unsafe { crate::script::str_bytes(&val.rs) };
+        let text = unsafe { val.rs.as_bytes() };
         std::str::from_utf8(text).ok()?.trim().parse().ok()
     }
 }

@@ -40,11 +40,3 @@ impl Rpc {
         }
     }
 }
-
-/// A `const char*` documentation array for an RPC command (text, then NULL).
-#[derive(Debug)]
-#[repr(transparent)]
-pub struct RpcDoc(pub [*const std::ffi::c_char; 2]);
-
-// SAFETY: immutable pointers to static strings.
-unsafe impl Sync for RpcDoc {}

@@ -77,7 +77,7 @@ impl SpveArg {
             return Err(ArgError::Evaluate);
         }
         // SAFETY: on success the core returns a valid (s, len) pair.
-        Ok(unsafe { str_bytes(&out) }.to_vec())
+        Ok(unsafe { out.as_bytes() }.to_vec())
     }
 }
 
@@ -109,25 +109,14 @@ impl PvDest {
 
     /// Assigns a string (for an AVP this adds a value on top of its stack).
     pub fn set_str(&self, msg: &mut SipMsg, value: &[u8]) -> Result<(), ArgError> {
-        let len = c_int::try_from(value.len()).map_err(|_| ArgError::TooLarge)?;
-        let mut val = sys::pv_value_t {
-            rs: sys::str_ {
-                s: value.as_ptr() as *mut c_char,
-                len,
-            },
-            ri: 0,
-            flags: sys::PV_VAL_STR,
-        };
+        let rs = sys::str_::from_bytes(value).ok_or(ArgError::TooLarge)?;
+        let mut val = sys::pv_value_t::string(rs);
         self.assign(msg, &mut val)
     }
 
     /// Assigns `$null` (for an AVP this removes its top value).
     pub fn set_null(&self, msg: &mut SipMsg) -> Result<(), ArgError> {
-        let mut val = sys::pv_value_t {
-            rs: sys::str_::NULL,
-            ri: 0,
-            flags: sys::PV_VAL_NULL,
-        };
+        let mut val = sys::pv_value_t::null();
         self.assign(msg, &mut val)
     }
 
@@ -152,20 +141,6 @@ pub unsafe fn raw_arg(raw: *mut c_char) -> Vec<u8> {
     }
     // SAFETY: guaranteed by the caller.
     unsafe { CStr::from_ptr(raw) }.to_bytes().to_vec()
-}
-
-/// Views a core `str` as bytes.
-///
-/// # Safety
-/// `s` must be null/empty or point at `len` readable bytes that outlive the
-/// returned slice.
-pub unsafe fn str_bytes<'a>(s: &sys::str_) -> &'a [u8] {
-    if s.s.is_null() || s.len <= 0 {
-        &[]
-    } else {
-        // SAFETY: guaranteed by the caller.
-        unsafe { std::slice::from_raw_parts(s.s as *const u8, s.len as usize) }
-    }
 }
 
 /// Fixup for string arguments at any position.

@@ -15,7 +15,6 @@ use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, Mutex};
 
 use crate::msg::SipMsg;
-use crate::script::str_bytes;
 use crate::sys;
 
 /// What a transformation produced.
@@ -125,11 +124,7 @@ impl TransParam {
         match self {
             TransParam::Literal(bytes) => Ok(bytes.clone()),
             TransParam::Spec(spec) => {
-                let mut val = sys::pv_value_t {
-                    rs: sys::str_::NULL,
-                    ri: 0,
-                    flags: 0,
-                };
+                let mut val = sys::pv_value_t::empty();
                 // SAFETY: a spec parsed by the core, the current message, and an output value the core fills.
                 let rc = unsafe { sys::pv_get_spec_value(msg.as_ptr(), *spec, &mut val) };
                 if rc != 0 || val.flags & sys::PV_VAL_NULL != 0 || val.flags & sys::PV_VAL_STR == 0
@@ -137,7 +132,7 @@ impl TransParam {
                     return Err("the parameter variable has no string value".into());
                 }
                 // SAFETY: the core returned a valid string in `val`.
-                let bytes = unsafe { str_bytes(&val.rs) }.to_vec();
+                let bytes = unsafe { val.rs.as_bytes() }.to_vec();
                 // SAFETY: values flagged as pkg/shm were allocated for us to free.
                 unsafe { release_value(&val) };
                 if bytes.is_empty() {
@@ -152,7 +147,7 @@ impl TransParam {
                     return Err("cannot evaluate the parameter".into());
                 }
                 // SAFETY: the core's print buffer holds the result until the next print; it is copied at once.
-                Ok(unsafe { str_bytes(&out) }.to_vec())
+                Ok(unsafe { out.as_bytes() }.to_vec())
             }
         }
     }
@@ -220,7 +215,7 @@ pub unsafe extern "C" fn parse_entry<T: TransClass>(
             return std::ptr::null_mut();
         }
         // SAFETY: the core passes the rest of the expression text.
-        let text = unsafe { str_bytes(&*input) };
+        let text = unsafe { (*input).as_bytes() };
         let (spec, close) = match T::parse(text) {
             Ok(parsed) => parsed,
             Err(reason) => {
@@ -289,7 +284,7 @@ pub unsafe extern "C" fn eval_entry<T: TransClass>(
         // SAFETY: the current message from the core.
         let mut msg = unsafe { SipMsg::from_raw(msg) };
         // SAFETY: the input string is valid until we release or replace it.
-        let input = unsafe { str_bytes(&value.rs) };
+        let input = unsafe { value.rs.as_bytes() };
         let result = T::eval(&mut msg, &spec, input);
         // SAFETY: the input is no longer used; free it if we own it.
         unsafe { release_value(&value) };
@@ -336,9 +331,9 @@ pub unsafe extern "C" fn eval_entry<T: TransClass>(
 }
 
 /// Registers transformation classes (call from `mod_register`); `exports`
-/// must end with [`crate::export::TRANS_END`].
-pub fn register_class(
-    path: &crate::export::ModulePath,
+/// must end with an empty row.
+pub(crate) fn register_class(
+    path: &crate::__private::ModulePath,
     exports: &'static [sys::tr_export_t],
 ) -> bool {
     if exports.last().is_none_or(|last| last.tparse.is_some()) {

@@ -1,5 +1,6 @@
-//! The module's life in Kamailio, in start-up order: `mod_register`
-//! (transformations and KEMI functions), `mod_init` (the configuration
+//! The module's life in Kamailio, in start-up order (`mod_register`, which
+//! registers the transformations and KEMI functions, is `kamailio::module!`'s):
+//! `mod_init` (the configuration
 //! frozen, what script execution needs bound), `child_init` (the
 //! `kazoo:mod-init` route and the IPC socket in the main process before any
 //! fork; then the AMQP process and the consumer workers forked, by this file
@@ -8,7 +9,6 @@ use std::os::unix::net::UnixListener;
 use std::sync::Mutex;
 
 use kamailio::process::{self, ProcessKind};
-use kamailio::sys::{sr_kemi_t, tr_export_t};
 use kazoo_engine::config::Config;
 use kazoo_engine::ipc;
 
@@ -18,22 +18,6 @@ use crate::{amqp_process, ipc_client, pvs, startup, stats, worker};
 /// The listening IPC socket, from `child_init(PROC_INIT)` until the AMQP
 /// process is forked with it.
 static LISTENER: Mutex<Option<UnixListener>> = Mutex::new(None);
-
-/// Registers what later configuration lines may use: the `kz`
-/// transformation class and the KEMI functions.
-pub(crate) fn register(
-    path: &kamailio::export::ModulePath,
-    transformations: &'static [tr_export_t],
-    kemi: &'static [sr_kemi_t],
-) -> Result<(), String> {
-    if !kamailio::trans::register_class(path, transformations) {
-        return Err("cannot register the kz transformations".into());
-    }
-    if !kamailio::export::register_kemi(kemi) {
-        return Err("cannot register the KEMI functions".into());
-    }
-    Ok(())
-}
 
 /// `mod_init`: validates the parameters and prepares what script execution
 /// needs.

@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::OnceLock;
 
+use crate::error::{database, module_missing, Error};
 use crate::sys;
 
 /// Where Debian installs libsrdb1 (up to 5.8), tried when no loaded copy is found.
@@ -42,7 +43,7 @@ fn text_str(text: &[u8]) -> sys::str_ {
 
 /// `db_bind_mod`: exported by the core binary from Kamailio 6.0, by
 /// libsrdb1 (loaded by the DB modules) before.
-fn find_db_bind_mod() -> Result<*mut c_void, String> {
+fn find_db_bind_mod() -> Result<*mut c_void, Error> {
     // SAFETY: a lookup in the process's global scope with a static name.
     let in_process = unsafe { sys::dlsym(sys::RTLD_DEFAULT, c"db_bind_mod".as_ptr()) };
     if !in_process.is_null() {
@@ -59,19 +60,21 @@ fn find_db_bind_mod() -> Result<*mut c_void, String> {
         }
     };
     if handle.is_null() {
-        return Err("cannot find db_bind_mod (is a db_* module loaded?)".into());
+        return Err(module_missing(
+            "cannot find db_bind_mod (is a db_* module loaded?)",
+        ));
     }
     // SAFETY: a symbol lookup in the handle just opened.
     let symbol = unsafe { sys::dlsym(handle, c"db_bind_mod".as_ptr()) };
     if symbol.is_null() {
-        return Err("libsrdb1 has no db_bind_mod".into());
+        return Err(module_missing("libsrdb1 has no db_bind_mod"));
     }
     Ok(symbol)
 }
 
 /// Binds the DB driver for `url` (call in `mod_init`).
-pub fn bind(url: &str) -> Result<(), String> {
-    let url = CString::new(url).map_err(|_| "the DB URL has a NUL byte")?;
+pub fn bind(url: &str) -> Result<(), Error> {
+    let url = CString::new(url).map_err(|_| database("the DB URL has a NUL byte"))?;
     let symbol = find_db_bind_mod()?;
     // SAFETY: `db_bind_mod` has this signature (srdb1/db.h).
     let bind_mod = unsafe { std::mem::transmute::<*mut c_void, sys::db_bind_mod_f>(symbol) };
@@ -80,16 +83,18 @@ pub fn bind(url: &str) -> Result<(), String> {
     let url_str = text_str(url.as_bytes());
     // SAFETY: a valid URL `str` and a writable function table.
     if unsafe { bind_mod(&url_str, &mut funcs) } != 0 {
-        return Err(format!(
+        return Err(module_missing(format!(
             "cannot bind the DB module for {} (is its db_* module loaded before this module?)",
             redact(url.to_str().unwrap_or_default())
-        ));
+        )));
     }
     if funcs.cap & sys::DB_CAP_ALL != sys::DB_CAP_ALL
         || funcs.insert.is_none()
         || funcs.delete.is_none()
     {
-        return Err("the DB module cannot query, insert, delete and update".into());
+        return Err(database(
+            "the DB module cannot query, insert, delete and update",
+        ));
     }
     let _ = API.set(Api { url, funcs });
     Ok(())
@@ -159,8 +164,10 @@ thread_local! {
 /// Runs `f` with this process's connection, opening it first if needed. A
 /// connection inherited across a fork is left to the process that opened it
 /// (neither used nor closed here) and a new one is opened.
-pub fn with_connection<R>(f: impl FnOnce(&Connection) -> Result<R, String>) -> Result<R, String> {
-    let api = API.get().ok_or("no database is configured (db_url)")?;
+pub fn with_connection<R>(f: impl FnOnce(&Connection) -> Result<R, Error>) -> Result<R, Error> {
+    let api = API
+        .get()
+        .ok_or_else(|| database("no database is configured (db_url)"))?;
     let pid = std::process::id();
     CONNECTION.with(|slot| {
         let mut slot = slot.borrow_mut();
@@ -172,12 +179,12 @@ pub fn with_connection<R>(f: impl FnOnce(&Connection) -> Result<R, String>) -> R
             let init = api
                 .funcs
                 .init
-                .ok_or("the DB module cannot open connections")?;
+                .ok_or_else(|| database("the DB module cannot open connections"))?;
             let url = text_str(api.url.as_bytes());
             // SAFETY: the driver's init with a valid URL; the connection belongs to this process.
             let con = unsafe { init(&url) };
             if con.is_null() {
-                return Err("cannot connect to the database".into());
+                return Err(database("cannot connect to the database"));
             }
             *slot = Some(Connection {
                 con,
@@ -187,7 +194,7 @@ pub fn with_connection<R>(f: impl FnOnce(&Connection) -> Result<R, String>) -> R
         }
         match slot.as_ref() {
             Some(connection) => f(connection),
-            None => Err("cannot connect to the database".into()),
+            None => Err(database("cannot connect to the database")),
         }
     })
 }
@@ -252,9 +259,9 @@ impl<'a> Columns<'a> {
 }
 
 impl Connection {
-    fn check(rc: c_int, what: &str) -> Result<(), String> {
+    fn check(rc: c_int, what: &str) -> Result<(), Error> {
         if rc < 0 {
-            Err(format!("database {what} failed"))
+            Err(database(format!("database {what} failed")))
         } else {
             Ok(())
         }
@@ -263,20 +270,24 @@ impl Connection {
     /// Selects the table for the next statements. Drivers keep the pointer
     /// to the name's `str` (not a copy), so each table name gets one `str`
     /// for the life of the process, made on its first use.
-    pub fn use_table(&self, table: &'static str) -> Result<(), String> {
+    pub fn use_table(&self, table: &'static str) -> Result<(), Error> {
         let use_table = self
             .api
             .funcs
             .use_table
-            .ok_or("the DB module has no use_table")?;
+            .ok_or_else(|| database("the DB module has no use_table"))?;
         let name = table_name(table);
         // SAFETY: this process's connection and a name that lives forever.
         Self::check(unsafe { use_table(self.con, name) }, "use_table")
     }
 
     /// `DELETE ... WHERE` every column equals its value (no columns: every row).
-    pub fn delete(&self, matching: &[(&str, DbValue<'_>)]) -> Result<(), String> {
-        let delete = self.api.funcs.delete.ok_or("the DB module cannot delete")?;
+    pub fn delete(&self, matching: &[(&str, DbValue<'_>)]) -> Result<(), Error> {
+        let delete = self
+            .api
+            .funcs
+            .delete
+            .ok_or_else(|| database("the DB module cannot delete"))?;
         let columns = Columns::new(matching);
         let keys = columns.keys();
         let ops: Vec<sys::db_op_t> = matching.iter().map(|_| c"=".as_ptr()).collect();
@@ -291,8 +302,12 @@ impl Connection {
     }
 
     /// `INSERT` one row.
-    pub fn insert(&self, row: &[(&str, DbValue<'_>)]) -> Result<(), String> {
-        let insert = self.api.funcs.insert.ok_or("the DB module cannot insert")?;
+    pub fn insert(&self, row: &[(&str, DbValue<'_>)]) -> Result<(), Error> {
+        let insert = self
+            .api
+            .funcs
+            .insert
+            .ok_or_else(|| database("the DB module cannot insert"))?;
         let columns = Columns::new(row);
         let keys = columns.keys();
         let n = row.len() as c_int;
@@ -307,12 +322,12 @@ impl Connection {
     }
 
     /// `REPLACE` one row, unique on its first `unique` columns.
-    pub fn replace(&self, row: &[(&str, DbValue<'_>)], unique: usize) -> Result<(), String> {
+    pub fn replace(&self, row: &[(&str, DbValue<'_>)], unique: usize) -> Result<(), Error> {
         let replace = self
             .api
             .funcs
             .replace
-            .ok_or("the DB module cannot replace")?;
+            .ok_or_else(|| database("the DB module cannot replace"))?;
         let columns = Columns::new(row);
         let keys = columns.keys();
         let (n, unique) = (row.len() as c_int, unique as c_int);
@@ -327,8 +342,8 @@ impl Connection {
     pub fn transaction<R>(
         &self,
         lock: i32,
-        f: impl FnOnce() -> Result<R, String>,
-    ) -> Result<R, String> {
+        f: impl FnOnce() -> Result<R, Error>,
+    ) -> Result<R, Error> {
         let funcs = &self.api.funcs;
         let (Some(start), Some(end), Some(abort)) = (
             funcs.start_transaction,

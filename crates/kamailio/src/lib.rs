@@ -24,6 +24,7 @@
 #[path = "private.rs"]
 pub mod __private;
 pub mod db;
+pub mod error;
 pub mod export;
 pub mod guard;
 pub mod log;

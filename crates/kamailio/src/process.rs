@@ -23,6 +23,7 @@
 //! - it opens its own DB connections (`crate::db` checks the owner pid).
 use std::ffi::{c_int, CString};
 
+use crate::error::{process, registration, Error};
 use crate::sys;
 
 /// What a process of the module is for, which decides its rank.
@@ -38,24 +39,27 @@ pub enum ProcessKind {
 /// Reserves `count` process slots (call from `mod_init` only). They are not
 /// registered with the cfg framework's per-child callbacks (see the module
 /// comment).
-pub fn register(count: u32) -> bool {
-    let Ok(count) = c_int::try_from(count) else {
-        return false;
-    };
+pub fn register(count: u32) -> Result<(), Error> {
+    let refused = || registration(format!("cannot register {count} processes"));
+    let count = c_int::try_from(count).map_err(|_| refused())?;
     // SAFETY: plain core call, valid during mod_init.
-    unsafe { sys::register_procs(count) >= 0 }
+    if unsafe { sys::register_procs(count) } < 0 {
+        return Err(refused());
+    }
+    Ok(())
 }
 
 /// Forks one module process (call from `child_init(PROC_MAIN)` only) that
 /// runs `body`, and returns the child's pid in the parent. The child never
 /// comes back: it exits if `body` ever returns, and a child whose initialisation
 /// (the modules' `child_init` for its rank) failed exits at once.
-pub fn fork(kind: ProcessKind, description: &str, body: impl FnOnce()) -> Result<i32, String> {
+pub fn fork(kind: ProcessKind, description: &str, body: impl FnOnce()) -> Result<i32, Error> {
     let (rank, make_sock) = match kind {
         ProcessKind::ScriptWorker => (sys::PROC_XWORKER, 1),
         ProcessKind::IoOnly => (sys::PROC_NOCHLDINIT, 0),
     };
-    let desc = CString::new(description).map_err(|_| "description has a NUL byte")?;
+    let desc =
+        CString::new(description).map_err(|_| process("a process description with a NUL byte"))?;
     let parent = std::process::id();
     // SAFETY: called from child_init(PROC_MAIN) in the main process; the core copies the description.
     let pid = unsafe { sys::fork_process(rank, desc.as_ptr() as *mut _, make_sock) };
@@ -67,7 +71,7 @@ pub fn fork(kind: ProcessKind, description: &str, body: impl FnOnce()) -> Result
         exit(1);
     }
     match pid {
-        p if p < 0 => Err(format!("cannot fork {description}")),
+        p if p < 0 => Err(process(format!("cannot fork {description}"))),
         0 => {
             // SAFETY: first call in the new child; the process is not counted in cfg_register_child (see `register`).
             unsafe { sys::cfg_child_no_cb_init() };

@@ -7,7 +7,7 @@
 use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int};
 
-use crate::script::PvDest;
+use crate::script::{ArgError, PvDest};
 use crate::sys;
 
 /// Per-process bytes behind a read-only pseudo-variable; `None` reads as `$null`.
@@ -118,11 +118,10 @@ impl NamedPv {
         self.is_writable().then(|| PvDest::from_spec(self.spec))
     }
 
-    /// Assigns a string; false when the variable is read-only or the
-    /// assignment fails.
-    pub fn set_str(&self, msg: &mut crate::SipMsg, value: &[u8]) -> bool {
-        self.dest()
-            .is_some_and(|dest| dest.set_str(msg, value).is_ok())
+    /// Assigns a string; [`ArgError::Assign`] when the variable is
+    /// read-only or the assignment fails.
+    pub fn set_str(&self, msg: &mut crate::SipMsg, value: &[u8]) -> Result<(), ArgError> {
+        self.dest().ok_or(ArgError::Assign)?.set_str(msg, value)
     }
 
     /// The variable's value as an integer, when it holds one (a `long`

@@ -2,6 +2,7 @@
 //! code, on the faked SIP message the core keeps for that purpose.
 use std::ffi::{c_int, CStr, CString};
 
+use crate::error::{registration, Error};
 use crate::sys;
 
 /// What happened when an event route was asked to run.
@@ -15,10 +16,15 @@ pub enum RouteOutcome {
     Dropped,
 }
 
-/// Prepares the faked message (call once in `mod_init`).
-pub fn init_faked_msg() -> bool {
+/// Prepares the faked message of event routes (call once in `mod_init`).
+pub fn init_faked_msg() -> Result<(), Error> {
     // SAFETY: plain core call, made on the host thread during start-up.
-    unsafe { sys::faked_msg_init() == 0 }
+    if unsafe { sys::faked_msg_init() } != 0 {
+        return Err(registration(
+            "cannot initialise the faked message for event routes",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `event_route[name]` exists in the configuration.

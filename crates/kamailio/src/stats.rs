@@ -9,6 +9,7 @@
 //! state) sets its own slot to the current value.
 use std::ffi::CStr;
 
+use crate::error::{registration, Error};
 use crate::sys;
 
 /// A registered counter.
@@ -31,7 +32,7 @@ impl Counter {
         name: &'static CStr,
         doc: &'static CStr,
         reset: Reset,
-    ) -> Result<Counter, String> {
+    ) -> Result<Counter, Error> {
         let mut handle = sys::counter_handle_t { id: 0 };
         let flags = match reset {
             Reset::Allowed => 0,
@@ -51,11 +52,11 @@ impl Counter {
             )
         };
         if rc < 0 {
-            return Err(format!(
+            return Err(registration(format!(
                 "cannot register the statistic {}:{}",
                 group.to_string_lossy(),
                 name.to_string_lossy()
-            ));
+            )));
         }
         Ok(Counter(handle))
     }

@@ -17,6 +17,8 @@
 //! functions instead, which tm's `t_continue_cb` calls (also as a failure
 //! route).
 use std::ffi::{c_int, c_uint, c_void, CStr, CString};
+
+use crate::error::{module_missing, transaction, Error};
 use std::sync::OnceLock;
 
 use crate::msg::SipMsg;
@@ -63,19 +65,22 @@ const MEMBERS: [(usize, Source); 6] = [
 /// Checks that each member read at its offset is the function `load_tm`
 /// stores there: the one tm.so exports under its name (tm.so is found from
 /// the address of its `load_tm`), or the script function it looks up.
-fn check_members(load_tm: *const c_void, at: impl Fn(usize) -> usize) -> Result<(), String> {
+fn check_members(load_tm: *const c_void, at: impl Fn(usize) -> usize) -> Result<(), Error> {
     // SAFETY: `Dl_info` is plain pointers: all-zero is valid.
     let mut info: sys::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: `dladdr` only reads the loader's tables and fills `info`.
     if unsafe { sys::dladdr(load_tm, &mut info) } == 0 || info.dli_fname.is_null() {
-        return Err("cannot find the file of tm's load_tm".into());
+        return Err(module_missing("cannot find the file of tm's load_tm"));
     }
     // SAFETY: `dli_fname` is the loader's NUL-terminated path of a loaded object.
     let path = unsafe { CStr::from_ptr(info.dli_fname) };
     // SAFETY: RTLD_NOLOAD returns tm.so, already loaded, without loading anything.
     let handle = unsafe { sys::dlopen(path.as_ptr(), sys::RTLD_NOW | sys::RTLD_NOLOAD) };
     if handle.is_null() {
-        return Err(format!("cannot open {}", path.to_string_lossy()));
+        return Err(module_missing(format!(
+            "cannot open {}",
+            path.to_string_lossy()
+        )));
     }
     let result = MEMBERS.iter().try_for_each(|&(offset, source)| {
         let (exported, name) = match source {
@@ -90,12 +95,12 @@ fn check_members(load_tm: *const c_void, at: impl Fn(usize) -> usize) -> Result<
         if exported != 0 && exported == at(offset) {
             Ok(())
         } else {
-            Err(format!(
+            Err(module_missing(format!(
                 "tm's API does not match this build (struct tm_binds at offset {offset} is not \
                  {}): this module was built for {}",
                 name.to_string_lossy(),
                 sys::MODULE_VERSION.to_string_lossy()
-            ))
+            )))
         }
     });
     // SAFETY: balances the dlopen above; tm.so stays loaded by the core.
@@ -104,11 +109,13 @@ fn check_members(load_tm: *const c_void, at: impl Fn(usize) -> usize) -> Result<
 }
 
 /// Binds tm's API (call in `mod_init`; tm must be loaded before this module).
-pub fn bind() -> Result<(), String> {
+pub fn bind() -> Result<(), Error> {
     // SAFETY: a plain lookup in the core's export tables with a static name.
     let load_ptr = unsafe { sys::find_export(c"load_tm".as_ptr() as *mut _, sys::NO_SCRIPT, 0) };
     if load_ptr.is_null() {
-        return Err("the tm module is not loaded (load tm.so before this module)".into());
+        return Err(module_missing(
+            "the tm module is not loaded (load tm.so before this module)",
+        ));
     }
     let load: sys::load_tm_f =
         // SAFETY: `load_tm` has this signature in every tm version.
@@ -116,7 +123,7 @@ pub fn bind() -> Result<(), String> {
     let mut binds = vec![0usize; TM_BINDS_BUFFER / std::mem::size_of::<usize>()];
     // SAFETY: `binds` is writable, zeroed and large enough for the struct.
     if unsafe { load(binds.as_mut_ptr().cast()) } == -1 {
-        return Err("tm's load_tm failed".into());
+        return Err(module_missing("tm's load_tm failed"));
     }
     let at = |offset: usize| binds[offset / std::mem::size_of::<usize>()];
     check_members(load_ptr, at)?;
@@ -139,9 +146,10 @@ pub fn bind() -> Result<(), String> {
     Ok(())
 }
 
-fn tm() -> Result<&'static Tm, String> {
-    TM.get()
-        .ok_or_else(|| "the tm API is not bound (is tm.so loaded before this module?)".into())
+fn tm() -> Result<&'static Tm, Error> {
+    TM.get().ok_or_else(|| {
+        module_missing("the tm API is not bound (is tm.so loaded before this module?)")
+    })
 }
 
 /// A suspended transaction, named as tm names it.
@@ -164,17 +172,21 @@ impl Suspended {
 }
 
 /// Suspends the transaction of `msg` (creating it first if needed).
-pub fn suspend(msg: &mut SipMsg) -> Result<Suspended, String> {
+pub fn suspend(msg: &mut SipMsg) -> Result<Suspended, Error> {
     let tm = tm()?;
     // SAFETY: tm's functions, called on the current message in a SIP worker.
     unsafe {
         let current = (tm.gett)();
         if (current.is_null() || current == sys::T_UNDEFINED) && (tm.newtran)(msg.as_ptr()) < 0 {
-            return Err("cannot create the transaction (t_newtran failed)".into());
+            return Err(transaction(
+                "cannot create the transaction (t_newtran failed)",
+            ));
         }
         let (mut hash, mut label): (c_uint, c_uint) = (0, 0);
         if (tm.suspend)(msg.as_ptr(), &mut hash, &mut label) < 0 {
-            return Err("cannot suspend the transaction (t_suspend failed)".into());
+            return Err(transaction(
+                "cannot suspend the transaction (t_suspend failed)",
+            ));
         }
         Ok(Suspended(TransactionId { hash, label }))
     }
@@ -235,10 +247,11 @@ pub fn route_exists(kind: ResumeRoute, name: &str) -> bool {
 /// forked with `PROC_XWORKER`, as tm requires); with a KEMI engine, `name`
 /// is the script function to call instead (a KEMI engine runs the script,
 /// so the configuration's route blocks are not used).
-pub fn resume(id: TransactionId, kind: ResumeRoute, name: &str) -> Result<(), String> {
+pub fn resume(id: TransactionId, kind: ResumeRoute, name: &str) -> Result<(), Error> {
     let tm = tm()?;
     let rc: c_int = if crate::route::kemi_engine_present() {
-        let name = CString::new(name).map_err(|_| "a function name with a NUL byte".to_string())?;
+        let name =
+            CString::new(name).map_err(|_| transaction("a function name with a NUL byte"))?;
         let mut cbname = sys::str_ {
             s: name.as_ptr() as *mut _,
             len: name.as_bytes().len() as c_int,
@@ -247,16 +260,16 @@ pub fn resume(id: TransactionId, kind: ResumeRoute, name: &str) -> Result<(), St
         unsafe { (tm.continue_cb)(id.hash, id.label, &mut cbname, std::ptr::null_mut()) }
     } else {
         let actions = route_actions(kind, name)
-            .ok_or_else(|| format!("{}[{name}] does not exist", kind.block()))?;
+            .ok_or_else(|| transaction(format!("{}[{name}] does not exist", kind.block())))?;
         // SAFETY: tm's function with a transaction id from `suspend` and a route body of the configuration.
         unsafe { (tm.continue_)(id.hash, id.label, actions) }
     };
     // SAFETY: plain core call after a route ran; the core's message environment is reset as after any route.
     unsafe { sys::ksr_msg_env_reset() };
     if rc < 0 {
-        return Err(format!(
+        return Err(transaction(format!(
             "t_continue failed (rc {rc}): the transaction may be gone"
-        ));
+        )));
     }
     Ok(())
 }

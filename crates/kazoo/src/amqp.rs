@@ -337,7 +337,7 @@ fn query_values(
     };
     if let Some(name) = target_var {
         match NamedPv::lookup(&name) {
-            Some(pv) if pv.set_str(msg, &reply) => {}
+            Some(pv) if pv.set_str(msg, &reply).is_ok() => {}
             _ => kamailio::error!(
                 "kazoo_query: cannot write the reply into {} (not a writable variable)",
                 String::from_utf8_lossy(&name)
@@ -418,7 +418,7 @@ fn async_query_values(
         extra.mandatory("kazoo_async_query"),
         timeout,
     )?;
-    let suspended = tm::suspend(msg).map_err(AmqpError::Failed)?;
+    let suspended = tm::suspend(msg).map_err(|e| AmqpError::Failed(e.to_string()))?;
     let id = suspended.id();
     let request = Request::AsyncQuery {
         outgoing,

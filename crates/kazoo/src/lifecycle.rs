@@ -41,16 +41,12 @@ pub(crate) fn mod_init() -> Result<(), String> {
              kazoo events will not be delivered"
         );
     }
-    if !kamailio::route::init_faked_msg() {
-        return Err("cannot initialise the faked message for event routes".into());
-    }
+    kamailio::route::init_faked_msg()?;
     if let Err(e) = kamailio::tm::bind() {
         kamailio::warn!("{e}: kazoo_async_query and kazoo_query_async will return -1");
     }
     stats::register(&config)?;
-    if !kamailio::process::register(process_count(&config)) {
-        return Err("cannot register the kazoo processes".into());
-    }
+    kamailio::process::register(process_count(&config))?;
     // Before any fork, so every process (and `kazoo:mod-init`) has it.
     pvs::NODE_NAME.set(Some(config.node().into_bytes()));
     params::freeze(config)

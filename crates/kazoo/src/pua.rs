@@ -145,4 +145,5 @@ fn write(plan: &WritePlan) -> Result<(), String> {
             }
         })
     })
+    .map_err(String::from)
 }

@@ -368,3 +368,23 @@ impl Connection {
         committed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a `str` was leaked for the table name on every write
+    /// (drivers keep the pointer, so it must live; it must also be made
+    /// only once per name).
+    #[test]
+    fn a_table_name_str_is_made_once_per_name_not_per_write() {
+        let first = table_name("presentity");
+        for _ in 0..1000 {
+            assert!(std::ptr::eq(table_name("presentity"), first));
+        }
+        let other = table_name("active_watchers");
+        assert!(!std::ptr::eq(other, first));
+        // SAFETY: the `str` points at the static name.
+        assert_eq!(unsafe { first.as_bytes() }, b"presentity");
+    }
+}

@@ -25,8 +25,6 @@ pub enum ErrorKind {
     Database,
     /// tm could not suspend or resume a transaction.
     Transaction,
-    /// A pseudo-variable could not be written.
-    Variable,
 }
 
 impl Error {

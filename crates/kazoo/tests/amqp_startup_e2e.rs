@@ -154,9 +154,7 @@ function ksr_request_route() {{
         Duration::from_secs(5)
     ));
     // KSR.kazoo.kazoo_publish publishes with confirms.
-    assert!(proxy
-        .kamailio
-        .wait_for_log("consumer 0: connected", Duration::from_secs(5)));
+    proxy.wait_connected(1, 1);
     let reply = proxy.call("kemi", &[]);
     assert_eq!(int(&reply, "X-RC"), 1);
     assert_eq!(

@@ -129,15 +129,12 @@ request_route {{
     );
     let (config, _node) = amqp_cfg(
         &system_broker_url(),
-        "loadmodule \"ctl.so\"\nmodparam(\"ctl\", \"binrpc\", \"{{CTL}}\")\n\
-         modparam(\"pv\", \"shvset\", \"runs=i:0\")\nmodparam(\"kazoo\", \"amqp_consumer_workers\", 1)",
+        "modparam(\"pv\", \"shvset\", \"runs=i:0\")\nmodparam(\"kazoo\", \"amqp_consumer_workers\", 1)",
         &routes,
     );
     let config = config.replace("{{MODULE}}", module.to_str().unwrap());
     let proxy = Proxy::start(&config);
-    assert!(proxy
-        .kamailio
-        .wait_for_log("consumer 0: connected", Duration::from_secs(10)));
+    proxy.wait_connected(1, 1);
     probe
         .publish(
             &exchange,

@@ -37,11 +37,7 @@ fn a_process_that_is_not_kamailios_is_refused() {
     let probe = AmqpProbe::connect(&system_broker_url()).expect("probe");
     let exchange = unique_name("kzipc");
     probe.declare_exchange(&exchange, "topic").unwrap();
-    let (config, _node) = amqp_cfg(
-        &system_broker_url(),
-        "loadmodule \"ctl.so\"\nmodparam(\"ctl\", \"binrpc\", \"{{CTL}}\")",
-        ROUTES,
-    );
+    let (config, _node) = amqp_cfg(&system_broker_url(), "", ROUTES);
     let proxy = Proxy::start(&config);
     proxy.wait_connected(1, 1);
     let name = socket_name(proxy.kamailio.pid());

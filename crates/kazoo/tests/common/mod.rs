@@ -36,6 +36,8 @@ loadmodule "sl.so"
 loadmodule "pv.so"
 loadmodule "xlog.so"
 loadmodule "textops.so"
+loadmodule "ctl.so"
+modparam("ctl", "binrpc", "{{CTL}}")
 loadmodule "{{MODULE}}"
 modparam("kazoo", "node_hostname", "kztest.local")
 modparam("kazoo", "pua_mode", 0)
@@ -113,28 +115,39 @@ impl Proxy {
 
     /// Waits until the module's publisher connection and first consuming
     /// connection to broker `id` are up (`n`-th time: 1 at start-up, 2 after
-    /// one reconnect, ...).
+    /// one reconnect, ...), as the `kazoo.brokers` RPC command reports them.
     pub(crate) fn wait_connected(&self, id: u32, n: usize) {
-        let needle = format!("broker {id} (");
+        // The first consuming connection consumes the reply queues, without
+        // which a query fails at once.
+        self.wait_connections(id, &["publisher", "consumer 0"], n);
+    }
+
+    /// Waits until every connection of broker `id` named in `roles` is up
+    /// and the broker's connections have reopened `(n - 1) * roles.len()`
+    /// times or more (`n`: 1 at start-up, 2 after one reconnect, ...).
+    pub(crate) fn wait_connections(&self, id: u32, roles: &[&str], n: usize) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        // The publisher, and the first consuming connection: it consumes the
-        // reply queues, without which a query fails at once.
-        let roles = ["publisher: connected", "consumer 0: connected"];
+        let reopened = ((n - 1) * roles.len()) as u64;
+        let mut last = String::new();
         while std::time::Instant::now() < deadline {
-            let log = self.kamailio.log();
-            let up = |role: &str| {
-                log.lines()
-                    .filter(|l| l.contains(&needle) && l.contains(role))
-                    .count()
-                    >= n
-            };
-            if roles.iter().all(|role| up(role)) {
-                return;
+            if let Ok(text) = self.kamailio.kamcmd(&["kazoo.brokers"]) {
+                if let Ok(brokers) = serde_json::from_str::<serde_json::Value>(text.trim()) {
+                    let broker = brokers
+                        .as_array()
+                        .and_then(|all| all.iter().find(|b| b["id"] == id));
+                    if let Some(broker) = broker {
+                        let up = roles.iter().all(|r| broker["connections"][r] == "up");
+                        if up && broker["reconnects"].as_u64() >= Some(reopened) {
+                            return;
+                        }
+                    }
+                }
+                last = text;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "broker {id} publisher and consumer 0 did not connect ({n}):\n{}",
+            "broker {id}: {roles:?} not up ({n}) per kazoo.brokers: {last}\n{}",
             self.kamailio.log()
         );
     }

@@ -1,5 +1,4 @@
-//! The wire rules for payloads, as the C module applies them (`kz_amqp.c`; reference §4.2,
-//! §4.3, §5.3, §6.3, §6.5, §6.6):
+//! The wire rules for payloads, as the C module applies them (`kz_amqp.c`):
 //! - what `kazoo_publish` / `kazoo_query` add to a script payload before it is published
 //!   (`kz_amqp_add_payload_common_properties`, and the `Server-ID` added in `kz_amqp_send_ex`);
 //! - the names of the targeted reply plumbing (`Server-ID`, reply queues);

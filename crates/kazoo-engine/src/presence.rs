@@ -1,6 +1,6 @@
 //! What `kazoo_pua_publish`, `kazoo_pua_publish_presence`, `kazoo_pua_publish_mwi` and
 //! `kazoo_pua_publish_dialoginfo` write into Kamailio's `presentity` table (`kz_pua.c`;
-//! reference §8, vectors/README §2 "presence", §4 "presence.jsonl", §7.11).
+//! vectors/README §2 "presence", §4 "presence.jsonl", §7.11).
 //!
 //! This module owns the decision and the content: which package a call is for, whether it
 //! writes at all, the row (columns and the PIDF / MWI / dialog-info body, byte for byte) and

@@ -1,5 +1,5 @@
 //! The event-route names a consumed message (or a synthetic connection event) may run, as the
-//! C module's `kz_amqp_consumer_event` composes them (reference §6.7, vectors/README §7.2,
+//! C module's `kz_amqp_consumer_event` composes them (vectors/README §7.2,
 //! §7.3), and the rule for picking one of them.
 //!
 //! The C module tries the five candidates in order with the core's `route_get`, which, for a

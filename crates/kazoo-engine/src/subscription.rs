@@ -1,5 +1,5 @@
-//! `kazoo_subscribe` descriptions: the JSON form (`ki_kz_amqp_subscribe`, reference §6.2) and
-//! the simple form (reference §4.5), read with the C module's defaults and json-c conversions.
+//! `kazoo_subscribe` descriptions: the JSON form (`ki_kz_amqp_subscribe`) and
+//! the simple form, read with the C module's defaults and json-c conversions.
 //!
 //! Differences from C, all on purpose:
 //! - a description is checked when it is made, so that a bad one is reported to the script
@@ -219,7 +219,7 @@ pub fn parse_description(text: &[u8]) -> Result<Subscription, SubscriptionError>
     from_description(&value)
 }
 
-/// Reads a `kazoo_subscribe(json)` description (reference §6.2).
+/// Reads a `kazoo_subscribe(json)` description.
 ///
 /// Text fields go through `json_object_get_string` (a non-string is used as its JSON text,
 /// null as empty); flags and switches through [`json_c_int`], with null counting as absent.
@@ -278,7 +278,7 @@ pub fn from_description(value: &Value) -> Result<Subscription, SubscriptionError
 
 /// The simple form `kazoo_subscribe(exchange, exchange_type, queue, routing_key)`: exchange
 /// flags all false, queue `auto_delete` only, `no_ack`, one routing key, no event keys
-/// (reference §4.5).
+/// (the C module's simple form).
 pub fn simple(
     exchange: &str,
     exchange_type: &str,

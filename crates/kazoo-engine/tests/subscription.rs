@@ -1,6 +1,6 @@
 //! Checks `kazoo_engine::subscription`: the seed README's examples (§5.1.3, §5.1.4), every
 //! subscription of `vectors/routes.jsonl`, kazoo-configs style descriptions, the C defaults and
-//! json-c conversions of reference §6.2, and the checks the C module lacks.
+//! json-c conversions the C module applies, and the checks the C module lacks.
 
 use std::path::PathBuf;
 

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::{lock, tls, BrokerOptions, Event, Role, Slot, HANDSHAKE_TIMEOUT};
 use crate::config::Scheme;
 
-/// The C module's frame_max (reference §6.1).
+/// The C module's frame_max.
 const FRAME_MAX: u32 = 131_072;
 
 /// What a connection task knows.

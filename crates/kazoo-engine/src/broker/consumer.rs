@@ -1,4 +1,4 @@
-//! A consuming connection: declares the topology (reference §6.2), consumes
+//! A consuming connection: declares the topology (the C module's order), consumes
 //! it, and replays it on every reconnect.
 //!
 //! Each reply queue and each subscription is a *unit* with its own channel.

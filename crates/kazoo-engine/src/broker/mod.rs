@@ -18,7 +18,7 @@
 //! attempt every time (a broker that keeps refusing is reported at each
 //! retry, as the C module does).
 //!
-//! Differences from the C module, on purpose (reference §6, §7.5, §7.6):
+//! Differences from the C module, on purpose:
 //! - the broker closing a connection or a channel is noticed at once (lapin
 //!   reads every frame); publishes in flight fail or are retried, never
 //!   reported as confirmed when they were not;

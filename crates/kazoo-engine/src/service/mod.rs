@@ -52,14 +52,15 @@ use crate::subscription::Subscription;
 
 mod dispatch;
 mod events;
+mod lanes;
 mod requests;
 mod server;
 mod status;
 
 pub use status::{BrokerStats, Stats};
 
-use dispatch::Lanes;
 use events::broker_events;
+use lanes::Lanes;
 use requests::{collect_startup, startup_publishes};
 use server::accept;
 use status::{BrokerState, Counters, SubscriptionFailures};

@@ -738,6 +738,10 @@ pub const DB_CAP_ALL: c_uint = 1 | 4 | 8 | 16;
 pub type db_bind_mod_f = unsafe extern "C" fn(*const str_, *mut db_func_t) -> c_int;
 
 /// `dlopen` flags.
+/// `mallopt` parameters (glibc `malloc.h`).
+pub const M_MMAP_THRESHOLD: c_int = -3;
+pub const M_ARENA_MAX: c_int = -8;
+
 pub const RTLD_NOW: c_int = 2;
 pub const RTLD_NOLOAD: c_int = 4;
 /// glibc's pseudo-handle for `dlsym`: the global scope of the process.
@@ -855,6 +859,10 @@ extern "C" {
     // --- the dynamic loader (libc)
     pub fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
     pub fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    /// glibc's allocator tuning (`malloc.h`).
+    pub fn mallopt(param: c_int, value: c_int) -> c_int;
+    /// glibc: gives free heap memory back to the system.
+    pub fn malloc_trim(pad: usize) -> c_int;
     pub fn dladdr(addr: *const c_void, info: *mut Dl_info) -> c_int;
     pub fn dlclose(handle: *mut c_void) -> c_int;
 

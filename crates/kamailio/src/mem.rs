@@ -1,5 +1,6 @@
 //! Kamailio's pkg allocator, for the few places where the core hands the
-//! module memory it must free.
+//! module memory it must free; and how a module's own process gives the
+//! system's allocator's memory back.
 //!
 //! Everything the module owns lives in Rust's allocator: pkg memory is a small
 //! per-process pool (8 MB by default) that must not hold module data.
@@ -47,5 +48,33 @@ pub unsafe fn shm_free(ptr: *mut c_void) {
                 crate::log::module_name().as_ptr(),
             );
         }
+    }
+}
+
+/// Blocks this large or larger are mapped on their own, and unmapped when
+/// freed.
+const MMAP_THRESHOLD: i32 = 256 * 1024;
+
+/// Makes this process (a module's own, after the fork) give memory back to
+/// the system once it is freed, instead of keeping its peak for good:
+/// blocks of [`MMAP_THRESHOLD`] or more are always mapped on their own
+/// (glibc otherwise raises the threshold after the first large free, and
+/// keeps later large blocks, such as 10 MB messages, in its heap), and
+/// every thread shares two arenas (glibc otherwise gives each thread its
+/// own, each keeping its peak).
+pub fn return_memory_eagerly() {
+    // SAFETY: plain glibc calls with documented parameters, before this process allocates much.
+    unsafe {
+        sys::mallopt(sys::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        sys::mallopt(sys::M_ARENA_MAX, 2);
+    }
+}
+
+/// Gives the free memory at the top and in the middle of the heap back to
+/// the system (`malloc_trim`); call now and then, not per operation.
+pub fn trim() {
+    // SAFETY: a plain glibc call; it only releases free pages.
+    unsafe {
+        sys::malloc_trim(0);
     }
 }

@@ -16,10 +16,20 @@
 //! operation's own cost. Publishing goes to the local RabbitMQ; this module
 //! waits for the broker's confirm, the C module does not (see docs). CPU
 //! time is counted in clock ticks (10 ms): keep `requests × ops` large.
+//!
+//! Consuming is measured apart (`--consume N`, default 20 000 messages):
+//! Kamailio subscribes in `kazoo:mod-init` (with `no_ack` 1, then 0), the
+//! benchmark publishes N small events to the subscription's exchange from
+//! its own connection, and the CPU of every Kamailio process from the first
+//! publish until the queue is empty, less the same span of idle CPU, is
+//! divided by N; each event runs a route reading one field of `$kzE`.
+//! `--consume-only` skips the script operations.
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kamailio_test::{system_broker_url, Kamailio, SipClient};
+use kamailio_test::{
+    system_broker_url, system_queue_messages, unique_name, AmqpProbe, Kamailio, SipClient,
+};
 
 const C_MODULE: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/kazoo.so";
 
@@ -141,6 +151,103 @@ fn measure(module: &str, statement: &str, requests: u32, ops: u32) -> Result<f64
     Ok(micros)
 }
 
+/// A configuration that consumes `queue` on `exchange` (`no_ack` as given),
+/// each event running a route that reads one field.
+fn consume_config(module: &str, exchange: &str, queue: &str, no_ack: bool) -> String {
+    format!(
+        r#"#!KAMAILIO
+debug=1
+log_stderror=yes
+children=2
+disable_tcp=yes
+listen=udp:127.0.0.1:{{{{PORT}}}}
+mpath="{{{{MPATH}}}}"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "{module}"
+modparam("kazoo", "node_hostname", "bench.local")
+modparam("kazoo", "pua_mode", 0)
+modparam("kazoo", "amqp_consumer_workers", 4)
+modparam("kazoo", "amqp_connection", "{broker}")
+event_route[kazoo:mod-init] {{
+    kazoo_subscribe("{{'exchange': '{exchange}', 'type': 'topic', 'queue': '{queue}', 'routing': '#', 'no_ack': {no_ack}}}");
+}}
+event_route[kazoo:consumer-event] {{
+    $var(x) = $(kzE{{kz.json,Seq}});
+}}
+request_route {{
+    sl_send_reply("200", "OK");
+}}
+"#,
+        broker = system_broker_url(),
+        no_ack = u8::from(no_ack),
+    )
+}
+
+/// Kamailio CPU microseconds per consumed message, and messages per second.
+fn measure_consume(module: &str, no_ack: bool, messages: u32) -> Result<(f64, f64), String> {
+    let probe = AmqpProbe::connect(&system_broker_url()).map_err(|e| e.to_string())?;
+    let exchange = unique_name("bench-consume");
+    let queue = format!("{exchange}-q");
+    probe
+        .declare_exchange(&exchange, "topic")
+        .map_err(|e| e.to_string())?;
+    let kamailio = Kamailio::start(&consume_config(module, &exchange, &queue, no_ack))
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while probe
+        .queue_counts(&queue)
+        .map(|(_, consumers)| consumers)
+        .unwrap_or(0)
+        == 0
+    {
+        if Instant::now() > deadline {
+            return Err("the subscription was not consumed".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let before = cpu_ticks(kamailio.pid());
+    let started = Instant::now();
+    for seq in 0..messages {
+        let body = format!(
+            "{{\"Event-Category\":\"bench\",\"Event-Name\":\"consume\",\"Seq\":\"{seq}\"}}"
+        );
+        probe
+            .publish(&exchange, &format!("bench.{seq}"), body.as_bytes())
+            .map_err(|e| e.to_string())?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let held = system_queue_messages(&queue).map_err(|e| e.to_string())?;
+        if held.is_some_and(|m| m.ready + m.unacked == 0) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("not drained: {held:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let wall = started.elapsed();
+    let busy = cpu_ticks(kamailio.pid()) - before;
+    // The same span idle: what Kamailio spends without traffic.
+    let idle_from = cpu_ticks(kamailio.pid());
+    std::thread::sleep(wall);
+    let idle = cpu_ticks(kamailio.pid()) - idle_from;
+    drop(kamailio);
+    probe.delete_exchange(&exchange);
+    probe.delete_queue(&queue);
+    let ticks = busy.saturating_sub(idle);
+    eprintln!(
+        "  {module}: no_ack {no_ack}: {busy} ticks ({idle} idle) over {wall:.2?} for {messages} messages"
+    );
+    Ok((
+        ticks as f64 * 10_000.0 / f64::from(messages),
+        f64::from(messages) / wall.as_secs_f64(),
+    ))
+}
+
 fn arg(name: &str, default: u32) -> u32 {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -166,9 +273,11 @@ fn main() {
         eprintln!("no C module at {C_MODULE} (Debian package kamailio-kazoo-modules): Rust only");
     }
     let total_ops = f64::from(requests) * f64::from(ops);
+    let consume_only = std::env::args().any(|a| a == "--consume-only");
+    let operations = if consume_only { &[][..] } else { OPERATIONS };
     let mut table: Vec<(String, Vec<Option<f64>>)> = Vec::new();
     let mut baseline = vec![0.0; modules.len()];
-    for (name, statement) in OPERATIONS {
+    for (name, statement) in operations {
         eprintln!("{name}");
         let mut row = Vec::new();
         for (i, (_, module)) in modules.iter().enumerate() {
@@ -212,5 +321,33 @@ fn main() {
     }
     println!(
         "\n{requests} requests x {ops} operations; baseline subtracted; CPU of all Kamailio processes."
+    );
+
+    let messages = arg("--consume", 20_000);
+    if messages == 0 {
+        return;
+    }
+    println!();
+    print!("{:<30}", "consume: µs per message (msg/s)");
+    for (name, _) in &modules {
+        print!("{name:>20}");
+    }
+    println!();
+    for no_ack in [true, false] {
+        eprintln!("consume, no_ack {no_ack}");
+        print!("{:<30}", format!("consume, no_ack {}", u8::from(no_ack)));
+        for (_, module) in &modules {
+            match measure_consume(module, no_ack, messages) {
+                Ok((micros, rate)) => print!("{:>20}", format!("{micros:.1} ({rate:.0}/s)")),
+                Err(e) => {
+                    eprintln!("  {module}: failed: {e}");
+                    print!("{:>20}", "failed");
+                }
+            }
+        }
+        println!();
+    }
+    println!(
+        "\n{messages} messages published from the benchmark's own connection; the route reads one field."
     );
 }

@@ -2,6 +2,7 @@
 //! module's configuration, with Kamailio's runtime configuration and the
 //! statistics refreshed on its tick.
 use std::os::unix::net::UnixListener;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use kamailio::process;
@@ -43,6 +44,7 @@ pub(crate) fn run(config: &'static Config, listener: UnixListener) -> ! {
         on_tick,
     };
     crate::logger::install();
+    kamailio::mem::return_memory_eagerly();
     let error = match service::run(listener, service_config) {
         Err(error) => error,
         Ok(never) => match never {},
@@ -56,4 +58,16 @@ pub(crate) fn run(config: &'static Config, listener: UnixListener) -> ! {
 fn on_tick(stats: &service::Stats) {
     process::refresh_config();
     crate::stats::update(stats);
+    // Every 10 s: what a burst (a flood, large messages, a broker outage)
+    // took and freed goes back to the system.
+    static TICKS: AtomicU32 = AtomicU32::new(0);
+    if TICKS
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(TRIM_EVERY_TICKS)
+    {
+        kamailio::mem::trim();
+    }
 }
+
+/// How many ticks (of `service::TICK`, 100 ms) between two trims.
+const TRIM_EVERY_TICKS: u32 = 100;

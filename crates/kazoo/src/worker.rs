@@ -1,9 +1,10 @@
 //! A consumer worker process: runs the event route for each delivery the
-//! AMQP process hands it, then tells it the route ran (the broker ack, when
-//! the subscription waits for it, follows the route, not the receipt; and
-//! the AMQP process hands a worker only a few deliveries ahead of its
+//! AMQP process hands it, then tells it which routes ran (the broker ack,
+//! when the subscription waits for it, follows the route, not the receipt;
+//! and the AMQP process hands a worker only a few deliveries ahead of its
 //! reports, so a resume never waits behind a backlog); and resumes the
-//! transactions of asynchronous queries.
+//! transactions of asynchronous queries. Reports are cumulative, every
+//! `ipc::REPORT_EVERY` deliveries and whenever no more work is waiting.
 //!
 //! The route is the first of the C module's five candidate names that the
 //! configuration defines (`kazoo_engine::routes`); with `event_callback` set,
@@ -45,8 +46,28 @@ pub(crate) fn run(worker: u32, socket: &str) -> ! {
                 continue;
             }
         };
+        // The last delivery whose route ran and was not reported yet, and
+        // how many such: reports are cumulative, sent every few deliveries
+        // and whenever no more work is waiting.
+        let mut unreported: (Option<u64>, usize) = (None, 0);
         loop {
-            let work = link.next(Duration::from_secs(1));
+            let work = match unreported {
+                // Anything already written to the link first, briefly.
+                (Some(last), _) => match link.next(Duration::from_millis(1)) {
+                    Ok(None) => {
+                        if let Err(e) = link.ack(last) {
+                            kamailio::error!(
+                                "kazoo worker {worker}: cannot report the routes it ran: {e}"
+                            );
+                            break;
+                        }
+                        unreported = (None, 0);
+                        continue;
+                    }
+                    other => other,
+                },
+                (None, _) => link.next(Duration::from_secs(1)),
+            };
             // Runtime cfg changes apply from the next route on.
             kamailio::process::refresh_config();
             match work {
@@ -58,9 +79,15 @@ pub(crate) fn run(worker: u32, socket: &str) -> ! {
                         kamailio::info!("kazoo worker {worker}: dropping the link (test hook)");
                         break;
                     }
-                    if let Err(e) = link.ack(id) {
-                        kamailio::error!("kazoo worker {worker}: cannot report the route ran: {e}");
-                        break;
+                    unreported = (Some(id), unreported.1 + 1);
+                    if unreported.1 >= ipc::REPORT_EVERY {
+                        if let Err(e) = link.ack(id) {
+                            kamailio::error!(
+                                "kazoo worker {worker}: cannot report the routes it ran: {e}"
+                            );
+                            break;
+                        }
+                        unreported = (None, 0);
                     }
                 }
                 Ok(Some(Work::Resume(resume))) => {

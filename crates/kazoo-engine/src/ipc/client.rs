@@ -190,7 +190,8 @@ impl WorkerLink {
         }
     }
 
-    /// Tells the AMQP process that the route for `delivery` has run.
+    /// Tells the AMQP process that the routes of `delivery` and of every
+    /// delivery before it on this link have run.
     pub fn ack(&mut self, delivery: u64) -> Result<(), IpcError> {
         let deadline = Instant::now() + Duration::from_secs(2);
         write_frame(

@@ -24,6 +24,14 @@ pub use client::{send_once, Requester, WorkerLink};
 pub use socket::{bind, trusted_peer};
 pub use wire::WireError;
 
+/// Deliveries the AMQP process writes to a worker's link ahead of the
+/// worker's reports (a resume waits behind at most these).
+pub const WORKER_WINDOW: usize = 8;
+
+/// A worker reports the routes it ran at least every this many deliveries,
+/// and before it waits for more ([`Request::Ack`] is cumulative).
+pub const REPORT_EVERY: usize = WORKER_WINDOW / 2;
+
 /// Largest frame accepted (payloads are JSON documents of a few KB; this is
 /// a guard against a corrupted length, not a product limit).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
@@ -75,7 +83,8 @@ pub enum Request {
     /// This connection is consumer worker `worker`'s link: [`Work`] comes
     /// back on it.
     Hello { worker: u32 },
-    /// On a worker's link: the route for `delivery` has run.
+    /// On a worker's link: the routes of `delivery` and of every delivery
+    /// written to the link before it have run (ids grow along a link).
     Ack { delivery: u64 },
     /// Worker 1: what the KEMI `kazoo:mod-init` callback declared
     /// (subscription descriptions as JSON text) and published; not answered

@@ -135,7 +135,7 @@ impl Shared {
             lock(&self.lanes).push_resume(start, item);
             return;
         };
-        let owed = lock(&self.lanes).reported(worker, generation, id);
+        let owed = lock(&self.lanes).forget(worker, generation, id);
         if let Some(acker) = next.on_written.or(owed) {
             acker.reject(true);
             bump(&self.counters.requeued);

@@ -1,10 +1,12 @@
 //! Each consumer worker's lane: the work waiting for it (resumes first),
 //! what its link holds unreported, and the bounds that keep a flood on the
 //! broker (see [`super::dispatch`]).
+use std::collections::BTreeMap;
+
 use super::*;
 
 /// Deliveries written to a worker's link whose route has not reported yet.
-pub(super) const WINDOW: usize = 8;
+pub(super) const WINDOW: usize = crate::ipc::WORKER_WINDOW;
 
 /// Bounds on the deliveries waiting for one worker (beyond the prefetch,
 /// which normally holds far fewer: with `amqp_consumer_prefetch` 0 these
@@ -60,7 +62,7 @@ struct Attached {
     wake: Arc<tokio::sync::Notify>,
     /// Deliveries written to it whose route has not reported, by id, with
     /// the ack owed after the route.
-    in_flight: HashMap<u64, Option<Acker>>,
+    in_flight: BTreeMap<u64, Option<Acker>>,
 }
 
 /// One worker's work.
@@ -150,7 +152,7 @@ impl Lanes {
         let previous = lane.link.replace(Attached {
             generation,
             wake,
-            in_flight: HashMap::new(),
+            in_flight: BTreeMap::new(),
         });
         lane.wake();
         let unreported = previous
@@ -222,9 +224,23 @@ impl Lanes {
         })
     }
 
-    /// The worker's route for `delivery` ran: returns the ack it owed, if
-    /// any, and makes room for the next delivery.
-    pub(super) fn reported(
+    /// The worker's routes ran up to `delivery` (every delivery written to
+    /// the link before it too): returns the acks they owed, and makes room
+    /// for the next deliveries.
+    pub(super) fn reported(&mut self, worker: usize, generation: u64, delivery: u64) -> Vec<Acker> {
+        let lane = &mut self.lanes[worker];
+        let Some(link) = lane.link.as_mut().filter(|l| l.generation == generation) else {
+            return Vec::new();
+        };
+        let later = link.in_flight.split_off(&(delivery + 1));
+        let done = std::mem::replace(&mut link.in_flight, later);
+        lane.wake();
+        done.into_values().flatten().collect()
+    }
+
+    /// Forgets one delivery the link never got (its write failed); returns
+    /// the ack it owed after its route, if any.
+    pub(super) fn forget(
         &mut self,
         worker: usize,
         generation: u64,
@@ -232,9 +248,7 @@ impl Lanes {
     ) -> Option<Acker> {
         let lane = &mut self.lanes[worker];
         let link = lane.link.as_mut().filter(|l| l.generation == generation)?;
-        let owed = link.in_flight.remove(&delivery).flatten();
-        lane.wake();
-        owed
+        link.in_flight.remove(&delivery).flatten()
     }
 }
 
@@ -293,12 +307,13 @@ mod tests {
         lanes.push_resume(0, resume(8));
         assert_eq!(lanes.next(0, generation).unwrap().frame, vec![8]);
         assert!(lanes.next(0, generation).is_none());
-        // A report makes room for one more.
-        assert!(lanes.reported(0, generation, 3).is_none());
-        assert_eq!(
-            lanes.next(0, generation).unwrap().id,
-            Some(WINDOW as u64 + 1)
-        );
+        // A report covers every delivery up to its id, and makes room.
+        assert!(lanes.reported(0, generation, 3).is_empty());
+        let ids: Vec<_> = std::iter::from_fn(|| lanes.next(0, generation))
+            .map(|n| n.id.unwrap())
+            .collect();
+        let wider = WINDOW as u64;
+        assert_eq!(ids, (wider + 1..=wider + 3).collect::<Vec<_>>());
         assert!(lanes.next(0, generation).is_none());
     }
 
@@ -320,7 +335,7 @@ mod tests {
         let (generation, _) = lanes.attach(0, wake());
         for _ in 0..MAX_QUEUED_PER_WORKER / 2 {
             let next = lanes.next(0, generation).unwrap();
-            lanes.reported(0, generation, next.id.unwrap());
+            lanes.forget(0, generation, next.id.unwrap());
         }
         assert!(lanes.start_overflow(0));
     }

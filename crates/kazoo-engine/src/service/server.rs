@@ -151,7 +151,7 @@ pub(super) async fn connection(shared: Arc<Shared>, stream: UnixStream) {
             Request::Ack { delivery } => {
                 if let Some(&(index, generation)) = lane.get() {
                     let owed = lock(&shared.lanes).reported(index, generation, delivery);
-                    if let Some(acker) = owed {
+                    for acker in owed {
                         acker.ack();
                         bump(&shared.counters.acked);
                     }

@@ -56,7 +56,8 @@ pub unsafe fn shm_free(ptr: *mut c_void) {
 const MMAP_THRESHOLD: i32 = 256 * 1024;
 
 /// Makes this process (a module's own, after the fork) give memory back to
-/// the system once it is freed, instead of keeping its peak for good:
+/// the system once it is freed, instead of keeping its peak for good
+/// (Kamailio's own pkg and shm pools are not concerned):
 /// blocks of [`MMAP_THRESHOLD`] or more are always mapped on their own
 /// (glibc otherwise raises the threshold after the first large free, and
 /// keeps later large blocks, such as 10 MB messages, in its heap), and

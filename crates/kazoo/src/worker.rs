@@ -26,6 +26,9 @@ use crate::startup;
 /// The worker's loop; never returns.
 pub(crate) fn run(worker: u32, socket: &str) -> ! {
     crate::logger::install();
+    // A large message (a 10 MB body) is freed after its route; without
+    // this the process would keep its peak.
+    kamailio::mem::return_memory_eagerly();
     if worker == 1 {
         if let Some(callback) = &config().params.event_callback {
             kamailio::guard::guarded("kazoo:mod-init", (), || kemi_mod_init(callback, socket));

@@ -16,13 +16,10 @@ use std::process::Command;
 
 use std::time::{Duration, Instant};
 
-use common::{amqp_cfg, cfg, int, Proxy};
-use kamailio_test::{
-    system_broker_url, system_queue_messages, unique_name, AmqpProbe, HarnessError, Kamailio,
-    QueueMessages,
-};
+use common::{cfg, int, Proxy};
+use kamailio_test::{HarnessError, Kamailio};
 
-fn hooks_module() -> PathBuf {
+pub(crate) fn hooks_module() -> PathBuf {
     if let Ok(path) = std::env::var("KAZOO_TEST_HOOKS_MODULE") {
         return path.into();
     }
@@ -102,79 +99,4 @@ fn a_worker_whose_child_init_fails_exits() {
     );
     // What the worker would log had it gone back into the start-up code.
     assert!(!log.contains("cannot fork kazoo worker"), "{log}");
-}
-
-#[test]
-fn a_delivery_whose_worker_link_breaks_goes_back_to_the_broker() {
-    let module = hooks_module();
-    let probe = AmqpProbe::connect(&system_broker_url()).expect("probe");
-    let exchange = unique_name("kzlink");
-    let queue = unique_name("kzlink-q");
-    probe.declare_exchange(&exchange, "topic").unwrap();
-    let routes = format!(
-        r#"event_route[kazoo:mod-init] {{
-    kazoo_subscribe("{{'exchange':'{exchange}','type':'topic','queue':'{queue}','routing':'#','no_ack':0,'auto_delete':0}}");
-}}
-event_route[kazoo:consumer-event-link-test] {{
-    $shv(runs) = $shv(runs) + 1;
-    xlog("L_INFO", "LINK-ROUTE run=$shv(runs)\n");
-    if ($shv(runs) == 1) {{
-        kazoo_test_break_link("first run");
-    }}
-}}
-request_route {{
-    sl_send_reply("200", "OK");
-}}
-"#
-    );
-    let (config, _node) = amqp_cfg(
-        &system_broker_url(),
-        "modparam(\"pv\", \"shvset\", \"runs=i:0\")\nmodparam(\"kazoo\", \"amqp_consumer_workers\", 1)",
-        &routes,
-    );
-    let config = config.replace("{{MODULE}}", module.to_str().unwrap());
-    let proxy = Proxy::start(&config);
-    proxy.wait_connected(1, 1);
-    probe
-        .publish(
-            &exchange,
-            "link.one",
-            br#"{"Event-Category":"link","Event-Name":"test"}"#,
-        )
-        .unwrap();
-    assert!(proxy
-        .kamailio
-        .wait_for_log("dropping the link (test hook)", Duration::from_secs(10)));
-    // Returned to the broker, delivered again, acked after the second run.
-    assert!(
-        proxy
-            .kamailio
-            .wait_for_log("LINK-ROUTE run=2", Duration::from_secs(10)),
-        "{}",
-        proxy.kamailio.log()
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let empty = Some(QueueMessages {
-        ready: 0,
-        unacked: 0,
-    });
-    loop {
-        let held = system_queue_messages(&queue).unwrap();
-        if held == empty {
-            break;
-        }
-        assert!(Instant::now() < deadline, "left on the broker: {held:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(!proxy.kamailio.log().contains("LINK-ROUTE run=3"));
-    let status: serde_json::Value =
-        serde_json::from_str(proxy.kamcmd(&["kazoo.status"]).trim()).unwrap();
-    let consumed = &status["consumed"];
-    assert_eq!(consumed["requeued"], 1, "{status}");
-    assert_eq!(consumed["redelivered"], 1, "{status}");
-    assert_eq!(consumed["acked"], 1, "{status}");
-    proxy.assert_alive();
-    drop(proxy);
-    probe.delete_queue(&queue);
-    probe.delete_exchange(&exchange);
 }

@@ -21,7 +21,7 @@ type Read = fn(&Stats) -> u64;
 /// A total: its name, its description and how to read it.
 type Total = (&'static CStr, &'static CStr, Read);
 
-const TOTALS: [Total; 20] = [
+const TOTALS: [Total; 21] = [
     (c"published", c"Publishes confirmed by the broker", |s| {
         s.published
     }),
@@ -115,6 +115,11 @@ const TOTALS: [Total; 20] = [
         c"consumed_lost",
         c"Deliveries acked on handover whose worker's link broke before the route reported",
         |s| s.lost_with_worker,
+    ),
+    (
+        c"ipc_refused",
+        c"IPC connections refused (not a process of this Kamailio)",
+        |s| s.ipc_refused,
     ),
 ];
 

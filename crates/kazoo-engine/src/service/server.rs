@@ -37,6 +37,7 @@ pub(super) async fn accept(listener: Arc<tokio::net::UnixListener>, shared: Arc<
         match listener.accept().await {
             Ok((stream, _)) => {
                 if let Err(reason) = trusted(&stream, own_uid) {
+                    bump(&shared.counters.ipc_refused);
                     log::error!("refused an IPC connection: {reason}");
                     continue;
                 }

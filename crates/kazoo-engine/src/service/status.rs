@@ -30,6 +30,9 @@ pub struct Stats {
     /// acks on receipt) whose worker's link broke before its route
     /// reported: the route may not have run.
     pub lost_with_worker: u64,
+    /// IPC connections refused: the peer was not one of this Kamailio's
+    /// processes.
+    pub ipc_refused: u64,
     /// Publishes that failed, by reason: no broker connected (or none such),
     /// refused by the broker (nack, channel closed), not confirmed in time,
     /// returned (`mandatory`, no queue), not sendable.
@@ -77,6 +80,7 @@ pub(super) struct Counters {
     pub(super) unmatched_replies: AtomicU64,
     pub(super) requeued: AtomicU64,
     pub(super) lost_with_worker: AtomicU64,
+    pub(super) ipc_refused: AtomicU64,
     /// Publishes that failed, by reason.
     pub(super) publish_failed_no_broker: AtomicU64,
     pub(super) publish_failed_refused: AtomicU64,
@@ -152,6 +156,7 @@ impl Shared {
             unmatched_replies: count(&c.unmatched_replies),
             requeued: count(&c.requeued),
             lost_with_worker: count(&c.lost_with_worker),
+            ipc_refused: count(&c.ipc_refused),
             publish_failed_no_broker: count(&c.publish_failed_no_broker),
             publish_failed_refused: count(&c.publish_failed_refused),
             publish_failed_timeout: count(&c.publish_failed_timeout),
@@ -250,6 +255,10 @@ impl Shared {
                     ("answered", Value::UInt(stats.async_answered)),
                     ("not_answered", Value::UInt(stats.async_not_answered)),
                 ]),
+            ),
+            (
+                "ipc",
+                object(vec![("refused", Value::UInt(stats.ipc_refused))]),
             ),
             (
                 "consumed",

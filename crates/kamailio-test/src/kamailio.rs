@@ -27,6 +27,10 @@ const CTL_SOCKET: &str = "kamailio.ctl";
 const DEFAULT_MODULES_DIR: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules";
 /// How many log lines errors and panics show.
 const TAIL_LINES: usize = 80;
+
+/// Lines of the log a failed start-up reports: all of a start-up's, as a
+/// rule (the reason can come before the shutdown's own lines).
+const STARTUP_TAIL_LINES: usize = 1000;
 /// How long a `kamailio -c` may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long Drop waits after SIGTERM before SIGKILL.
@@ -257,7 +261,7 @@ impl Kamailio {
             return Err(HarnessError::StartupFailed {
                 what: format!("kamailio (pid {}, {})", self.pid, self.rundir().display()),
                 reason,
-                log_tail: process::tail(&self.log(), TAIL_LINES),
+                log_tail: process::tail(&self.log(), STARTUP_TAIL_LINES),
             });
         }
     }

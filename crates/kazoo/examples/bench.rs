@@ -55,25 +55,33 @@ const OPERATIONS: &[(&str, &str)] = &[
     ),
 ];
 
-fn config(module: &str, statement: &str) -> String {
+/// What both configurations start with: the module on the local RabbitMQ.
+fn global_part(module: &str) -> String {
     format!(
         r#"#!KAMAILIO
 debug=1
 log_stderror=yes
 children=2
 disable_tcp=yes
-pv_buffer_size=65536
-max_while_loops=1000000
 listen=udp:127.0.0.1:{{{{PORT}}}}
 mpath="{{{{MPATH}}}}"
 loadmodule "tm.so"
 loadmodule "sl.so"
 loadmodule "pv.so"
-loadmodule "textops.so"
 loadmodule "{module}"
 modparam("kazoo", "node_hostname", "bench.local")
 modparam("kazoo", "pua_mode", 0)
-modparam("kazoo", "amqp_connection", "{broker}")
+modparam("kazoo", "amqp_connection", "{broker}")"#,
+        broker = system_broker_url(),
+    )
+}
+
+fn config(module: &str, statement: &str) -> String {
+    format!(
+        r#"{global}
+pv_buffer_size=65536
+max_while_loops=1000000
+loadmodule "textops.so"
 request_route {{
     if (is_method("OPTIONS")) {{ sl_send_reply("200", "OK"); exit; }}
     $var(p) = "{payload}";
@@ -86,7 +94,7 @@ request_route {{
     sl_send_reply("200", "OK");
 }}
 "#,
-        broker = system_broker_url(),
+        global = global_part(module),
         payload = PAYLOAD.replace('"', "\\\""),
     )
 }
@@ -155,21 +163,8 @@ fn measure(module: &str, statement: &str, requests: u32, ops: u32) -> Result<f64
 /// each event running a route that reads one field.
 fn consume_config(module: &str, exchange: &str, queue: &str, no_ack: bool) -> String {
     format!(
-        r#"#!KAMAILIO
-debug=1
-log_stderror=yes
-children=2
-disable_tcp=yes
-listen=udp:127.0.0.1:{{{{PORT}}}}
-mpath="{{{{MPATH}}}}"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "pv.so"
-loadmodule "{module}"
-modparam("kazoo", "node_hostname", "bench.local")
-modparam("kazoo", "pua_mode", 0)
+        r#"{global}
 modparam("kazoo", "amqp_consumer_workers", 4)
-modparam("kazoo", "amqp_connection", "{broker}")
 event_route[kazoo:mod-init] {{
     kazoo_subscribe("{{'exchange': '{exchange}', 'type': 'topic', 'queue': '{queue}', 'routing': '#', 'no_ack': {no_ack}}}");
 }}
@@ -180,7 +175,7 @@ request_route {{
     sl_send_reply("200", "OK");
 }}
 "#,
-        broker = system_broker_url(),
+        global = global_part(module),
         no_ack = u8::from(no_ack),
     )
 }

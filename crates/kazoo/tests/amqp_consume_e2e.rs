@@ -127,20 +127,7 @@ impl Bed {
         let proxy = Proxy::start(&config);
         proxy.wait_connected(1, 1);
         let probe = AmqpProbe::connect(&system_broker_url()).expect("probe");
-        // Subscriptions are declared once the consumer connection is up.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while names
-            .queues
-            .iter()
-            .any(|q| probe.queue_counts(q).map(|c| c.1).unwrap_or(0) == 0)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "subscriptions not consumed:\n{}",
-                proxy.kamailio.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        proxy.wait_consumed(&probe, &names.queues);
         Bed {
             proxy,
             names,

@@ -81,18 +81,7 @@ request_route {{
     let proxy = Proxy::start(&config);
     proxy.wait_connected(1, 1);
     let probe = AmqpProbe::connect(&system_broker_url()).expect("probe");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while queues
-        .iter()
-        .any(|q| probe.queue_counts(q).map(|c| c.1).unwrap_or(0) == 0)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "subscriptions not consumed:\n{}",
-            proxy.kamailio.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    proxy.wait_consumed(&probe, &queues);
 
     let mut publisher = RawPublisher::system().expect("raw publisher");
     for exchange in &exchanges {

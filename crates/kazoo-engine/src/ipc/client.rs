@@ -105,8 +105,8 @@ impl Requester {
         }
     }
 
-    /// Sends an answered request ([`Request::is_answered`]) with an id of
-    /// its own and waits for its answer until `deadline`.
+    /// Sends a request the AMQP process answers (publish, query, status)
+    /// with an id of its own and waits for its answer until `deadline`.
     pub fn call(&mut self, request: Request, deadline: Instant) -> Result<Outcome, IpcError> {
         let id = self.next_request;
         self.next_request += 1;

@@ -95,16 +95,6 @@ pub enum Request {
     },
 }
 
-impl Request {
-    /// Whether the AMQP process answers it ([`Answer`] with its id).
-    pub fn is_answered(&self) -> bool {
-        matches!(
-            self,
-            Request::Publish(_) | Request::Query(_) | Request::Status
-        )
-    }
-}
-
 /// AMQP process → the process that made request `request`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {

@@ -152,6 +152,23 @@ impl Proxy {
         );
     }
 
+    /// Waits until every queue in `queues` has a consumer (subscriptions are
+    /// declared once the consuming connection is up).
+    pub(crate) fn wait_consumed(&self, probe: &kamailio_test::AmqpProbe, queues: &[String]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while queues
+            .iter()
+            .any(|q| probe.queue_counts(q).map(|c| c.1).unwrap_or(0) == 0)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "subscriptions not consumed:\n{}",
+                self.kamailio.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `kamcmd <args>` on the instance's ctl socket (`{{CTL}}`); its output.
     pub(crate) fn kamcmd(&self, args: &[&str]) -> String {
         self.kamailio

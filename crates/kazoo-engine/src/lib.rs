@@ -14,6 +14,8 @@
 //! - [`subscription`]: `kazoo_subscribe` descriptions.
 //! - [`ipc`]: messages between Kamailio's processes and the AMQP process,
 //!   their wire format and the blocking client side.
+//! - [`amqp`]: a sans-I/O AMQP 0-9-1 publishing connection over `amq-protocol`'s codec.
+//! - [`direct`]: a process's own blocking publish links over [`amqp`].
 //! - [`broker`]: broker connections over lapin: topology, publisher confirms,
 //!   consumers, reconnect and failover.
 //! - [`service`]: the AMQP process: IPC server, query correlation, dispatch
@@ -21,8 +23,10 @@
 //! - [`task`]: spawning on the AMQP runtime without losing a panic.
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod broker;
 pub mod config;
+pub mod direct;
 pub mod encode;
 pub mod ipc;
 pub mod json;

@@ -9,6 +9,7 @@ mod broker_poison;
 mod broker_system;
 mod config;
 mod crashers;
+mod direct;
 mod json_behaviour;
 mod payload_properties;
 mod payload_vectors;

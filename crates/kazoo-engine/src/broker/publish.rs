@@ -327,7 +327,9 @@ impl Brokers {
 
 /// `content_type = application/json` plus the headers as long strings;
 /// nothing else, as the C module.
-fn properties(headers: &[(Vec<u8>, Vec<u8>)]) -> Result<BasicProperties, PublishError> {
+pub(crate) fn properties(
+    headers: &[(Vec<u8>, Vec<u8>)],
+) -> Result<BasicProperties, PublishError> {
     let properties = BasicProperties::default().with_content_type("application/json".into());
     if headers.is_empty() {
         return Ok(properties);

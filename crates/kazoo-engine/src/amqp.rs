@@ -1,0 +1,456 @@
+//! A sans-I/O AMQP 0-9-1 client connection for publishing: bytes in,
+//! events and bytes out; no socket, no thread, no clock. The frames are
+//! `amq-protocol`'s (the codec lapin uses), so what goes on the wire is what
+//! lapin would send for the same publish.
+//!
+//! It covers what a publisher needs: the handshake (PLAIN login, tune with
+//! heartbeats off, open), channels, confirm mode, `basic.publish`, the
+//! broker's confirms and returns, channel and connection closes (answered
+//! with close-ok), and `connection.blocked` / `unblocked`. The blocking
+//! driver over it is [`crate::direct`].
+use amq_protocol::frame::{
+    gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, ProtocolVersion, WriteContext,
+};
+use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass, BasicProperties};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+/// The largest frame either side may send: the C module's (and lapin's
+/// default) `frame_max`. A larger frame from the broker is a protocol error,
+/// so the read buffer is bounded.
+pub const FRAME_MAX: u32 = 131_072;
+
+/// Frame header (type, channel, size) plus the end octet.
+const FRAME_OVERHEAD: usize = 8;
+
+/// Who logs in, where, and under which connection name (shown by
+/// `rabbitmqctl list_connections name`).
+#[derive(Clone)]
+pub struct Login {
+    pub user: String,
+    pub password: String,
+    pub vhost: String,
+    pub connection_name: String,
+}
+
+impl std::fmt::Debug for Login {
+    // The password never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Login {{ user: {:?}, vhost: {:?} }}",
+            self.user, self.vhost
+        )
+    }
+}
+
+/// What the broker said, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// `connection.open-ok`: channels may be opened.
+    Ready,
+    /// `channel.open-ok`.
+    ChannelOpened(u16),
+    /// `confirm.select-ok`: publishes on the channel are confirmed, tags from 1.
+    ConfirmSelected(u16),
+    /// `basic.ack` (`ack`) or `basic.nack`, covering `tag` (and every
+    /// earlier tag of the channel when `multiple`).
+    Confirm {
+        channel: u16,
+        tag: u64,
+        multiple: bool,
+        ack: bool,
+    },
+    /// `basic.return` with its body: a `mandatory` publish no queue took
+    /// (its confirm follows).
+    Returned {
+        channel: u16,
+        reply_code: u16,
+        reply_text: String,
+        body: Vec<u8>,
+    },
+    /// The broker closed the channel (close-ok is already queued).
+    ChannelClosed {
+        channel: u16,
+        code: u16,
+        text: String,
+    },
+    /// The broker closed the connection, or confirmed our close (close-ok
+    /// is already queued): nothing more can be sent.
+    ConnectionClosed { code: u16, text: String },
+    /// `connection.blocked`: the broker does not read publishes now.
+    Blocked(String),
+    /// `connection.unblocked`.
+    Unblocked,
+}
+
+/// The broker broke the protocol: the connection cannot go on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProtocolError(pub String);
+
+impl std::fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AMQP protocol error: {}", self.0)
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// A `basic.return` whose header or body frames are still to come.
+struct Returning {
+    channel: u16,
+    reply_code: u16,
+    reply_text: String,
+    size: Option<u64>,
+    body: Vec<u8>,
+}
+
+/// One client connection's protocol state.
+pub struct Conn {
+    login: Login,
+    /// Negotiated in `connection.tune`.
+    frame_max: u32,
+    out: Vec<u8>,
+    returning: Option<Returning>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("login", &self.login)
+            .field("frame_max", &self.frame_max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// A connection about to start: the protocol header is queued.
+    pub fn new(login: Login) -> Conn {
+        let mut conn = Conn {
+            login,
+            frame_max: FRAME_MAX,
+            out: Vec::with_capacity(4096),
+            returning: None,
+        };
+        conn.send(&AMQPFrame::ProtocolHeader(ProtocolVersion::amqp_0_9_1()));
+        conn
+    }
+
+    /// The bytes to write to the broker, in order; the caller writes them
+    /// all and then [`Conn::clear_output`]s.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn clear_output(&mut self) {
+        self.out.clear();
+    }
+
+    fn send(&mut self, frame: &AMQPFrame) {
+        let out = std::mem::take(&mut self.out);
+        // Writing into a Vec cannot fail short of memory; the frames built
+        // here are within the protocol's limits (short strings checked by
+        // their type).
+        self.out = match gen_frame(frame)(WriteContext::from(out)) {
+            Ok(context) => context.into_inner().0,
+            Err(e) => {
+                log::error!("AMQP frame not encoded: {e:?}");
+                Vec::new()
+            }
+        };
+    }
+
+    fn method(&mut self, channel: u16, class: AMQPClass) {
+        self.send(&AMQPFrame::Method(channel, class));
+    }
+
+    /// Reads every complete frame at the front of `input` (removing them)
+    /// and appends what they mean to `events`; a partial frame stays for
+    /// the next call.
+    pub fn receive(
+        &mut self,
+        input: &mut Vec<u8>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), ProtocolError> {
+        let mut at = 0;
+        while input.len() - at >= 7 {
+            let size = u32::from_be_bytes([
+                input[at + 3],
+                input[at + 4],
+                input[at + 5],
+                input[at + 6],
+            ]) as usize;
+            if size + FRAME_OVERHEAD > self.frame_max as usize {
+                return Err(ProtocolError(format!(
+                    "a frame of {size} bytes (frame_max {})",
+                    self.frame_max
+                )));
+            }
+            if input.len() - at < size + FRAME_OVERHEAD {
+                break;
+            }
+            let frame = match parse_frame(&input[at..at + size + FRAME_OVERHEAD]) {
+                Ok((_, frame)) => frame,
+                Err(e) => return Err(ProtocolError(format!("unreadable frame: {e}"))),
+            };
+            at += size + FRAME_OVERHEAD;
+            self.on_frame(frame, events)?;
+        }
+        input.drain(..at);
+        Ok(())
+    }
+
+    fn on_frame(&mut self, frame: AMQPFrame, events: &mut Vec<Event>) -> Result<(), ProtocolError> {
+        match frame {
+            AMQPFrame::Method(channel, class) => self.on_method(channel, class, events),
+            AMQPFrame::Header(channel, header) => {
+                match &mut self.returning {
+                    Some(r) if r.channel == channel && r.size.is_none() => {
+                        r.size = Some(header.body_size);
+                    }
+                    _ => return Err(ProtocolError("a content header out of place".into())),
+                }
+                self.finish_return(events);
+                Ok(())
+            }
+            AMQPFrame::Body(channel, data) => {
+                match &mut self.returning {
+                    Some(r) if r.channel == channel && r.size.is_some() => {
+                        r.body.extend_from_slice(&data);
+                    }
+                    _ => return Err(ProtocolError("a content body out of place".into())),
+                }
+                self.finish_return(events);
+                Ok(())
+            }
+            // Heartbeats are negotiated off; one sent anyway is harmless.
+            AMQPFrame::Heartbeat => Ok(()),
+            AMQPFrame::ProtocolHeader(version) => Err(ProtocolError(format!(
+                "the broker speaks AMQP {}.{}.{}",
+                version.major, version.minor, version.revision
+            ))),
+            AMQPFrame::InvalidHeartbeat(channel) => Err(ProtocolError(format!(
+                "a heartbeat on channel {channel}"
+            ))),
+        }
+    }
+
+    fn finish_return(&mut self, events: &mut Vec<Event>) {
+        let complete = self
+            .returning
+            .as_ref()
+            .is_some_and(|r| r.size.is_some_and(|size| r.body.len() as u64 >= size));
+        if complete {
+            if let Some(r) = self.returning.take() {
+                events.push(Event::Returned {
+                    channel: r.channel,
+                    reply_code: r.reply_code,
+                    reply_text: r.reply_text,
+                    body: r.body,
+                });
+            }
+        }
+    }
+
+    fn on_method(
+        &mut self,
+        channel: u16,
+        class: AMQPClass,
+        events: &mut Vec<Event>,
+    ) -> Result<(), ProtocolError> {
+        use connection::AMQPMethod as C;
+        match class {
+            AMQPClass::Connection(C::Start(start)) => {
+                if !start.mechanisms.to_string().split(' ').any(|m| m == "PLAIN") {
+                    return Err(ProtocolError(format!(
+                        "the broker offers no PLAIN login ({})",
+                        start.mechanisms
+                    )));
+                }
+                let response = format!("\0{}\0{}", self.login.user, self.login.password);
+                self.method(
+                    0,
+                    AMQPClass::Connection(C::StartOk(connection::StartOk {
+                        client_properties: self.client_properties(),
+                        mechanism: "PLAIN".into(),
+                        response: response.into(),
+                        locale: "en_US".into(),
+                    })),
+                );
+            }
+            AMQPClass::Connection(C::Tune(tune)) => {
+                self.frame_max = match tune.frame_max {
+                    0 => FRAME_MAX,
+                    n => n.min(FRAME_MAX),
+                };
+                self.method(
+                    0,
+                    AMQPClass::Connection(C::TuneOk(connection::TuneOk {
+                        channel_max: tune.channel_max,
+                        frame_max: self.frame_max,
+                        // Off: an idle process cannot send heartbeats; a
+                        // dead peer shows on the next operation's I/O (and
+                        // TCP keepalive).
+                        heartbeat: 0,
+                    })),
+                );
+                let virtual_host = ShortString::try_new(self.login.vhost.clone())
+                    .map_err(|_| ProtocolError("the vhost is longer than 255 bytes".into()))?;
+                self.method(
+                    0,
+                    AMQPClass::Connection(C::Open(connection::Open { virtual_host })),
+                );
+            }
+            AMQPClass::Connection(C::OpenOk(_)) => events.push(Event::Ready),
+            AMQPClass::Connection(C::Close(close)) => {
+                self.method(0, AMQPClass::Connection(C::CloseOk(connection::CloseOk {})));
+                events.push(Event::ConnectionClosed {
+                    code: close.reply_code,
+                    text: close.reply_text.to_string(),
+                });
+            }
+            AMQPClass::Connection(C::CloseOk(_)) => events.push(Event::ConnectionClosed {
+                code: 200,
+                text: "closed".into(),
+            }),
+            AMQPClass::Connection(C::Blocked(blocked)) => {
+                events.push(Event::Blocked(blocked.reason.to_string()));
+            }
+            AMQPClass::Connection(C::Unblocked(_)) => events.push(Event::Unblocked),
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)) => {
+                events.push(Event::ChannelOpened(channel));
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Close(close)) => {
+                self.method(
+                    channel,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
+                events.push(Event::ChannelClosed {
+                    channel,
+                    code: close.reply_code,
+                    text: close.reply_text.to_string(),
+                });
+            }
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => {}
+            AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)) => {
+                events.push(Event::ConfirmSelected(channel));
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Ack(ack)) => events.push(Event::Confirm {
+                channel,
+                tag: ack.delivery_tag,
+                multiple: ack.multiple,
+                ack: true,
+            }),
+            AMQPClass::Basic(basic::AMQPMethod::Nack(nack)) => events.push(Event::Confirm {
+                channel,
+                tag: nack.delivery_tag,
+                multiple: nack.multiple,
+                ack: false,
+            }),
+            AMQPClass::Basic(basic::AMQPMethod::Return(ret)) => {
+                self.returning = Some(Returning {
+                    channel,
+                    reply_code: ret.reply_code,
+                    reply_text: ret.reply_text.to_string(),
+                    size: None,
+                    body: Vec::new(),
+                });
+            }
+            other => {
+                return Err(ProtocolError(format!(
+                    "unexpected method {}.{} on channel {channel}",
+                    other.get_amqp_class_id(),
+                    other.get_amqp_method_id()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// What the client tells the broker about itself: the capabilities the
+    /// driver relies on (confirms with nacks, blocked notifications, a
+    /// close with a reason on a failed login), and the connection name.
+    fn client_properties(&self) -> FieldTable {
+        let mut capabilities = FieldTable::default();
+        for name in [
+            "publisher_confirms",
+            "basic.nack",
+            "connection.blocked",
+            "authentication_failure_close",
+        ] {
+            capabilities.insert(name.into(), AMQPValue::Boolean(true));
+        }
+        let mut properties = FieldTable::default();
+        properties.insert(
+            "product".into(),
+            AMQPValue::LongString(LongString::from("kazoo.so")),
+        );
+        properties.insert(
+            "connection_name".into(),
+            AMQPValue::LongString(LongString::from(self.login.connection_name.as_str())),
+        );
+        properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+        properties
+    }
+
+    /// Queues `channel.open`.
+    pub fn open_channel(&mut self, channel: u16) {
+        self.method(
+            channel,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        );
+    }
+
+    /// Queues `confirm.select` (waiting for select-ok).
+    pub fn confirm_select(&mut self, channel: u16) {
+        self.method(
+            channel,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: false })),
+        );
+    }
+
+    /// Queues a `basic.publish` with its content header and body frames.
+    pub fn publish(
+        &mut self,
+        channel: u16,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        mandatory: bool,
+        properties: &BasicProperties,
+        body: &[u8],
+    ) {
+        self.method(
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: exchange.clone(),
+                routing_key: routing_key.clone(),
+                mandatory,
+                immediate: false,
+            })),
+        );
+        self.send(&AMQPFrame::Header(
+            channel,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: body.len() as u64,
+                properties: properties.clone(),
+            },
+        ));
+        let chunk = self.frame_max as usize - FRAME_OVERHEAD;
+        for part in body.chunks(chunk) {
+            self.send(&AMQPFrame::Body(channel, part.to_vec()));
+        }
+    }
+
+    /// Queues `connection.close` (normal shutdown).
+    pub fn close(&mut self) {
+        self.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: 200,
+                reply_text: "closing".into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        );
+    }
+}

@@ -1,0 +1,479 @@
+//! The direct publish link (`kazoo_engine::direct`): against the system
+//! RabbitMQ for what reaches the queue, refusals and lost connections, and
+//! against a scripted broker on loopback for what RabbitMQ cannot be made
+//! to do on demand without stopping every other test's broker (blocking
+//! publishers, not confirming).
+use crate::broker_support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
+use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass};
+use broker_support::*;
+use kamailio_test::{system_broker_url, system_rabbitmqctl, unique_name};
+use kazoo_engine::broker::{PublishError, PublishProperties};
+use kazoo_engine::direct::{DirectOptions, DirectPublisher};
+use lapin::options::{BasicGetOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, ExchangeKind};
+
+fn body(id: u32, idx: u32) -> Vec<u8> {
+    format!("{{ \"broker\": {id}, \"idx\": {idx} }}").into_bytes()
+}
+
+fn direct_options(name: &str) -> DirectOptions {
+    DirectOptions {
+        primary_zone: "local".into(),
+        reply_queues: 3,
+        connect_timeout: Duration::from_millis(500),
+        connection_name: name.into(),
+    }
+}
+
+fn plain() -> PublishProperties<'static> {
+    PublishProperties::default()
+}
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(5)
+}
+
+async fn exchange_with_queue(raw: &Raw, prefix: &str) -> (String, String) {
+    let exchange = unique_name(&format!("{prefix}-x"));
+    let queue = unique_name(&format!("{prefix}-q"));
+    raw.channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    raw.bound_queue(&queue, &exchange, "rk").await;
+    (exchange, queue)
+}
+
+async fn get(raw: &Raw, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    raw.channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+}
+
+/// The pid (`rabbitmqctl` form) of the connection named `name`.
+fn connection_pid(name: &str) -> Option<String> {
+    let out = system_rabbitmqctl(&["-q", "list_connections", "pid", "client_properties"])
+        .expect("rabbitmqctl");
+    out.lines()
+        .find(|line| line.contains(name))
+        .and_then(|line| line.split('\t').next())
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn a_direct_publish_is_confirmed_and_arrives_as_the_amqp_process_sends_it() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let (exchange, queue) = exchange_with_queue(&raw, "kztest-direct").await;
+    let name = unique_name("kztest-direct-link");
+    let (published, idxs, large) = blocking({
+        let (url, exchange) = (url.clone(), exchange.clone());
+        move || {
+            let mut direct = DirectPublisher::new(&[broker(&url, 1, "local")], direct_options(&name));
+            let headers = vec![
+                (b"zeta".to_vec(), b"last".to_vec()),
+                (b"alpha".to_vec(), b"first\0binary \xff".to_vec()),
+                (b"alpha".to_vec(), b"duplicate".to_vec()),
+            ];
+            let how = PublishProperties {
+                headers: &headers,
+                ..PublishProperties::default()
+            };
+            let published = direct
+                .publish(None, &exchange, "rk", how, body, soon())
+                .expect("confirmed");
+            assert_eq!(direct.connected(), 1);
+            let idxs: Vec<u32> = (0..3)
+                .map(|_| {
+                    direct
+                        .publish(Some(1), &exchange, "rk", plain(), body, soon())
+                        .expect("confirmed")
+                        .idx
+                })
+                .collect();
+            // Larger than frame_max: split into body frames.
+            let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+            let copy = large.clone();
+            direct
+                .publish(None, &exchange, "rk", plain(), move |_, _| copy.clone(), soon())
+                .expect("a large body is confirmed");
+            (published, idxs, large)
+        }
+    })
+    .await;
+    assert_eq!(published.broker_id, 1);
+    assert_eq!(
+        idxs,
+        [
+            (published.idx + 1) % 3,
+            (published.idx + 2) % 3,
+            published.idx
+        ]
+    );
+
+    // The same properties as the AMQP process's publisher sends (see
+    // broker_system): content type, and each header once as a long string.
+    let got = get(&raw, &queue).await.expect("the message is in the queue");
+    assert_eq!(got.delivery.data, body(1, published.idx));
+    let mut table = FieldTable::default();
+    table.insert(
+        "alpha".into(),
+        AMQPValue::LongString(LongString::from(b"first\0binary \xff".to_vec())),
+    );
+    table.insert(
+        "zeta".into(),
+        AMQPValue::LongString(LongString::from(b"last".to_vec())),
+    );
+    assert_eq!(
+        got.delivery.properties,
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_headers(table)
+    );
+    for idx in idxs {
+        let got = get(&raw, &queue).await.expect("message");
+        assert_eq!(got.delivery.data, body(1, idx));
+        assert_eq!(
+            got.delivery.properties,
+            BasicProperties::default().with_content_type("application/json".into())
+        );
+    }
+    let got = get(&raw, &queue).await.expect("the large message");
+    assert_eq!(got.delivery.data, large);
+    assert!(get(&raw, &queue).await.is_none(), "nothing more");
+    raw.delete(&[&exchange], &[&queue]).await;
+    raw.close().await;
+}
+
+#[tokio::test]
+async fn a_refused_publish_fails_with_the_reason_and_a_lost_link_reconnects_within_the_next() {
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let (exchange, queue) = exchange_with_queue(&raw, "kztest-direct-refused").await;
+    let name = unique_name("kztest-direct-lost");
+    blocking({
+        let (url, exchange) = (url.clone(), exchange.clone());
+        move || {
+            let mut direct = DirectPublisher::new(&[broker(&url, 1, "local")], direct_options(&name));
+            direct
+                .publish(None, &exchange, "rk", plain(), body, soon())
+                .expect("confirmed");
+            // A missing exchange: the broker closes the channel; the reason
+            // comes back at once, and the next publish reopens the channel.
+            let started = Instant::now();
+            match direct.publish(None, &unique_name("kztest-missing-x"), "rk", plain(), body, soon()) {
+                Err(PublishError::Closed(reason)) => assert!(reason.contains("404"), "{reason}"),
+                other => panic!("expected Closed(404 ...), got {other:?}"),
+            }
+            assert!(started.elapsed() < Duration::from_secs(2));
+            direct
+                .publish(None, &exchange, "rk", plain(), body, soon())
+                .expect("confirmed on the reopened channel");
+
+            // The broker closes the link while it is idle: the next publish
+            // notices and publishes on a new connection.
+            let pid = connection_pid(&name).expect("the direct link is listed by its name");
+            system_rabbitmqctl(&["close_connection", &pid, "test: closed on purpose"])
+                .expect("close_connection");
+            // The broker sent connection.close and waits for close-ok,
+            // which only the next publish reads.
+            direct
+                .publish(None, &exchange, "rk", plain(), body, soon())
+                .expect("confirmed after reconnecting");
+            let new_pid = connection_pid(&name).expect("a new link");
+            assert_ne!(new_pid, pid);
+        }
+    })
+    .await;
+    for _ in 0..3 {
+        assert!(get(&raw, &queue).await.is_some());
+    }
+    assert!(get(&raw, &queue).await.is_none(), "exactly three arrived");
+    raw.delete(&[&exchange], &[&queue]).await;
+    raw.close().await;
+}
+
+#[test]
+fn an_unreachable_broker_fails_at_once_and_is_not_tried_again_during_its_back_off() {
+    // A port nobody listens on.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}");
+    let mut direct = DirectPublisher::new(&[broker(&url, 1, "local")], direct_options("unreachable"));
+    let started = Instant::now();
+    assert_eq!(
+        direct.publish(None, "x", "rk", plain(), body, soon()),
+        Err(PublishError::NoBrokerConnected)
+    );
+    assert_eq!(
+        direct.publish(Some(1), "x", "rk", plain(), body, soon()),
+        Err(PublishError::NoBrokerConnected)
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(
+        direct.publish(Some(9), "x", "rk", plain(), body, soon()),
+        Err(PublishError::UnknownBroker(9))
+    );
+    assert!(matches!(
+        direct.publish(None, "x", &"k".repeat(256), plain(), body, soon()),
+        Err(PublishError::Invalid(_))
+    ));
+}
+
+/// One frame as bytes.
+fn frame(frame: &AMQPFrame) -> Vec<u8> {
+    gen_frame(frame)(WriteContext::from(Vec::new()))
+        .unwrap()
+        .into_inner()
+        .0
+}
+
+fn method(channel: u16, class: AMQPClass) -> Vec<u8> {
+    frame(&AMQPFrame::Method(channel, class))
+}
+
+/// A scripted broker's side of one connection: reads frames, answers the
+/// login, and hands each publish's method frame to the test.
+struct FakeBroker {
+    stream: TcpStream,
+    input: Vec<u8>,
+}
+
+impl FakeBroker {
+    fn next_frame(&mut self) -> AMQPFrame {
+        loop {
+            if let Ok((rest, frame)) = parse_frame(self.input.as_slice()) {
+                let used = self.input.len() - rest.len();
+                self.input.drain(..used);
+                return frame;
+            }
+            let mut buf = [0u8; 65536];
+            let n = self.stream.read(&mut buf).expect("read from the client");
+            assert!(n > 0, "the client closed the connection");
+            self.input.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Accepts one client and logs it in, with channel 1 in confirm mode.
+    fn accept(listener: &TcpListener) -> FakeBroker {
+        let (stream, _) = listener.accept().unwrap();
+        let mut fake = FakeBroker {
+            stream,
+            input: Vec::new(),
+        };
+        let mut header = [0u8; 8];
+        fake.stream.read_exact(&mut header).unwrap();
+        assert_eq!(&header, b"AMQP\x00\x00\x09\x01");
+        fake.send(&method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: FieldTable::default(),
+                mechanisms: "AMQPLAIN PLAIN".into(),
+                locales: "en_US".into(),
+            })),
+        ));
+        match fake.next_frame() {
+            AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::StartOk(ok))) => {
+                assert_eq!(ok.mechanism.as_str(), "PLAIN");
+                assert_eq!(ok.response.as_bytes(), b"\0guest\0guest");
+            }
+            other => panic!("expected start-ok, got {other:?}"),
+        }
+        fake.send(&method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: 2047,
+                frame_max: 131_072,
+                heartbeat: 60,
+            })),
+        ));
+        match fake.next_frame() {
+            AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(ok))) => {
+                assert_eq!(ok.heartbeat, 0, "heartbeats off");
+            }
+            other => panic!("expected tune-ok, got {other:?}"),
+        }
+        assert!(matches!(
+            fake.next_frame(),
+            AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Open(_)))
+        ));
+        fake.send(&method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+        ));
+        assert!(matches!(
+            fake.next_frame(),
+            AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::Open(_)))
+        ));
+        fake.send(&method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+        ));
+        assert!(matches!(
+            fake.next_frame(),
+            AMQPFrame::Method(1, AMQPClass::Confirm(confirm::AMQPMethod::Select(_)))
+        ));
+        fake.send(&method(
+            1,
+            AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+        ));
+        fake
+    }
+
+    /// Reads one publish (method, header, body frames).
+    fn publish(&mut self) -> Vec<u8> {
+        assert!(matches!(
+            self.next_frame(),
+            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Publish(_)))
+        ));
+        let AMQPFrame::Header(1, header) = self.next_frame() else {
+            panic!("expected a content header");
+        };
+        let mut body = Vec::new();
+        while (body.len() as u64) < header.body_size {
+            let AMQPFrame::Body(1, part) = self.next_frame() else {
+                panic!("expected a body frame");
+            };
+            body.extend_from_slice(&part);
+        }
+        body
+    }
+
+    fn ack(&mut self, tag: u64) {
+        self.send(&method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: tag,
+                multiple: false,
+            })),
+        ));
+    }
+}
+
+#[test]
+fn a_broker_that_blocks_or_stops_confirming_fails_publishes_at_once_until_it_answers() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let script = std::thread::spawn(move || {
+        let mut fake = FakeBroker::accept(&listener);
+        // 1: confirmed.
+        fake.publish();
+        fake.ack(1);
+        // 2: blocked (a memory alarm) instead of a confirm.
+        fake.publish();
+        fake.send(&method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "low on memory".into(),
+            })),
+        ));
+        // The client must not publish while blocked; then unblock and
+        // confirm 2.
+        fake.stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let mut probe = [0u8; 1];
+        assert!(
+            fake.stream.read(&mut probe).is_err(),
+            "nothing may be sent while blocked"
+        );
+        fake.stream.set_read_timeout(None).unwrap();
+        fake.send(&method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})),
+        ));
+        fake.ack(2);
+        // 3: confirmed; 4: no confirm in time (a frozen broker).
+        fake.publish();
+        fake.ack(3);
+        fake.publish();
+        std::thread::sleep(Duration::from_millis(700));
+        // The late confirm of 4: the broker answers again.
+        fake.ack(4);
+        fake.publish();
+        fake.ack(5);
+        fake
+    });
+
+    let mut direct = DirectPublisher::new(&[broker(&url, 1, "local")], direct_options("fake"));
+    direct
+        .publish(None, "x", "rk", plain(), body, soon())
+        .expect("1 confirmed");
+    let started = Instant::now();
+    match direct.publish(None, "x", "rk", plain(), body, soon()) {
+        Err(PublishError::Unavailable { broker_id: 1, reason }) => {
+            assert!(reason.contains("low on memory"), "{reason}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    // Later publishes fail at once, without being sent.
+    for _ in 0..3 {
+        let at = Instant::now();
+        assert!(matches!(
+            direct.publish(None, "x", "rk", plain(), body, soon()),
+            Err(PublishError::Unavailable { .. })
+        ));
+        assert!(at.elapsed() < Duration::from_millis(50));
+    }
+    assert!(started.elapsed() < Duration::from_millis(250));
+    // Unblocked (and 2 confirmed late): publishes flow again.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        match direct.publish(None, "x", "rk", plain(), body, soon()) {
+            Ok(_) => break,
+            Err(PublishError::Unavailable { .. }) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => panic!("expected publishing to resume, got {other:?}"),
+        }
+    }
+    // 4: not confirmed within its deadline.
+    let at = Instant::now();
+    assert_eq!(
+        direct.publish(
+            None,
+            "x",
+            "rk",
+            plain(),
+            body,
+            Instant::now() + Duration::from_millis(200)
+        ),
+        Err(PublishError::Timeout)
+    );
+    assert!(at.elapsed() < Duration::from_millis(400));
+    let at = Instant::now();
+    assert!(matches!(
+        direct.publish(None, "x", "rk", plain(), body, soon()),
+        Err(PublishError::Unavailable { .. })
+    ));
+    assert!(at.elapsed() < Duration::from_millis(50));
+    // The late confirm of 4 arrives: the next publish goes out.
+    std::thread::sleep(Duration::from_millis(700));
+    direct
+        .publish(None, "x", "rk", plain(), body, soon())
+        .expect("5 confirmed once the broker answers again");
+    script.join().expect("the scripted broker saw what it expected");
+}

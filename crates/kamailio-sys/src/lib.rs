@@ -493,7 +493,18 @@ pub struct sr_shm_api_t {
     pub mem_pool: *mut c_void,
     pub mem_block: *mut c_void,
     pub xmalloc: *const c_void,
-    pub xmallocxz: *const c_void,
+    /// Zero-filled allocation (with DBG_SR_MEMORY: block, size, file,
+    /// func, line, module name).
+    pub xmallocxz: Option<
+        unsafe extern "C" fn(
+            *mut c_void,
+            usize,
+            *const c_char,
+            *const c_char,
+            c_uint,
+            *const c_char,
+        ) -> *mut c_void,
+    >,
     pub xmalloc_unsafe: *const c_void,
     pub xrealloc: *const c_void,
     pub xreallocxf: *const c_void,
@@ -895,6 +906,7 @@ const _: () = {
     assert!(offset_of!(sr_kemi_t, ptypes) == 48);
     assert!(size_of::<route_list>() == 32);
     assert!(offset_of!(sr_pkg_api_t, xfree) == 56);
+    assert!(offset_of!(sr_shm_api_t, xmallocxz) == 32);
     assert!(offset_of!(sr_shm_api_t, xfree) == 72);
     assert!(size_of::<log_level_info_t>() == 16);
     assert!(size_of::<ksr_logdata_t>() == 64);

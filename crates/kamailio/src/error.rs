@@ -17,7 +17,7 @@ pub enum ErrorKind {
     /// was made for (tm, a `db_*` driver).
     ModuleMissing,
     /// The core refused to register something (processes, statistics, the
-    /// faked message of event routes).
+    /// faked message of event routes) or to allocate shared memory for it.
     Registration,
     /// A module process could not be forked.
     Process,

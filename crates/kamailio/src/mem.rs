@@ -1,10 +1,11 @@
 //! Kamailio's pkg allocator, for the few places where the core hands the
-//! module memory it must free; and how a module's own process gives the
-//! system's allocator's memory back.
+//! module memory it must free; shm counters every process shares; and how a
+//! module's own process gives the system's allocator's memory back.
 //!
 //! Everything the module owns lives in Rust's allocator: pkg memory is a small
 //! per-process pool (8 MB by default) that must not hold module data.
 use std::ffi::c_void;
+use std::sync::atomic::AtomicU64;
 
 use crate::sys;
 
@@ -49,6 +50,36 @@ pub unsafe fn shm_free(ptr: *mut c_void) {
             );
         }
     }
+}
+
+/// `N` counters in Kamailio's shared memory, zero, for every process to
+/// update and read without locks: call before the fork (in `mod_init`), so
+/// that every child has them at the same address. They live as long as
+/// Kamailio.
+pub fn shm_counters<const N: usize>() -> Result<&'static [AtomicU64; N], crate::error::Error> {
+    let size = std::mem::size_of::<[AtomicU64; N]>();
+    // SAFETY: `_shm_root` is initialised by the core before mod_init; `xmallocxz` takes the pool, a size and static location strings, and returns a zero-filled block or null. shm blocks are at least 8-byte aligned, and all-zero bytes are valid `AtomicU64`s; the block is never freed, so the reference is 'static, and atomics on a shared mapping are sound across processes.
+    let block = unsafe {
+        let root = &*std::ptr::addr_of!(sys::_shm_root);
+        match root.xmallocxz {
+            Some(alloc) => alloc(
+                root.mem_block,
+                size,
+                c"kamailio/mem.rs".as_ptr(),
+                c"shm_counters".as_ptr(),
+                0,
+                crate::log::module_name().as_ptr(),
+            ),
+            None => std::ptr::null_mut(),
+        }
+    };
+    if block.is_null() || block.align_offset(std::mem::align_of::<AtomicU64>()) != 0 {
+        return Err(crate::error::registration(format!(
+            "no shared memory for {N} counters"
+        )));
+    }
+    // SAFETY: checked above: a live, aligned, zero-filled block of the right size.
+    Ok(unsafe { &*(block as *const [AtomicU64; N]) })
 }
 
 /// Blocks this large or larger are mapped on their own, and unmapped when

@@ -173,12 +173,9 @@ impl Conn {
     ) -> Result<(), ProtocolError> {
         let mut at = 0;
         while input.len() - at >= 7 {
-            let size = u32::from_be_bytes([
-                input[at + 3],
-                input[at + 4],
-                input[at + 5],
-                input[at + 6],
-            ]) as usize;
+            let size =
+                u32::from_be_bytes([input[at + 3], input[at + 4], input[at + 5], input[at + 6]])
+                    as usize;
             if size + FRAME_OVERHEAD > self.frame_max as usize {
                 return Err(ProtocolError(format!(
                     "a frame of {size} bytes (frame_max {})",
@@ -228,9 +225,9 @@ impl Conn {
                 "the broker speaks AMQP {}.{}.{}",
                 version.major, version.minor, version.revision
             ))),
-            AMQPFrame::InvalidHeartbeat(channel) => Err(ProtocolError(format!(
-                "a heartbeat on channel {channel}"
-            ))),
+            AMQPFrame::InvalidHeartbeat(channel) => {
+                Err(ProtocolError(format!("a heartbeat on channel {channel}")))
+            }
         }
     }
 
@@ -260,7 +257,12 @@ impl Conn {
         use connection::AMQPMethod as C;
         match class {
             AMQPClass::Connection(C::Start(start)) => {
-                if !start.mechanisms.to_string().split(' ').any(|m| m == "PLAIN") {
+                if !start
+                    .mechanisms
+                    .to_string()
+                    .split(' ')
+                    .any(|m| m == "PLAIN")
+                {
                     return Err(ProtocolError(format!(
                         "the broker offers no PLAIN login ({})",
                         start.mechanisms
@@ -404,7 +406,9 @@ impl Conn {
     pub fn confirm_select(&mut self, channel: u16) {
         self.method(
             channel,
-            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: false })),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                nowait: false,
+            })),
         );
     }
 

@@ -74,6 +74,7 @@ pub const PARAMS: &[(&str, ParamType)] = &[
     ("amqp_timmer_process_interval", ParamType::Int),
     ("amqp_publish_timeout", ParamType::Int),
     ("amqp_consumer_prefetch", ParamType::Int),
+    ("amqp_direct", ParamType::Int),
 ];
 
 /// A parameter value Kamailio must refuse.
@@ -321,6 +322,9 @@ pub struct Params {
     pub amqp_publish_timeout: i32,
     /// `basic.qos` prefetch of consumers that ack (this module's; 0 = no limit).
     pub amqp_consumer_prefetch: i32,
+    /// `kazoo_publish` from the calling process's own broker connection
+    /// (this module's; 0 = through the AMQP process, as before).
+    pub amqp_direct: bool,
     /// Parameters the C module reads and ignores; kept so configurations
     /// that set them still load (documented as having no effect).
     pub ignored: Vec<String>,
@@ -361,6 +365,7 @@ impl Default for Params {
             pua_lock_type: 1,
             amqp_publish_timeout: 2000,
             amqp_consumer_prefetch: 64,
+            amqp_direct: true,
             ignored: Vec::new(),
         }
     }
@@ -457,6 +462,7 @@ impl Params {
                 }
                 self.amqp_consumer_prefetch = v
             }
+            ("amqp_direct", Int(v)) => self.amqp_direct = v != 0,
             ("amqp_consumer_ack_timeout_micro", Int(v))
             | ("amqp_interprocess_timeout_micro", Int(v))
             | ("amqp_waitframe_timeout_micro", Int(v)) => {

@@ -119,11 +119,7 @@ fn timed_out(e: &io::Error) -> bool {
 
 impl Link {
     /// Connects and logs in, with channel [`CHANNEL`] in confirm mode.
-    fn open(
-        broker: &Broker,
-        options: &DirectOptions,
-        deadline: Instant,
-    ) -> Result<Link, String> {
+    fn open(broker: &Broker, options: &DirectOptions, deadline: Instant) -> Result<Link, String> {
         let now = Instant::now();
         let remaining = deadline.saturating_duration_since(now);
         if remaining.is_zero() {
@@ -256,9 +252,7 @@ impl Link {
     /// Reads what arrived without waiting (blocked/unblocked, late
     /// confirms, a close), when the link's state depends on it.
     fn catch_up(&mut self) -> Result<(), String> {
-        self.stream
-            .set_nonblocking(true)
-            .map_err(|e| io_text(&e))?;
+        self.stream.set_nonblocking(true).map_err(|e| io_text(&e))?;
         let mut result = Ok(());
         loop {
             match self.read_some() {
@@ -642,7 +636,9 @@ impl DirectPublisher {
                         state.done = true;
                         unavailable = Some((
                             broker_id,
-                            format!("the broker blocks publishers (memory or disk alarm: {reason})"),
+                            format!(
+                                "the broker blocks publishers (memory or disk alarm: {reason})"
+                            ),
                         ));
                     }
                     Attempt::Lost(reason) => {

@@ -82,7 +82,8 @@ async fn a_direct_publish_is_confirmed_and_arrives_as_the_amqp_process_sends_it(
     let (published, idxs, large) = blocking({
         let (url, exchange) = (url.clone(), exchange.clone());
         move || {
-            let mut direct = DirectPublisher::new(&[broker(&url, 1, "local")], direct_options(&name));
+            let mut direct =
+                DirectPublisher::new(&[broker(&url, 1, "local")], direct_options(&name));
             let headers = vec![
                 (b"zeta".to_vec(), b"last".to_vec()),
                 (b"alpha".to_vec(), b"first\0binary \xff".to_vec()),
@@ -108,7 +109,14 @@ async fn a_direct_publish_is_confirmed_and_arrives_as_the_amqp_process_sends_it(
             let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
             let copy = large.clone();
             direct
-                .publish(None, &exchange, "rk", plain(), move |_, _| copy.clone(), soon())
+                .publish(
+                    None,
+                    &exchange,
+                    "rk",
+                    plain(),
+                    move |_, _| copy.clone(),
+                    soon(),
+                )
                 .expect("a large body is confirmed");
             (published, idxs, large)
         }
@@ -126,7 +134,9 @@ async fn a_direct_publish_is_confirmed_and_arrives_as_the_amqp_process_sends_it(
 
     // The same properties as the AMQP process's publisher sends (see
     // broker_system): content type, and each header once as a long string.
-    let got = get(&raw, &queue).await.expect("the message is in the queue");
+    let got = get(&raw, &queue)
+        .await
+        .expect("the message is in the queue");
     assert_eq!(got.delivery.data, body(1, published.idx));
     let mut table = FieldTable::default();
     table.insert(
@@ -167,14 +177,22 @@ async fn a_refused_publish_fails_with_the_reason_and_a_lost_link_reconnects_with
     blocking({
         let (url, exchange) = (url.clone(), exchange.clone());
         move || {
-            let mut direct = DirectPublisher::new(&[broker(&url, 1, "local")], direct_options(&name));
+            let mut direct =
+                DirectPublisher::new(&[broker(&url, 1, "local")], direct_options(&name));
             direct
                 .publish(None, &exchange, "rk", plain(), body, soon())
                 .expect("confirmed");
             // A missing exchange: the broker closes the channel; the reason
             // comes back at once, and the next publish reopens the channel.
             let started = Instant::now();
-            match direct.publish(None, &unique_name("kztest-missing-x"), "rk", plain(), body, soon()) {
+            match direct.publish(
+                None,
+                &unique_name("kztest-missing-x"),
+                "rk",
+                plain(),
+                body,
+                soon(),
+            ) {
                 Err(PublishError::Closed(reason)) => assert!(reason.contains("404"), "{reason}"),
                 other => panic!("expected Closed(404 ...), got {other:?}"),
             }
@@ -215,7 +233,8 @@ fn an_unreachable_broker_fails_at_once_and_is_not_tried_again_during_its_back_of
         .unwrap()
         .port();
     let url = format!("amqp://guest:guest@127.0.0.1:{port}");
-    let mut direct = DirectPublisher::new(&[broker(&url, 1, "local")], direct_options("unreachable"));
+    let mut direct =
+        DirectPublisher::new(&[broker(&url, 1, "local")], direct_options("unreachable"));
     let started = Instant::now();
     assert_eq!(
         direct.publish(None, "x", "rk", plain(), body, soon()),
@@ -394,7 +413,9 @@ fn a_broker_that_blocks_or_stops_confirming_fails_publishes_at_once_until_it_ans
         ));
         // The client must not publish while blocked; then unblock and
         // confirm 2.
-        fake.stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        fake.stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let mut probe = [0u8; 1];
         assert!(
             fake.stream.read(&mut probe).is_err(),
@@ -424,7 +445,10 @@ fn a_broker_that_blocks_or_stops_confirming_fails_publishes_at_once_until_it_ans
         .expect("1 confirmed");
     let started = Instant::now();
     match direct.publish(None, "x", "rk", plain(), body, soon()) {
-        Err(PublishError::Unavailable { broker_id: 1, reason }) => {
+        Err(PublishError::Unavailable {
+            broker_id: 1,
+            reason,
+        }) => {
             assert!(reason.contains("low on memory"), "{reason}")
         }
         other => panic!("expected Unavailable, got {other:?}"),
@@ -475,5 +499,7 @@ fn a_broker_that_blocks_or_stops_confirming_fails_publishes_at_once_until_it_ans
     direct
         .publish(None, "x", "rk", plain(), body, soon())
         .expect("5 confirmed once the broker answers again");
-    script.join().expect("the scripted broker saw what it expected");
+    script
+        .join()
+        .expect("the scripted broker saw what it expected");
 }

@@ -3,8 +3,9 @@
 //! work once the arguments are read).
 //!
 //! The calling process prepares the payload (the C module's rules, see
-//! `kazoo_engine::payload`) and hands it to the AMQP process, waiting for
-//! the answer with a bound: a publish returns 1 only once the broker has
+//! `kazoo_engine::payload`) and publishes it on its own broker link
+//! ([`crate::direct`]) or hands it to the AMQP process, waiting for the
+//! answer with a bound: a publish returns 1 only once the broker has
 //! confirmed it; a query returns 1 with the reply in `$kzR`. Every failure is
 //! -1 with a log line saying why; 0 (which silently stops the script) is
 //! never returned.
@@ -23,6 +24,7 @@ use kamailio::SipMsg;
 use kazoo_engine::ipc::{IpcError, Outcome, Outgoing, Request, ResumeAt};
 use kazoo_engine::payload::{self, CommonFields, PayloadError, PublishFlags, PublishTarget};
 
+use crate::direct;
 use crate::ipc_client;
 use crate::params::config;
 use crate::pvs::QUERY_RESULT;
@@ -199,6 +201,11 @@ fn publish_values(
         startup::queue_publish(outgoing);
         kamailio::info!("kazoo_publish in kazoo:mod-init: queued until a broker is connected");
         return Ok(1);
+    }
+    if let Some(result) = direct::publish(&outgoing, Instant::now() + timeout) {
+        return result
+            .map(|()| 1)
+            .map_err(|e| AmqpError::Failed(e.to_string()));
     }
     match call(
         Request::Publish(outgoing),

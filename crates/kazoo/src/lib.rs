@@ -24,6 +24,7 @@
 
 mod amqp;
 mod amqp_process;
+mod direct;
 mod ipc_client;
 mod json;
 mod lifecycle;
@@ -116,6 +117,7 @@ kamailio::module! {
         param!("amqp_timmer_process_interval", Int, params::set),
         param!("amqp_publish_timeout", Int, params::set),
         param!("amqp_consumer_prefetch", Int, params::set),
+        param!("amqp_direct", Int, params::set),
     ],
     pvs: [
         pv!("kzR", pvs::QUERY_RESULT),

@@ -13,7 +13,7 @@ use kazoo_engine::config::Config;
 use kazoo_engine::ipc;
 
 use crate::params::{self, config};
-use crate::{amqp_process, ipc_client, pvs, startup, stats, worker};
+use crate::{amqp_process, direct, ipc_client, pvs, startup, stats, worker};
 
 /// The listening IPC socket, from `child_init(PROC_INIT)` until the AMQP
 /// process is forked with it.
@@ -46,6 +46,7 @@ pub(crate) fn mod_init() -> Result<(), String> {
         kamailio::warn!("{e}: kazoo_async_query and kazoo_query_async will return -1");
     }
     stats::register(&config)?;
+    direct::init_counters()?;
     kamailio::process::register(process_count(&config))?;
     // Before any fork, so every process (and `kazoo:mod-init`) has it.
     pvs::NODE_NAME.set(Some(config.node().into_bytes()));

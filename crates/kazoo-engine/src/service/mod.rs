@@ -41,7 +41,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::broker::{
-    Acker, BrokerOptions, Brokers, Event, PublishError, PublishProperties, Role, Source,
+    Acker, BrokerOptions, Brokers, Event, PublishCounters, PublishError, PublishProperties, Role,
+    Source,
 };
 use crate::config::Broker;
 use crate::ipc::{Answer, Delivery, Outcome, Outgoing, Request, Resume, ResumeAt, Work};
@@ -81,6 +82,9 @@ pub struct ServiceConfig {
     pub publish_timeout: Duration,
     /// Publishes made during `kazoo:mod-init`.
     pub startup_publishes: Vec<Outgoing>,
+    /// Where publishes are counted (shared with the processes that publish
+    /// directly).
+    pub publish_counters: PublishCounters,
     /// Wait for worker 1's [`Request::StartupDone`] (the KEMI `kazoo:mod-init`
     /// runs there) before connecting, at most this long.
     pub await_startup: Option<Duration>,
@@ -133,6 +137,7 @@ async fn serve(
         next_delivery: AtomicU64::new(1),
         round_robin: AtomicUsize::new(0),
         counters: Counters::default(),
+        publish_counters: config.publish_counters,
         brokers_state: Mutex::new(
             config
                 .brokers
@@ -239,6 +244,7 @@ struct Shared {
     round_robin: AtomicUsize,
     /// Totals for [`Stats`].
     counters: Counters,
+    publish_counters: PublishCounters,
     /// Each broker's connections, for the zone events and the status.
     brokers_state: Mutex<Vec<BrokerState>>,
     /// By subscription index: the brokers where it cannot be consumed, and

@@ -126,34 +126,15 @@ impl Shared {
 
     pub(super) async fn answer_publish(&self, outgoing: Outgoing) -> Outcome {
         let wait = Duration::from_millis(outgoing.timeout_ms.into()).min(self.publish_timeout);
-        match self.publish_message(&outgoing, Instant::now() + wait).await {
-            Ok(()) => {
-                bump(&self.counters.published);
-                Outcome::Published
-            }
-            Err(failure) => {
-                let c = &self.counters;
-                bump(&c.publish_failed);
-                bump(match &failure {
-                    Unpublished::NotStarted(_)
-                    | Unpublished::Broker(
-                        PublishError::NoBrokerConnected
-                        | PublishError::NoReplyConsumer
-                        | PublishError::UnknownBroker(_),
-                    ) => &c.publish_failed_no_broker,
-                    Unpublished::Broker(PublishError::Nacked { .. } | PublishError::Closed(_)) => {
-                        &c.publish_failed_refused
-                    }
-                    Unpublished::Broker(
-                        PublishError::Timeout | PublishError::Unavailable { .. },
-                    ) => &c.publish_failed_timeout,
-                    Unpublished::Broker(PublishError::Returned { .. }) => {
-                        &c.publish_failed_returned
-                    }
-                    Unpublished::Broker(PublishError::Invalid(_)) => &c.publish_failed_invalid,
-                });
-                Outcome::Failed(failure.to_string())
-            }
+        let result = self.publish_message(&outgoing, Instant::now() + wait).await;
+        self.publish_counters.record(match &result {
+            Ok(()) => Ok(()),
+            Err(Unpublished::NotStarted(_)) => Err(None),
+            Err(Unpublished::Broker(e)) => Err(Some(e)),
+        });
+        match result {
+            Ok(()) => Outcome::Published,
+            Err(failure) => Outcome::Failed(failure.to_string()),
         }
     }
 

@@ -65,11 +65,10 @@ pub struct BrokerStats {
     pub reconnects: u64,
 }
 
-/// What the service counts, for the `kazoo.status` RPC.
+/// What the service counts, for the `kazoo.status` RPC (publishes apart:
+/// [`PublishCounters`], shared with the processes that publish directly).
 #[derive(Default)]
 pub(super) struct Counters {
-    pub(super) published: AtomicU64,
-    pub(super) publish_failed: AtomicU64,
     pub(super) query_answered: AtomicU64,
     pub(super) query_timed_out: AtomicU64,
     pub(super) query_failed: AtomicU64,
@@ -81,12 +80,6 @@ pub(super) struct Counters {
     pub(super) requeued: AtomicU64,
     pub(super) lost_with_worker: AtomicU64,
     pub(super) ipc_refused: AtomicU64,
-    /// Publishes that failed, by reason.
-    pub(super) publish_failed_no_broker: AtomicU64,
-    pub(super) publish_failed_refused: AtomicU64,
-    pub(super) publish_failed_timeout: AtomicU64,
-    pub(super) publish_failed_returned: AtomicU64,
-    pub(super) publish_failed_invalid: AtomicU64,
     /// Deliveries acknowledged to the broker, and deliveries the broker
     /// marked as redelivered.
     pub(super) acked: AtomicU64,
@@ -143,8 +136,8 @@ impl Shared {
             })
             .collect();
         Stats {
-            published: count(&c.published),
-            publish_failed: count(&c.publish_failed),
+            published: self.publish_counters.published(),
+            publish_failed: self.publish_counters.failed(),
             query_answered: count(&c.query_answered),
             query_timed_out: count(&c.query_timed_out),
             query_failed: count(&c.query_failed),
@@ -157,11 +150,11 @@ impl Shared {
             requeued: count(&c.requeued),
             lost_with_worker: count(&c.lost_with_worker),
             ipc_refused: count(&c.ipc_refused),
-            publish_failed_no_broker: count(&c.publish_failed_no_broker),
-            publish_failed_refused: count(&c.publish_failed_refused),
-            publish_failed_timeout: count(&c.publish_failed_timeout),
-            publish_failed_returned: count(&c.publish_failed_returned),
-            publish_failed_invalid: count(&c.publish_failed_invalid),
+            publish_failed_no_broker: self.publish_counters.failed_no_broker(),
+            publish_failed_refused: self.publish_counters.failed_refused(),
+            publish_failed_timeout: self.publish_counters.failed_timeout(),
+            publish_failed_returned: self.publish_counters.failed_returned(),
+            publish_failed_invalid: self.publish_counters.failed_invalid(),
             acked: count(&c.acked),
             redelivered: count(&c.redelivered),
             rejected: self

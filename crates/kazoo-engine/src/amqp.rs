@@ -458,3 +458,263 @@ impl Conn {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::protocol::BasicProperties;
+
+    fn bytes(frame: &AMQPFrame) -> Vec<u8> {
+        gen_frame(frame)(WriteContext::from(Vec::new()))
+            .unwrap()
+            .into_inner()
+            .0
+    }
+
+    fn method(channel: u16, class: AMQPClass) -> Vec<u8> {
+        bytes(&AMQPFrame::Method(channel, class))
+    }
+
+    /// Every frame in `out`.
+    fn frames(mut out: &[u8]) -> Vec<AMQPFrame> {
+        let mut all = Vec::new();
+        while !out.is_empty() {
+            let (rest, frame) = parse_frame(out).expect("a whole frame");
+            all.push(frame);
+            out = rest;
+        }
+        all
+    }
+
+    fn login() -> Login {
+        Login {
+            user: "guest".into(),
+            password: "secret".into(),
+            vhost: "/kazoo".into(),
+            connection_name: "test".into(),
+        }
+    }
+
+    /// Feeds `input` one byte at a time: partial frames must wait.
+    fn feed(conn: &mut Conn, input: &[u8]) -> Vec<Event> {
+        let mut buffer = Vec::new();
+        let mut events = Vec::new();
+        for byte in input {
+            buffer.push(*byte);
+            conn.receive(&mut buffer, &mut events).expect("valid input");
+        }
+        assert!(buffer.is_empty(), "every frame consumed");
+        events
+    }
+
+    fn start(mechanisms: &str) -> Vec<u8> {
+        method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: FieldTable::default(),
+                mechanisms: mechanisms.into(),
+                locales: "en_US".into(),
+            })),
+        )
+    }
+
+    /// A connection through the handshake with the broker's `frame_max`.
+    fn ready(frame_max: u32) -> Conn {
+        let mut conn = Conn::new(login());
+        assert_eq!(conn.output(), b"AMQP\x00\x00\x09\x01");
+        conn.clear_output();
+        assert!(feed(&mut conn, &start("AMQPLAIN PLAIN")).is_empty());
+        match frames(conn.output()).as_slice() {
+            [AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::StartOk(ok)))] => {
+                assert_eq!(ok.mechanism.as_str(), "PLAIN");
+                assert_eq!(ok.response.as_bytes(), b"\0guest\0secret");
+                assert!(ok.client_properties.contains_key("capabilities"));
+            }
+            other => panic!("expected start-ok, got {other:?}"),
+        }
+        conn.clear_output();
+        let tune = method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: 2047,
+                frame_max,
+                heartbeat: 60,
+            })),
+        );
+        assert!(feed(&mut conn, &tune).is_empty());
+        match frames(conn.output()).as_slice() {
+            [AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(ok))), AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Open(open)))] =>
+            {
+                assert_eq!(ok.heartbeat, 0);
+                assert_eq!(ok.frame_max, frame_max.min(FRAME_MAX));
+                assert_eq!(open.virtual_host.as_str(), "/kazoo");
+            }
+            other => panic!("expected tune-ok and open, got {other:?}"),
+        }
+        conn.clear_output();
+        let open_ok = method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+        );
+        assert_eq!(feed(&mut conn, &open_ok), [Event::Ready]);
+        conn
+    }
+
+    #[test]
+    fn the_login_answers_start_and_tune_and_reports_ready() {
+        ready(131_072);
+    }
+
+    #[test]
+    fn a_broker_without_plain_login_is_refused() {
+        let mut conn = Conn::new(login());
+        let mut input = start("EXTERNAL");
+        assert!(conn.receive(&mut input, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn a_body_larger_than_frame_max_goes_in_frames_of_at_most_frame_max() {
+        let mut conn = ready(4096);
+        conn.clear_output();
+        let body: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let properties = BasicProperties::default().with_content_type("application/json".into());
+        conn.publish(1, &"x".into(), &"rk".into(), false, &properties, &body);
+        let all = frames(conn.output());
+        let mut sent = Vec::new();
+        for frame in &all[2..] {
+            match frame {
+                AMQPFrame::Body(1, part) => {
+                    assert!(part.len() + FRAME_OVERHEAD <= 4096);
+                    sent.extend_from_slice(part);
+                }
+                other => panic!("expected a body frame, got {other:?}"),
+            }
+        }
+        assert_eq!(sent, body);
+        match &all[..2] {
+            [AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Publish(p))), AMQPFrame::Header(1, h)] =>
+            {
+                assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), ("x", "rk"));
+                assert_eq!(h.body_size, 10_000);
+                assert_eq!(h.properties, properties);
+            }
+            other => panic!("expected publish and header, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_frame_larger_than_frame_max_is_refused_before_it_is_read() {
+        let mut conn = ready(4096);
+        // The header of a 1 MB body frame: no need to wait for the rest.
+        let mut input = vec![3, 0, 1, 0, 0x10, 0, 0];
+        assert!(conn.receive(&mut input, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn a_return_is_assembled_then_confirmed_and_closes_are_answered() {
+        let mut conn = ready(131_072);
+        conn.clear_output();
+        let mut input = method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                reply_code: 312,
+                reply_text: "NO_ROUTE".into(),
+                exchange: "x".into(),
+                routing_key: "rk".into(),
+            })),
+        );
+        input.extend(bytes(&AMQPFrame::Header(
+            1,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: 5,
+                properties: BasicProperties::default(),
+            },
+        )));
+        input.extend(bytes(&AMQPFrame::Body(1, b"he".to_vec())));
+        input.extend(bytes(&AMQPFrame::Body(1, b"llo".to_vec())));
+        input.extend(method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: 3,
+                multiple: true,
+            })),
+        ));
+        input.extend(method(
+            1,
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: 404,
+                reply_text: "NOT_FOUND".into(),
+                class_id: 60,
+                method_id: 40,
+            })),
+        ));
+        input.extend(method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: "low on memory".into(),
+            })),
+        ));
+        input.extend(method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: 320,
+                reply_text: "CONNECTION_FORCED".into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        ));
+        assert_eq!(
+            feed(&mut conn, &input),
+            [
+                Event::Returned {
+                    channel: 1,
+                    reply_code: 312,
+                    reply_text: "NO_ROUTE".into(),
+                    body: b"hello".to_vec(),
+                },
+                Event::Confirm {
+                    channel: 1,
+                    tag: 3,
+                    multiple: true,
+                    ack: true,
+                },
+                Event::ChannelClosed {
+                    channel: 1,
+                    code: 404,
+                    text: "NOT_FOUND".into(),
+                },
+                Event::Blocked("low on memory".into()),
+                Event::ConnectionClosed {
+                    code: 320,
+                    text: "CONNECTION_FORCED".into(),
+                },
+            ]
+        );
+        assert!(matches!(
+            frames(conn.output()).as_slice(),
+            [
+                AMQPFrame::Method(1, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))),
+                AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)))
+            ]
+        ));
+    }
+
+    #[test]
+    fn an_unexpected_method_is_a_protocol_error() {
+        let mut conn = ready(131_072);
+        let mut input = method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                consumer_tag: "c".into(),
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: "x".into(),
+                routing_key: "rk".into(),
+            })),
+        );
+        assert!(conn.receive(&mut input, &mut Vec::new()).is_err());
+    }
+}

@@ -38,13 +38,18 @@ struct Bed {
 
 impl Bed {
     fn start() -> Bed {
+        Bed::start_with("")
+    }
+
+    /// A bed whose configuration also has `params`.
+    fn start_with(params: &str) -> Bed {
         let probe = AmqpProbe::connect(&system_broker_url()).expect("probe");
         let exchange = unique_name("kzpub");
         probe.declare_exchange(&exchange, "topic").unwrap();
         let queue = probe.capture(&exchange, "#").unwrap();
         let (config, node) = amqp_cfg(
             &system_broker_url(),
-            "modparam(\"kazoo\", \"amqp_max_channels\", 4)",
+            &format!("modparam(\"kazoo\", \"amqp_max_channels\", 4)\n{params}"),
             ROUTES,
         );
         let proxy = Proxy::start(&config);
@@ -94,9 +99,36 @@ fn is_uuid_v4(text: &str) -> bool {
         })
 }
 
+/// The broker connections of this bed's Kamailio that publish directly
+/// from a SIP worker (named `kamailio@<node> direct (pid N)`).
+fn direct_links(bed: &Bed) -> usize {
+    let listed =
+        kamailio_test::system_rabbitmqctl(&["-q", "list_connections", "client_properties"])
+            .expect("rabbitmqctl list_connections");
+    let name = format!("kamailio@{} direct (pid", bed.node);
+    listed.lines().filter(|line| line.contains(&name)).count()
+}
+
 #[test]
 fn publishes_match_the_c_module_row_for_row() {
     let bed = Bed::start();
+    check_rows(&bed);
+    // They went on the SIP workers' own links (amqp_direct, the default):
+    // one per worker that took a request (the configuration has 2).
+    let links = direct_links(&bed);
+    assert!((1..=2).contains(&links), "{links} direct links");
+}
+
+#[test]
+fn publishes_through_the_amqp_process_match_it_too() {
+    let bed = Bed::start_with("modparam(\"kazoo\", \"amqp_direct\", 0)");
+    check_rows(&bed);
+    assert_eq!(direct_links(&bed), 0, "amqp_direct 0: no direct link");
+}
+
+/// Publishes every row of `vectors/publish.jsonl` and compares what reaches
+/// the broker with what the C module sent.
+fn check_rows(bed: &Bed) {
     let rows: Vec<serde_json::Value> = kamailio_test::jsonl("publish.jsonl");
     let mut checked = 0;
     for row in &rows {

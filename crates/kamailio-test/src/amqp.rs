@@ -357,18 +357,24 @@ impl AmqpProbe {
                     let request = delivery.data.clone();
                     seen2.lock().unwrap().push(probe_message(&delivery));
                     let server_id = server_id_of(&request);
-                    for (delay, reply) in answer(&request) {
-                        tokio::time::sleep(delay).await;
-                        let _ = channel
-                            .basic_publish(
-                                "targeted".into(),
-                                server_id.as_str().into(),
-                                BasicPublishOptions::default(),
-                                &reply,
-                                BasicProperties::default(),
-                            )
-                            .await;
-                    }
+                    // Each request's replies on their own task: a slow or
+                    // delayed reply holds up no other request.
+                    let channel = channel.clone();
+                    let replies = answer(&request);
+                    tokio::spawn(async move {
+                        for (delay, reply) in replies {
+                            tokio::time::sleep(delay).await;
+                            let _ = channel
+                                .basic_publish(
+                                    "targeted".into(),
+                                    server_id.as_str().into(),
+                                    BasicPublishOptions::default(),
+                                    &reply,
+                                    BasicProperties::default(),
+                                )
+                                .await;
+                        }
+                    });
                 }
             });
         });

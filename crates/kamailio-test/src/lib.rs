@@ -58,7 +58,7 @@ pub use kamailio::{
 };
 pub use names::unique_name;
 pub use pki::TestPki;
-pub use procinfo::{process_tree, tree_usage, ProcessUsage};
+pub use procinfo::{process_tree, tree_context_switches, tree_cpu_ticks, tree_usage, ProcessUsage};
 pub use rabbit::{
     system_broker_url, system_queue_messages, system_rabbitmqctl, QueueMessages, RabbitNode,
 };

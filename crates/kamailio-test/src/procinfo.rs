@@ -39,7 +39,46 @@ pub fn tree_usage(pid: u32) -> Vec<ProcessUsage> {
         .collect()
 }
 
-/// The kB value of `field` (e.g. `Pss:`) in smaps_rollup text.
+/// CPU time (user + system, in clock ticks of 10 ms) of `pid` and its
+/// descendants, all their threads included.
+pub fn tree_cpu_ticks(pid: u32) -> u64 {
+    process_tree(pid)
+        .into_iter()
+        .filter_map(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // The fields after the command name, which is in parentheses.
+            let rest = stat.rsplit_once(") ")?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let user: u64 = fields.get(11)?.parse().ok()?;
+            let system: u64 = fields.get(12)?.parse().ok()?;
+            Some(user + system)
+        })
+        .sum()
+}
+
+/// Context switches (voluntary and involuntary) of `pid` and its
+/// descendants, every thread of each.
+pub fn tree_context_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    for pid in process_tree(pid) {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+                continue;
+            };
+            total += ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"]
+                .iter()
+                .filter_map(|field| rollup_field(&status, field))
+                .sum::<u64>();
+        }
+    }
+    total
+}
+
+/// The number after `field` (e.g. `Pss:`) in a `/proc` text
+/// (`smaps_rollup`, `status`).
 fn rollup_field(text: &str, field: &str) -> Option<u64> {
     text.lines()
         .find_map(|line| line.strip_prefix(field))
@@ -59,6 +98,17 @@ mod tests {
                     Pss_Anon:            100 kB\n";
         assert_eq!(rollup_field(text, "Pss:"), Some(1234));
         assert_eq!(rollup_field(text, "Swap:"), None);
+    }
+
+    #[test]
+    fn own_process_uses_cpu_and_switches_context() {
+        let busy = std::time::Instant::now();
+        while busy.elapsed() < std::time::Duration::from_millis(30) {
+            std::hint::black_box(0u64);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(tree_cpu_ticks(std::process::id()) > 0);
+        assert!(tree_context_switches(std::process::id()) > 0);
     }
 
     #[test]

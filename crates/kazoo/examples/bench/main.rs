@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo build --release -p kazoo
-//! cargo run --release -p kazoo --example bench [-- --requests 400 --ops 200]
+//! cargo run --release -p kazoo --example bench [-- --requests 400 --ops 200 --load 10]
 //! ```
 //!
 //! For each module, Kamailio is started with a configuration whose request
@@ -24,12 +24,21 @@
 //! publish until the queue is empty, less the same span of idle CPU, is
 //! divided by N; each event runs a route reading one field of `$kzE`.
 //! `--consume-only` skips the script operations.
+//!
+//! Under load (`--load SECONDS`, default 10, 0 to skip; `--load-only` runs
+//! just this; `--clients N`, default 32; `--paths publish,query,...`): each
+//! path with one operation per SIP request from concurrent clients, rate,
+//! failures, latency, CPU and context switches per request, PSS (see
+//! `load.rs`).
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kamailio_test::{
-    system_broker_url, system_queue_messages, unique_name, AmqpProbe, Kamailio, SipClient,
+    system_broker_url, system_queue_messages, tree_cpu_ticks, unique_name, AmqpProbe, Kamailio,
+    SipClient,
 };
+
+mod load;
 
 const C_MODULE: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/kazoo.so";
 
@@ -56,12 +65,12 @@ const OPERATIONS: &[(&str, &str)] = &[
 ];
 
 /// What both configurations start with: the module on the local RabbitMQ.
-fn global_part(module: &str) -> String {
+fn global_part(module: &str, children: u32) -> String {
     format!(
         r#"#!KAMAILIO
 debug=1
 log_stderror=yes
-children=2
+children={children}
 disable_tcp=yes
 listen=udp:127.0.0.1:{{{{PORT}}}}
 mpath="{{{{MPATH}}}}"
@@ -94,37 +103,9 @@ request_route {{
     sl_send_reply("200", "OK");
 }}
 "#,
-        global = global_part(module),
+        global = global_part(module, 2),
         payload = PAYLOAD.replace('"', "\\\""),
     )
-}
-
-/// CPU time (user + system, in clock ticks) of `pid` and its children.
-fn cpu_ticks(pid: u32) -> u64 {
-    let mut total = 0;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    for entry in entries.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command name, which is in parentheses.
-        let Some(rest) = stat.rsplit_once(") ").map(|(_, rest)| rest) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let (Some(ppid), Some(utime), Some(stime)) =
-            (fields.get(1), fields.get(11), fields.get(12))
-        else {
-            continue;
-        };
-        let this: u32 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
-        if this == pid || ppid.parse::<u32>() == Ok(pid) {
-            total += utime.parse::<u64>().unwrap_or(0) + stime.parse::<u64>().unwrap_or(0);
-        }
-    }
-    total
 }
 
 /// Kamailio CPU microseconds for `requests` requests of `ops` operations.
@@ -134,7 +115,7 @@ fn measure(module: &str, statement: &str, requests: u32, ops: u32) -> Result<f64
     // Let broker connections settle before measuring.
     std::thread::sleep(Duration::from_secs(2));
     let ops_text = ops.to_string();
-    let before = cpu_ticks(kamailio.pid());
+    let before = tree_cpu_ticks(kamailio.pid());
     let started = Instant::now();
     for _ in 0..requests {
         let reply = client
@@ -152,7 +133,7 @@ fn measure(module: &str, statement: &str, requests: u32, ops: u32) -> Result<f64
         }
     }
     let wall = started.elapsed();
-    let ticks = cpu_ticks(kamailio.pid()) - before;
+    let ticks = tree_cpu_ticks(kamailio.pid()) - before;
     // Clock ticks are 1/100 s on Linux x86_64 (sysconf(_SC_CLK_TCK)).
     let micros = ticks as f64 * 10_000.0;
     eprintln!("  {module}: {ticks} ticks over {wall:.2?} for {requests}x{ops} ({statement})");
@@ -175,7 +156,7 @@ request_route {{
     sl_send_reply("200", "OK");
 }}
 "#,
-        global = global_part(module),
+        global = global_part(module, 2),
         no_ack = u8::from(no_ack),
     )
 }
@@ -203,7 +184,7 @@ fn measure_consume(module: &str, no_ack: bool, messages: u32) -> Result<(f64, f6
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_secs(1));
-    let before = cpu_ticks(kamailio.pid());
+    let before = tree_cpu_ticks(kamailio.pid());
     let started = Instant::now();
     for seq in 0..messages {
         let body = format!(
@@ -225,11 +206,11 @@ fn measure_consume(module: &str, no_ack: bool, messages: u32) -> Result<(f64, f6
         std::thread::sleep(Duration::from_millis(100));
     }
     let wall = started.elapsed();
-    let busy = cpu_ticks(kamailio.pid()) - before;
+    let busy = tree_cpu_ticks(kamailio.pid()) - before;
     // The same span idle: what Kamailio spends without traffic.
-    let idle_from = cpu_ticks(kamailio.pid());
+    let idle_from = tree_cpu_ticks(kamailio.pid());
     std::thread::sleep(wall);
-    let idle = cpu_ticks(kamailio.pid()) - idle_from;
+    let idle = tree_cpu_ticks(kamailio.pid()) - idle_from;
     drop(kamailio);
     probe.delete_exchange(&exchange);
     probe.delete_queue(&queue);
@@ -252,6 +233,53 @@ fn arg(name: &str, default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// The load part (see `load`): every path, this module (with and without
+/// `amqp_direct`) and the C module in turn.
+fn load_table(modules: &[(&str, String)]) {
+    let seconds = arg("--load", 10);
+    if seconds == 0 {
+        return;
+    }
+    let clients = arg("--clients", 32);
+    let mut variants: Vec<(String, String)> = Vec::new();
+    for (name, module) in modules {
+        let global = global_part(module, 4);
+        if *name == "rust" {
+            variants.push((name.to_string(), global.clone()));
+            variants.push((
+                format!("{name}, amqp_direct 0"),
+                format!("{global}\nmodparam(\"kazoo\", \"amqp_direct\", 0)"),
+            ));
+        } else {
+            variants.push((name.to_string(), global));
+        }
+    }
+    println!();
+    println!("{}", load::HEADER);
+    // `--paths publish,query`: only these (nothing, publish, query, async).
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--paths").nth(1);
+    for path in load::Path::ALL {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|p| p == path.user()))
+        {
+            continue;
+        }
+        for (name, global) in &variants {
+            if *name == "rust, amqp_direct 0" && path != load::Path::Publish {
+                // The same code as "rust" for every other path.
+                continue;
+            }
+            eprintln!("load: {}, {name}", path.name());
+            let result = load::measure(global, path, clients, Duration::from_secs(seconds.into()));
+            load::print_row(&format!("{}, {name}", path.name()), &result);
+        }
+    }
+    println!(
+        "\n{clients} SIP clients, each sending its next request when the last is answered, {seconds} s per row (after 1 s of warm-up); children=4; a 300-byte payload; CPU and context switches of every Kamailio process and thread, per request."
+    );
+}
+
 fn main() {
     let requests = arg("--requests", 400);
     let ops = arg("--ops", 200);
@@ -266,6 +294,10 @@ fn main() {
         modules.push(("C", C_MODULE.to_string()));
     } else {
         eprintln!("no C module at {C_MODULE} (Debian package kamailio-kazoo-modules): Rust only");
+    }
+    if std::env::args().any(|a| a == "--load-only") {
+        load_table(&modules);
+        return;
     }
     let total_ops = f64::from(requests) * f64::from(ops);
     let consume_only = std::env::args().any(|a| a == "--consume-only");
@@ -317,6 +349,8 @@ fn main() {
     println!(
         "\n{requests} requests x {ops} operations; baseline subtracted; CPU of all Kamailio processes."
     );
+
+    load_table(&modules);
 
     let messages = arg("--consume", 20_000);
     if messages == 0 {

@@ -1,0 +1,237 @@
+//! The benchmark's load part (`--load SECONDS`): each path under steady SIP
+//! load, one operation per SIP request, from `--clients N` concurrent
+//! clients that each send their next request as soon as the previous one is
+//! answered; this module and the C module in turn on the same
+//! configuration (this module also with `amqp_direct 0`, its previous
+//! publish path).
+//!
+//! Per path and module it prints the rate of requests whose operation
+//! succeeded, the failures, the SIP round-trip latency (p50 / p99), the
+//! Kamailio CPU and context switches (every process and thread) per
+//! request, and the PSS of every Kamailio process before and after. Query
+//! paths are answered by a responder on the benchmark's own broker
+//! connection; publishes go to a routing key no queue is bound to.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use kamailio_test::{
+    msg_id_of, system_broker_url, tree_context_switches, tree_cpu_ticks, tree_usage, unique_name,
+    AmqpProbe, Kamailio, SipClient,
+};
+
+/// A Kazoo-style payload of about 300 bytes.
+const PAYLOAD: &str = "{'Event-Category':'directory','Event-Name':'reg_success','Call-ID':'a84b4c76e66710@pc33.example.com','Realm':'example.com','Username':'alice','From-User':'alice','From-Host':'example.com','To-User':'alice','To-Host':'example.com','User-Agent':'Kamailio benchmark client 1.0','Contact':'<sip:alice@192.0.2.10:5060>'}";
+
+/// SIP requests wait this long for their reply.
+const SIP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The script operations measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// The SIP request and its reply alone: what every other path includes.
+    Nothing,
+    Publish,
+    Query,
+    AsyncQuery,
+}
+
+impl Path {
+    pub(crate) const ALL: [Path; 4] = [Path::Nothing, Path::Publish, Path::Query, Path::AsyncQuery];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Path::Nothing => "SIP only (no operation)",
+            Path::Publish => "kazoo_publish",
+            Path::Query => "kazoo_query",
+            Path::AsyncQuery => "kazoo_async_query",
+        }
+    }
+
+    /// The request URI's user the route dispatches on.
+    pub(crate) fn user(self) -> &'static str {
+        match self {
+            Path::Nothing => "nothing",
+            Path::Publish => "publish",
+            Path::Query => "query",
+            Path::AsyncQuery => "async",
+        }
+    }
+}
+
+/// One path measured on one module.
+#[derive(Debug)]
+pub(crate) struct LoadResult {
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) rate: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) cpu_us: f64,
+    pub(crate) switches: f64,
+    pub(crate) pss_kb: (u64, u64),
+    /// Kamailio stopped during the run.
+    pub(crate) died: bool,
+}
+
+fn config(global: &str, run: &str) -> String {
+    format!(
+        r#"{global}
+loadmodule "textops.so"
+# Finished transactions leave shared memory after 0.5 s instead of 5 s:
+# thousands per second would fill the default 64 MB otherwise.
+modparam("tm", "wt_timer", 500)
+onreply_route[KZ_OK] {{
+    t_reply("200", "OK");
+}}
+failure_route[KZ_ERR] {{
+    t_reply("503", "No reply");
+}}
+request_route {{
+    if (is_method("OPTIONS")) {{ sl_send_reply("200", "OK"); exit; }}
+    $var(p) = "{payload}";
+    if ($rU == "publish") {{
+        kazoo_publish("amq.topic", "bench.load.nobody", "$var(p)");
+        $var(rc) = $rc;
+    }} else if ($rU == "query") {{
+        kazoo_query("amq.topic", "benchq.{run}.query", "$var(p)");
+        $var(rc) = $rc;
+    }} else if ($rU == "async") {{
+        kazoo_async_query("amq.topic", "benchq.{run}.async", "$var(p)", "KZ_OK", "KZ_ERR");
+        sl_send_reply("500", "Not suspended");
+        exit;
+    }} else {{
+        $var(rc) = 1;
+    }}
+    if ($var(rc) == 1) {{
+        sl_send_reply("200", "OK");
+    }} else {{
+        sl_send_reply("500", "Failed");
+    }}
+}}
+"#,
+        payload = PAYLOAD.replace('"', "\\\""),
+    )
+}
+
+/// What one client thread saw: latencies of successful requests, failures.
+fn client(port: u16, path: Path, running: &AtomicBool) -> (Vec<Duration>, u64) {
+    let Ok(client) = SipClient::new() else {
+        return (Vec::new(), 0);
+    };
+    let mut took = Vec::new();
+    let mut failed = 0;
+    while running.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        match client.send_request(port, "MESSAGE", path.user(), &[], b"", SIP_TIMEOUT) {
+            Ok(reply) if reply.code == 200 => took.push(started.elapsed()),
+            _ => failed += 1,
+        }
+    }
+    (took, failed)
+}
+
+/// Runs `clients` clients for `span`; their latencies and failures.
+fn drive(port: u16, path: Path, clients: u32, span: Duration) -> (Vec<Duration>, u64) {
+    let running = Arc::new(AtomicBool::new(true));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let running = running.clone();
+            thread::spawn(move || client(port, path, &running))
+        })
+        .collect();
+    thread::sleep(span);
+    running.store(false, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut failed = 0;
+    for thread in threads {
+        if let Ok((took, f)) = thread.join() {
+            all.extend(took);
+            failed += f;
+        }
+    }
+    (all, failed)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let at = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[at].as_secs_f64() * 1000.0
+}
+
+fn pss(pid: u32) -> u64 {
+    tree_usage(pid).iter().map(|u| u.pss_kb).sum()
+}
+
+/// Measures `path` on a Kamailio started from `global` (the module and its
+/// parameters).
+pub(crate) fn measure(
+    global: &str,
+    path: Path,
+    clients: u32,
+    span: Duration,
+) -> Result<LoadResult, String> {
+    let run = unique_name("load").replace('-', "");
+    let probe = AmqpProbe::connect(&system_broker_url()).map_err(|e| e.to_string())?;
+    let _responder = probe
+        .responder("amq.topic", &format!("benchq.{run}.#"), |request| {
+            let reply = format!("{{\"Msg-ID\":\"{}\",\"Answer\":true}}", msg_id_of(request));
+            vec![(Duration::ZERO, reply.into_bytes())]
+        })
+        .map_err(|e| e.to_string())?;
+    let kamailio = Kamailio::start(&config(global, &run)).map_err(|e| e.to_string())?;
+    // Connections settle, then a short warm-up (direct links open, caches).
+    thread::sleep(Duration::from_secs(2));
+    drive(kamailio.port(), path, clients, Duration::from_secs(1));
+    let pss_before = pss(kamailio.pid());
+    let cpu_before = tree_cpu_ticks(kamailio.pid());
+    let switches_before = tree_context_switches(kamailio.pid());
+    let started = Instant::now();
+    let (mut took, failed) = drive(kamailio.port(), path, clients, span);
+    let wall = started.elapsed();
+    let cpu = tree_cpu_ticks(kamailio.pid()).saturating_sub(cpu_before);
+    let switches = tree_context_switches(kamailio.pid()).saturating_sub(switches_before);
+    let died = !kamailio.is_running();
+
+    let pss_after = pss(kamailio.pid());
+    took.sort();
+    let ok = took.len() as u64;
+    let requests = (ok + failed).max(1) as f64;
+    Ok(LoadResult {
+        ok,
+        failed,
+        rate: ok as f64 / wall.as_secs_f64(),
+        p50_ms: percentile(&took, 0.50),
+        p99_ms: percentile(&took, 0.99),
+        // Clock ticks are 10 ms.
+        cpu_us: cpu as f64 * 10_000.0 / requests,
+        switches: switches as f64 / requests,
+        pss_kb: (pss_before, pss_after),
+        died,
+    })
+}
+
+/// Prints one row.
+pub(crate) fn print_row(label: &str, result: &Result<LoadResult, String>) {
+    match result {
+        Ok(r) => println!(
+            "| {label} | {:.0} | {} ({:.1} %) | {:.2} / {:.2} | {:.1} | {:.1} | {} → {} |{}",
+            r.rate,
+            r.failed,
+            100.0 * r.failed as f64 / (r.ok + r.failed).max(1) as f64,
+            r.p50_ms,
+            r.p99_ms,
+            r.cpu_us,
+            r.switches,
+            r.pss_kb.0,
+            r.pss_kb.1,
+            if r.died { " Kamailio died |" } else { " |" }
+        ),
+        Err(e) => println!("| {label} | failed: {e} | | | | | | |"),
+    }
+}
+
+pub(crate) const HEADER: &str = "| path, module | ok/s | failed | p50 / p99 ms | CPU µs/request | context switches/request | PSS kB before → after | note |\n|---|---|---|---|---|---|---|---|";

@@ -84,6 +84,14 @@ pub fn fork(kind: ProcessKind, description: &str, body: impl FnOnce()) -> Result
     }
 }
 
+/// This process's index in Kamailio's process table (`process_no`): 0 in
+/// the main process, unique among the running processes.
+pub fn number() -> u32 {
+    // SAFETY: `process_no` is set by the core before any module code runs in a process and not changed afterwards; read on the host thread.
+    let number = unsafe { sys::process_no };
+    number.max(0) as u32
+}
+
 /// Points this process's configuration handles at the current global
 /// configuration, so that values changed at run time (`kamcmd cfg.*`) are
 /// seen from here on. Call at the top of every iteration of a module

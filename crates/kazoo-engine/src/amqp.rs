@@ -1,17 +1,21 @@
-//! A sans-I/O AMQP 0-9-1 client connection for publishing: bytes in,
-//! events and bytes out; no socket, no thread, no clock. The frames are
-//! `amq-protocol`'s (the codec lapin uses), so what goes on the wire is what
-//! lapin would send for the same publish.
+//! A sans-I/O AMQP 0-9-1 client connection for publishing and querying:
+//! bytes in, events and bytes out; no socket, no thread, no clock. The
+//! frames are `amq-protocol`'s (the codec lapin uses), so what goes on the
+//! wire is what lapin would send for the same publish.
 //!
-//! It covers what a publisher needs: the handshake (PLAIN login, tune with
-//! heartbeats off, open), channels, confirm mode, `basic.publish`, the
-//! broker's confirms and returns, channel and connection closes (answered
-//! with close-ok), and `connection.blocked` / `unblocked`. The blocking
-//! driver over it is [`crate::direct`].
+//! It covers what a publisher and a query's reply consumer need: the
+//! handshake (PLAIN login, tune with heartbeats off, open), channels,
+//! confirm mode, `basic.publish`, the broker's confirms and returns, an
+//! exchange, a queue and its binding, `basic.consume` without acks and the
+//! deliveries, channel and connection closes (answered with close-ok), and
+//! `connection.blocked` / `unblocked`. The blocking driver over it is
+//! [`crate::direct`].
 use amq_protocol::frame::{
     gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, ProtocolVersion, WriteContext,
 };
-use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass, BasicProperties};
+use amq_protocol::protocol::{
+    basic, channel, confirm, connection, exchange, queue, AMQPClass, BasicProperties,
+};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 /// The largest frame either side may send: the C module's (and lapin's
@@ -68,6 +72,14 @@ pub enum Event {
         reply_text: String,
         body: Vec<u8>,
     },
+    /// `basic.consume-ok`: deliveries follow on the channel.
+    Consuming(u16),
+    /// A message of a consumer (consumed without acks).
+    Delivery {
+        channel: u16,
+        routing_key: String,
+        body: Vec<u8>,
+    },
     /// The broker closed the channel (close-ok is already queued).
     ChannelClosed {
         channel: u16,
@@ -95,13 +107,18 @@ impl std::fmt::Display for ProtocolError {
 
 impl std::error::Error for ProtocolError {}
 
-/// A `basic.return` whose header or body frames are still to come.
-struct Returning {
+/// A `basic.return` or `basic.deliver` whose header or body frames are
+/// still to come.
+struct Content {
     channel: u16,
-    reply_code: u16,
-    reply_text: String,
+    kind: ContentKind,
     size: Option<u64>,
     body: Vec<u8>,
+}
+
+enum ContentKind {
+    Return { reply_code: u16, reply_text: String },
+    Deliver { routing_key: String },
 }
 
 /// One client connection's protocol state.
@@ -110,7 +127,7 @@ pub struct Conn {
     /// Negotiated in `connection.tune`.
     frame_max: u32,
     out: Vec<u8>,
-    returning: Option<Returning>,
+    content: Option<Content>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -129,7 +146,7 @@ impl Conn {
             login,
             frame_max: FRAME_MAX,
             out: Vec::with_capacity(4096),
-            returning: None,
+            content: None,
         };
         conn.send(&AMQPFrame::ProtocolHeader(ProtocolVersion::amqp_0_9_1()));
         conn
@@ -200,23 +217,23 @@ impl Conn {
         match frame {
             AMQPFrame::Method(channel, class) => self.on_method(channel, class, events),
             AMQPFrame::Header(channel, header) => {
-                match &mut self.returning {
+                match &mut self.content {
                     Some(r) if r.channel == channel && r.size.is_none() => {
                         r.size = Some(header.body_size);
                     }
                     _ => return Err(ProtocolError("a content header out of place".into())),
                 }
-                self.finish_return(events);
+                self.finish_content(events);
                 Ok(())
             }
             AMQPFrame::Body(channel, data) => {
-                match &mut self.returning {
+                match &mut self.content {
                     Some(r) if r.channel == channel && r.size.is_some() => {
                         r.body.extend_from_slice(&data);
                     }
                     _ => return Err(ProtocolError("a content body out of place".into())),
                 }
-                self.finish_return(events);
+                self.finish_content(events);
                 Ok(())
             }
             // Heartbeats are negotiated off; one sent anyway is harmless.
@@ -231,21 +248,47 @@ impl Conn {
         }
     }
 
-    fn finish_return(&mut self, events: &mut Vec<Event>) {
+    fn finish_content(&mut self, events: &mut Vec<Event>) {
         let complete = self
-            .returning
+            .content
             .as_ref()
             .is_some_and(|r| r.size.is_some_and(|size| r.body.len() as u64 >= size));
-        if complete {
-            if let Some(r) = self.returning.take() {
-                events.push(Event::Returned {
-                    channel: r.channel,
-                    reply_code: r.reply_code,
-                    reply_text: r.reply_text,
-                    body: r.body,
-                });
-            }
+        if !complete {
+            return;
         }
+        if let Some(content) = self.content.take() {
+            events.push(match content.kind {
+                ContentKind::Return {
+                    reply_code,
+                    reply_text,
+                } => Event::Returned {
+                    channel: content.channel,
+                    reply_code,
+                    reply_text,
+                    body: content.body,
+                },
+                ContentKind::Deliver { routing_key } => Event::Delivery {
+                    channel: content.channel,
+                    routing_key,
+                    body: content.body,
+                },
+            });
+        }
+    }
+
+    fn start_content(&mut self, channel: u16, kind: ContentKind) -> Result<(), ProtocolError> {
+        if self.content.is_some() {
+            return Err(ProtocolError(
+                "a method with content before the last content ended".into(),
+            ));
+        }
+        self.content = Some(Content {
+            channel,
+            kind,
+            size: None,
+            body: Vec::new(),
+        });
+        Ok(())
     }
 
     fn on_method(
@@ -348,15 +391,27 @@ impl Conn {
                 multiple: nack.multiple,
                 ack: false,
             }),
-            AMQPClass::Basic(basic::AMQPMethod::Return(ret)) => {
-                self.returning = Some(Returning {
-                    channel,
+            AMQPClass::Basic(basic::AMQPMethod::Return(ret)) => self.start_content(
+                channel,
+                ContentKind::Return {
                     reply_code: ret.reply_code,
                     reply_text: ret.reply_text.to_string(),
-                    size: None,
-                    body: Vec::new(),
-                });
+                },
+            )?,
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)) => self.start_content(
+                channel,
+                ContentKind::Deliver {
+                    routing_key: deliver.routing_key.to_string(),
+                },
+            )?,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)) => {
+                events.push(Event::Consuming(channel));
             }
+            // Steps of a reply queue's set-up; its consume-ok says it is done
+            // (a failed step closes the channel instead).
+            AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_))
+            | AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))
+            | AMQPClass::Queue(queue::AMQPMethod::BindOk(_)) => {}
             other => {
                 return Err(ProtocolError(format!(
                     "unexpected method {}.{} on channel {channel}",
@@ -443,6 +498,77 @@ impl Conn {
         for part in body.chunks(chunk) {
             self.send(&AMQPFrame::Body(channel, part.to_vec()));
         }
+    }
+
+    /// Queues `exchange.declare` of a non-durable exchange of `kind`
+    /// (waiting for declare-ok).
+    pub fn exchange_declare(&mut self, channel: u16, name: &ShortString, kind: &str) {
+        self.method(
+            channel,
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+                exchange: name.clone(),
+                kind: kind.into(),
+                passive: false,
+                durable: false,
+                auto_delete: false,
+                internal: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        );
+    }
+
+    /// Queues `queue.declare` of an exclusive, auto-delete queue: it goes
+    /// with the connection.
+    pub fn queue_declare_exclusive(&mut self, channel: u16, name: &ShortString) {
+        self.method(
+            channel,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: name.clone(),
+                passive: false,
+                durable: false,
+                exclusive: true,
+                auto_delete: true,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        );
+    }
+
+    /// Queues `queue.bind`.
+    pub fn queue_bind(
+        &mut self,
+        channel: u16,
+        queue: &ShortString,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+    ) {
+        self.method(
+            channel,
+            AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+                queue: queue.clone(),
+                exchange: exchange.clone(),
+                routing_key: routing_key.clone(),
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        );
+    }
+
+    /// Queues `basic.consume` without acks (waiting for consume-ok).
+    pub fn consume_no_ack(&mut self, channel: u16, queue: &ShortString) {
+        self.method(
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: queue.clone(),
+                consumer_tag: ShortString::default(),
+                no_local: false,
+                no_ack: true,
+                exclusive: true,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        );
     }
 
     /// Queues `connection.close` (normal shutdown).
@@ -703,17 +829,51 @@ mod tests {
     }
 
     #[test]
-    fn an_unexpected_method_is_a_protocol_error() {
+    fn a_delivery_is_assembled_from_its_frames() {
         let mut conn = ready(131_072);
         let mut input = method(
-            1,
+            2,
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: "c".into(),
+            })),
+        );
+        input.extend(method(
+            2,
             AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
                 consumer_tag: "c".into(),
                 delivery_tag: 1,
                 redelivered: false,
-                exchange: "x".into(),
+                exchange: "targeted".into(),
                 routing_key: "rk".into(),
             })),
+        ));
+        input.extend(bytes(&AMQPFrame::Header(
+            2,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: 0,
+                properties: BasicProperties::default(),
+            },
+        )));
+        assert_eq!(
+            feed(&mut conn, &input),
+            [
+                Event::Consuming(2),
+                Event::Delivery {
+                    channel: 2,
+                    routing_key: "rk".into(),
+                    body: Vec::new(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unexpected_method_is_a_protocol_error() {
+        let mut conn = ready(131_072);
+        let mut input = method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
         );
         assert!(conn.receive(&mut input, &mut Vec::new()).is_err());
     }

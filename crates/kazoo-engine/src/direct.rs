@@ -34,9 +34,13 @@ use amq_protocol::types::ShortString;
 use crate::amqp::{Conn, Event, Login, ProtocolError};
 use crate::broker::{self, PublishError, PublishProperties, Published, HANDSHAKE_TIMEOUT};
 use crate::config::{Broker, Scheme};
+use crate::payload::{self, PreparedPublish};
 
-/// The channel publishes go on.
+/// The channel publishes go on, in confirm mode.
 const CHANNEL: u16 = 1;
+/// The channel queries go on (without confirms: the reply is the
+/// confirmation) and their replies come back on.
+const REPLY_CHANNEL: u16 = 2;
 /// What one `read` may take.
 const READ_CHUNK: usize = 16 * 1024;
 /// A write into a full socket buffer (the broker stopped reading) waits at
@@ -57,8 +61,14 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct DirectOptions {
     /// `amqp_primary_zone`.
     pub primary_zone: String,
-    /// `amqp_max_channels`: the Server-ID indexes, round-robin per broker.
+    /// `node_hostname`: in the `Server-ID` and the reply queue's name.
+    pub node_hostname: String,
+    /// `amqp_max_channels`: the Server-ID indexes of publishes, round-robin
+    /// per broker (the AMQP process's reply queues).
     pub reply_queues: u32,
+    /// The index of this process's own reply queue (and `Server-ID`) for
+    /// its queries: one no other process uses, beyond `reply_queues`.
+    pub reply_idx: u32,
     /// `amqp_connect_timeout_*`: the TCP connect (the AMQP login is bounded
     /// by the publish's deadline and [`HANDSHAKE_TIMEOUT`]).
     pub connect_timeout: Duration,
@@ -66,9 +76,21 @@ pub struct DirectOptions {
     pub connection_name: String,
 }
 
+/// What a link waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    Nothing,
+    /// The confirm of this delivery tag on [`CHANNEL`].
+    Confirm(u64),
+    /// A query's reply on [`REPLY_CHANNEL`].
+    Reply,
+}
+
 /// How a single attempt on one link ended.
 enum Attempt {
     Confirmed,
+    /// A query's reply, annotated as consumed messages are.
+    Answered(Vec<u8>),
     Nacked,
     Returned {
         reply_code: u16,
@@ -81,7 +103,7 @@ enum Attempt {
     Lost(String),
     /// The broker blocks publishers now; the publish stays in flight.
     Blocked(String),
-    /// The deadline passed without a confirm.
+    /// The deadline passed without a confirm (or a query's reply).
     Timeout,
 }
 
@@ -101,6 +123,10 @@ struct Link {
     /// deadline: the broker is not answering while it is missing.
     unconfirmed: Option<u64>,
     read_timeout: Option<Duration>,
+    /// This process's reply queue is consumed on [`REPLY_CHANNEL`].
+    replies: bool,
+    /// Replies read that no query waits for (routing key, body as sent).
+    late: Vec<(String, Vec<u8>)>,
 }
 
 fn io_text(e: &io::Error) -> String {
@@ -162,36 +188,60 @@ impl Link {
             blocked: None,
             unconfirmed: None,
             read_timeout: None,
+            replies: false,
+            late: Vec::new(),
         };
         let deadline = deadline.min(now + HANDSHAKE_TIMEOUT);
         link.flush().map_err(|e| io_text(&e))?;
-        link.until(deadline, |e| matches!(e, Event::Ready))?;
+        link.until(deadline, 0, |e| matches!(e, Event::Ready))?;
         link.conn.open_channel(CHANNEL);
         link.conn.confirm_select(CHANNEL);
         link.flush().map_err(|e| io_text(&e))?;
-        link.until(deadline, |e| matches!(e, Event::ConfirmSelected(CHANNEL)))?;
+        link.until(deadline, CHANNEL, |e| {
+            matches!(e, Event::ConfirmSelected(CHANNEL))
+        })?;
         link.confirming = true;
         Ok(link)
     }
 
-    /// Reads until an event `wanted` says so (during the login).
-    fn until(&mut self, deadline: Instant, wanted: fn(&Event) -> bool) -> Result<(), String> {
+    /// Reads until an event `wanted` says so (the login, a channel's
+    /// set-up); a close of the connection or of `channel` ends it.
+    fn until(
+        &mut self,
+        deadline: Instant,
+        channel: u16,
+        wanted: fn(&Event) -> bool,
+    ) -> Result<(), String> {
         loop {
-            for event in self.events.drain(..) {
+            for event in std::mem::take(&mut self.events) {
                 match event {
                     event if wanted(&event) => return Ok(()),
                     Event::ConnectionClosed { code, text } => {
                         return Err(format!("the broker closed the connection: {code} {text}"))
                     }
-                    Event::ChannelClosed { code, text, .. } => {
-                        return Err(format!("the broker closed the channel: {code} {text}"))
+                    Event::ChannelClosed {
+                        channel: closed,
+                        code,
+                        text,
+                    } if closed == channel => {
+                        self.note(
+                            Event::ChannelClosed {
+                                channel,
+                                code,
+                                text: text.clone(),
+                            },
+                            Waiting::Nothing,
+                        );
+                        return Err(format!("the broker closed the channel: {code} {text}"));
                     }
-                    _ => {}
+                    other => {
+                        self.note(other, Waiting::Nothing);
+                    }
                 }
             }
             match self.read(deadline) {
                 Ok(true) => {}
-                Ok(false) => return Err("the broker did not answer the login in time".into()),
+                Ok(false) => return Err("the broker did not answer in time".into()),
                 Err(e) => return Err(e),
             }
         }
@@ -270,7 +320,7 @@ impl Link {
         result?;
         let mut lost = None;
         for event in std::mem::take(&mut self.events) {
-            if let Some(Attempt::Lost(reason)) = self.note(event, 0) {
+            if let Some(Attempt::Lost(reason)) = self.note(event, Waiting::Nothing) {
                 lost = Some(reason);
             }
         }
@@ -291,8 +341,12 @@ impl Link {
     }
 
     /// Updates the link's state from an event; what it means for the
-    /// publish with delivery tag `tag` (0: none in flight).
-    fn note(&mut self, event: Event, tag: u64) -> Option<Attempt> {
+    /// operation `waiting`.
+    fn note(&mut self, event: Event, waiting: Waiting) -> Option<Attempt> {
+        let tag = match waiting {
+            Waiting::Confirm(tag) => tag,
+            Waiting::Nothing | Waiting::Reply => 0,
+        };
         match event {
             Event::Confirm {
                 channel: CHANNEL,
@@ -320,11 +374,30 @@ impl Link {
                 reply_text,
                 body,
             }),
-            Event::ChannelClosed { code, text, .. } => {
-                // Confirms still owed on the channel will never come.
-                self.confirming = false;
-                self.unconfirmed = None;
-                Some(Attempt::Refused(format!("{code} {text}")))
+            Event::Delivery {
+                channel: REPLY_CHANNEL,
+                routing_key,
+                body,
+            } => {
+                // A reply read while waiting for something else: late.
+                self.late.push((routing_key, body));
+                None
+            }
+            Event::ChannelClosed {
+                channel,
+                code,
+                text,
+            } => {
+                let ours = if channel == CHANNEL {
+                    // Confirms still owed on the channel will never come.
+                    self.confirming = false;
+                    self.unconfirmed = None;
+                    tag != 0
+                } else {
+                    self.replies = false;
+                    waiting == Waiting::Reply
+                };
+                ours.then(|| Attempt::Refused(format!("{code} {text}")))
             }
             Event::ConnectionClosed { code, text } => Some(Attempt::Lost(format!(
                 "the broker closed the connection: {code} {text}"
@@ -368,7 +441,7 @@ impl Link {
         let mut returned = None;
         loop {
             for event in std::mem::take(&mut self.events) {
-                match self.note(event, tag) {
+                match self.note(event, Waiting::Confirm(tag)) {
                     Some(Attempt::Returned {
                         reply_code,
                         reply_text,
@@ -398,6 +471,107 @@ impl Link {
                     self.unconfirmed = Some(tag);
                     return Attempt::Timeout;
                 }
+                Err(reason) => return Attempt::Lost(reason),
+            }
+        }
+    }
+}
+
+/// What identifies a query's reply, and how to annotate it.
+struct Reply<'a> {
+    msg_id: &'a str,
+    zone: &'a str,
+    broker_id: u32,
+}
+
+impl Link {
+    /// Declares this process's reply queue (exclusive: it goes with the
+    /// link), binds it to `targeted` with `server_id` and consumes it
+    /// without acks on [`REPLY_CHANNEL`], once per link.
+    fn consume_replies(
+        &mut self,
+        queue: &str,
+        server_id: &str,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        if self.replies {
+            return Ok(());
+        }
+        let short = |text: &str| {
+            ShortString::try_new(text).map_err(|_| format!("{text} is longer than 255 bytes"))
+        };
+        let (queue, key) = (short(queue)?, short(server_id)?);
+        let targeted: ShortString = payload::TARGETED_EXCHANGE.into();
+        self.conn.open_channel(REPLY_CHANNEL);
+        self.conn
+            .exchange_declare(REPLY_CHANNEL, &targeted, "direct");
+        self.conn.queue_declare_exclusive(REPLY_CHANNEL, &queue);
+        self.conn.queue_bind(REPLY_CHANNEL, &queue, &targeted, &key);
+        self.conn.consume_no_ack(REPLY_CHANNEL, &queue);
+        self.flush().map_err(|e| io_text(&e))?;
+        self.until(deadline, REPLY_CHANNEL, |e| {
+            matches!(e, Event::Consuming(REPLY_CHANNEL))
+        })?;
+        self.replies = true;
+        Ok(())
+    }
+
+    /// Publishes a query on [`REPLY_CHANNEL`] and reads until its reply,
+    /// at most until `deadline`.
+    fn query(
+        &mut self,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        properties: &amq_protocol::protocol::BasicProperties,
+        body: &[u8],
+        reply: Reply<'_>,
+        deadline: Instant,
+    ) -> Attempt {
+        self.conn.publish(
+            REPLY_CHANNEL,
+            exchange,
+            routing_key,
+            false,
+            properties,
+            body,
+        );
+        if let Err(e) = self.flush() {
+            return Attempt::Lost(io_text(&e));
+        }
+        loop {
+            let mut ended = None;
+            for event in std::mem::take(&mut self.events) {
+                let Event::Delivery {
+                    channel: REPLY_CHANNEL,
+                    routing_key,
+                    body,
+                } = event
+                else {
+                    if let Some(attempt) = self.note(event, Waiting::Reply) {
+                        ended.get_or_insert(attempt);
+                    }
+                    continue;
+                };
+                match payload::annotate_consumed(&body, reply.zone, unix_now(), reply.broker_id) {
+                    Ok(annotated)
+                        if ended.is_none() && annotated.msg_id.as_deref() == Some(reply.msg_id) =>
+                    {
+                        ended = Some(Attempt::Answered(annotated.body));
+                    }
+                    // Annotated again when taken.
+                    Ok(_) => self.late.push((routing_key, body)),
+                    Err(e) => log::error!(
+                        "dropping a reply from broker {} (routing key {routing_key}): {e}",
+                        reply.broker_id
+                    ),
+                }
+            }
+            if let Some(attempt) = ended {
+                return attempt;
+            }
+            match self.read(deadline) {
+                Ok(true) => {}
+                Ok(false) => return Attempt::Timeout,
                 Err(reason) => return Attempt::Lost(reason),
             }
         }
@@ -526,12 +700,12 @@ impl DirectPublisher {
         }
     }
 
-    /// Whether a publish to `target` with `how` can go here: every
+    /// Whether a publish or query to `target` with `how` can go here: every
     /// candidate broker is plain `amqp://`, and it is not `mandatory` (a
     /// returned message goes to the event routes, which the AMQP process
     /// runs).
     pub fn covers(&self, target: Option<u32>, how: &PublishProperties<'_>) -> bool {
-        if how.mandatory || how.needs_replies {
+        if how.mandatory {
             return false;
         }
         match self.candidates(target) {
@@ -554,12 +728,102 @@ impl DirectPublisher {
         body_for: impl Fn(u32, u32) -> Vec<u8>,
         deadline: Instant,
     ) -> Result<Published, PublishError> {
-        let exchange = ShortString::try_new(exchange)
-            .map_err(|_| PublishError::Invalid("exchange name longer than 255 bytes".into()))?;
-        let routing_key = ShortString::try_new(routing_key)
-            .map_err(|_| PublishError::Invalid("routing key longer than 255 bytes".into()))?;
+        let (exchange, routing_key) = names(exchange, routing_key)?;
         let properties = broker::properties(how.headers)?;
         let candidates = self.candidates(target)?;
+        let reply_queues = self.options.reply_queues.max(1);
+        let mut idx = 0;
+        let (broker_id, _) = self.attempt(&candidates, deadline, |t| {
+            idx = t.next_idx % reply_queues;
+            t.next_idx = t.next_idx.wrapping_add(1);
+            let body = body_for(t.broker.id, idx);
+            match t.link.as_mut() {
+                Some(link) => link.publish(&exchange, &routing_key, &properties, &body, deadline),
+                None => Attempt::Lost("no link".into()),
+            }
+        })?;
+        Ok(Published { broker_id, idx })
+    }
+
+    /// A synchronous query on the primary-zone brokers in order: published
+    /// with this process's own reply queue's `Server-ID`; the reply whose
+    /// `Msg-ID` is the payload's, annotated as consumed messages are, or
+    /// [`PublishError::Timeout`]. Replies to other queries that arrive
+    /// meanwhile are kept for [`DirectPublisher::take_late_replies`].
+    pub fn query(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        headers: &[(Vec<u8>, Vec<u8>)],
+        payload: &PreparedPublish,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, PublishError> {
+        let (exchange, routing_key) = names(exchange, routing_key)?;
+        let properties = broker::properties(headers)?;
+        let candidates = self.candidates(None)?;
+        let options = self.options.clone();
+        let (_, answer) = self.attempt(&candidates, deadline, |t| {
+            let node = &options.node_hostname;
+            let queue = payload::reply_queue(node, t.broker.id, options.reply_idx);
+            let server_id = payload::server_id(node, t.broker.id, options.reply_idx);
+            let (id, zone) = (t.broker.id, t.broker.zone.clone());
+            let Some(link) = t.link.as_mut() else {
+                return Attempt::Lost("no link".into());
+            };
+            if let Err(reason) = link.consume_replies(&queue, &server_id, deadline) {
+                return Attempt::Refused(reason);
+            }
+            let body = payload.body(&server_id);
+            link.query(
+                &exchange,
+                &routing_key,
+                &properties,
+                &body,
+                Reply {
+                    msg_id: payload.msg_id(),
+                    zone: &zone,
+                    broker_id: id,
+                },
+                deadline,
+            )
+        })?;
+        match answer {
+            Attempt::Answered(reply) => Ok(reply),
+            _ => Err(PublishError::Timeout),
+        }
+    }
+
+    /// Replies read that no query waited for (late, duplicate, unknown
+    /// `Msg-ID`), annotated, with their routing key: the C module runs them
+    /// through the event routes.
+    pub fn take_late_replies(&mut self) -> Vec<(String, Vec<u8>)> {
+        let mut late = Vec::new();
+        for t in &mut self.targets {
+            let Some(link) = t.link.as_mut() else {
+                continue;
+            };
+            for (routing_key, body) in link.late.drain(..) {
+                match payload::annotate_consumed(&body, &t.broker.zone, unix_now(), t.broker.id) {
+                    Ok(annotated) => late.push((routing_key, annotated.body)),
+                    Err(e) => log::error!(
+                        "dropping a reply from broker {} (routing key {routing_key}): {e}",
+                        t.broker.id
+                    ),
+                }
+            }
+        }
+        late
+    }
+
+    /// Runs `operation` on the candidates' links, in order, with the
+    /// failover rules of the module documentation; the broker and the
+    /// attempt that succeeded (confirmed or answered).
+    fn attempt(
+        &mut self,
+        candidates: &[usize],
+        deadline: Instant,
+        mut operation: impl FnMut(&mut Target) -> Attempt,
+    ) -> Result<(u32, Attempt), PublishError> {
         let mut tried: Vec<Tried> = candidates.iter().map(|_| Tried::default()).collect();
         let mut last_error = PublishError::NoBrokerConnected;
         loop {
@@ -575,11 +839,7 @@ impl DirectPublisher {
                 let broker_id = t.broker.id;
                 if t.link.is_none() {
                     let waiting = t.retry_at.is_some_and(|at| Instant::now() < at);
-                    if waiting {
-                        state.done = true;
-                        continue;
-                    }
-                    if t.connect(options, deadline).is_err() {
+                    if waiting || t.connect(options, deadline).is_err() {
                         // Logged by `connect`; counted as no broker connected.
                         state.done = true;
                         continue;
@@ -600,11 +860,10 @@ impl DirectPublisher {
                     unavailable = Some((broker_id, why));
                     continue;
                 }
-                let idx = t.next_idx % self.options.reply_queues.max(1);
-                t.next_idx = t.next_idx.wrapping_add(1);
-                let body = body_for(broker_id, idx);
-                match link.publish(&exchange, &routing_key, &properties, &body, deadline) {
-                    Attempt::Confirmed => return Ok(Published { broker_id, idx }),
+                match operation(t) {
+                    attempt @ (Attempt::Confirmed | Attempt::Answered(_)) => {
+                        return Ok((broker_id, attempt))
+                    }
                     Attempt::Returned {
                         reply_code,
                         reply_text,
@@ -619,16 +878,12 @@ impl DirectPublisher {
                     }
                     Attempt::Timeout => return Err(PublishError::Timeout),
                     Attempt::Nacked => {
-                        log::warn!(
-                            "broker {broker_id}: publish to {exchange}/{routing_key} nacked"
-                        );
+                        log::warn!("broker {broker_id}: a direct publish was nacked");
                         state.done = true;
                         last_error = PublishError::Nacked { broker_id };
                     }
                     Attempt::Refused(reason) => {
-                        log::warn!(
-                            "broker {broker_id}: publish to {exchange}/{routing_key} refused: {reason}"
-                        );
+                        log::warn!("broker {broker_id}: a direct publish was refused: {reason}");
                         state.done = true;
                         last_error = PublishError::Closed(reason);
                     }
@@ -643,8 +898,8 @@ impl DirectPublisher {
                     }
                     Attempt::Lost(reason) => {
                         t.down(&reason);
-                        // The first loss in a publish may be a link that died
-                        // while idle: connect once more; a second ends it.
+                        // The first loss in an operation may be a link that
+                        // died while idle: connect once more; a second ends it.
                         state.done = state.lost;
                         state.lost = true;
                         again = !state.done;
@@ -664,4 +919,19 @@ impl DirectPublisher {
             });
         }
     }
+}
+
+/// The exchange and routing key as AMQP short strings.
+fn names(exchange: &str, routing_key: &str) -> Result<(ShortString, ShortString), PublishError> {
+    let exchange = ShortString::try_new(exchange)
+        .map_err(|_| PublishError::Invalid("exchange name longer than 255 bytes".into()))?;
+    let routing_key = ShortString::try_new(routing_key)
+        .map_err(|_| PublishError::Invalid("routing key longer than 255 bytes".into()))?;
+    Ok((exchange, routing_key))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

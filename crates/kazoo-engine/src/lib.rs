@@ -6,6 +6,7 @@
 //! - [`encode`]: the routing-key encoder behind `kazoo_encode` and `{kz.encode}`.
 //! - [`config`]: broker URLs (`amqp_connection`), zones and the validation of the
 //!   module's parameters.
+//! - [`counters`]: the publish and query totals every process adds to.
 //! - [`payload`]: the wire rules for payloads: fields added on publish, the
 //!   annotation of consumed messages, headers, `consumer://` targets.
 //! - [`presence`]: the presentity rows and bodies (PIDF, MWI, dialog-info)
@@ -26,6 +27,7 @@
 pub mod amqp;
 pub mod broker;
 pub mod config;
+pub mod counters;
 pub mod direct;
 pub mod encode;
 pub mod ipc;

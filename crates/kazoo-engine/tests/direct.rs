@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
 use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass};
 use broker_support::*;
-use kamailio_test::{system_broker_url, system_rabbitmqctl, unique_name};
+use kamailio_test::{msg_id_of, system_broker_url, system_rabbitmqctl, unique_name, AmqpProbe};
 use kazoo_engine::broker::{PublishError, PublishProperties};
 use kazoo_engine::direct::{DirectOptions, DirectPublisher};
+use kazoo_engine::payload::{self, CommonFields};
 use lapin::options::{BasicGetOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, ExchangeKind};
@@ -26,7 +27,9 @@ fn body(id: u32, idx: u32) -> Vec<u8> {
 fn direct_options(name: &str) -> DirectOptions {
     DirectOptions {
         primary_zone: "local".into(),
+        node_hostname: name.into(),
         reply_queues: 3,
+        reply_idx: 7,
         connect_timeout: Duration::from_millis(500),
         connection_name: name.into(),
     }
@@ -222,6 +225,105 @@ async fn a_refused_publish_fails_with_the_reason_and_a_lost_link_reconnects_with
     assert!(get(&raw, &queue).await.is_none(), "exactly three arrived");
     raw.delete(&[&exchange], &[&queue]).await;
     raw.close().await;
+}
+
+fn query_payload(msg_id: &str) -> payload::PreparedPublish {
+    let common = CommonFields {
+        app_name: "kamailio".into(),
+        app_version: "5.6.3".into(),
+        node: "kamailio@test".into(),
+    };
+    payload::prepare_publish(b"{'Event-Category':'q','Event-Name':'t'}", &common, || {
+        msg_id.to_string()
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_direct_query_gets_its_reply_on_the_processs_own_queue_and_keeps_late_ones() {
+    let url = system_broker_url();
+    let probe = AmqpProbe::connect(&url).expect("probe");
+    let exchange = unique_name("kztest-directq-x");
+    probe.declare_exchange(&exchange, "topic").unwrap();
+    // Each request is answered twice (a duplicate the query does not wait for).
+    let responder = probe
+        .responder(&exchange, "q.#", |request| {
+            let reply = format!(
+                "{{\"Msg-ID\":\"{}\",\"Answer\":true,\"Server-ID\":\"backend\"}}",
+                msg_id_of(request)
+            );
+            vec![
+                (Duration::ZERO, reply.clone().into_bytes()),
+                (Duration::from_millis(50), reply.into_bytes()),
+            ]
+        })
+        .unwrap();
+    let node = unique_name("kztest-directq-node");
+    let mut direct = DirectPublisher::new(&[broker(&url, 1, "local")], direct_options(&node));
+
+    let started = Instant::now();
+    let reply = direct
+        .query(&exchange, "q.one", &[], &query_payload("query-1"), soon())
+        .expect("answered");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let reply = String::from_utf8(reply).unwrap();
+    // Annotated as consumed messages are: zone, receipt time, the backend's
+    // Server-ID made a consumer:// address.
+    assert!(reply.contains("\"Msg-ID\": \"query-1\""), "{reply}");
+    assert!(reply.contains("\"AMQP-Broker-Zone\": \"local\""), "{reply}");
+    assert!(reply.contains(r"consumer:\/\/1\/backend"), "{reply}");
+    let requests = responder.requests();
+    assert_eq!(requests.len(), 1);
+    let expected_server_id = payload::server_id(&node, 1, 7);
+    assert!(
+        requests[0].text().contains(&expected_server_id),
+        "the query names this process's own queue: {}",
+        requests[0].text()
+    );
+
+    // The duplicate of the first reply is read during the next query and
+    // kept for the event routes.
+    std::thread::sleep(Duration::from_millis(200));
+    direct
+        .query(&exchange, "q.two", &[], &query_payload("query-2"), soon())
+        .expect("answered");
+    std::thread::sleep(Duration::from_millis(200));
+    let late = direct.take_late_replies();
+    assert!(!late.is_empty(), "the duplicate is kept");
+    assert!(late.iter().all(|(rk, _)| *rk == expected_server_id));
+    assert!(String::from_utf8_lossy(&late[0].1).contains("query-1"));
+
+    // Nobody answers: a timeout within the deadline.
+    let started = Instant::now();
+    assert_eq!(
+        direct.query(
+            &exchange,
+            "nobody.listens",
+            &[],
+            &query_payload("query-3"),
+            Instant::now() + Duration::from_millis(300)
+        ),
+        Err(PublishError::Timeout)
+    );
+    assert!(started.elapsed() < Duration::from_millis(600));
+
+    // A missing exchange closes the query channel: the reason at once, and
+    // the next query sets the reply queue up again.
+    match direct.query(
+        &unique_name("kztest-missing-x"),
+        "q.x",
+        &[],
+        &query_payload("query-4"),
+        soon(),
+    ) {
+        Err(PublishError::Closed(reason)) => assert!(reason.contains("404"), "{reason}"),
+        other => panic!("expected Closed(404 ...), got {other:?}"),
+    }
+    direct
+        .query(&exchange, "q.five", &[], &query_payload("query-5"), soon())
+        .expect("answered after the channel was reopened");
+    drop(responder);
+    probe.delete_exchange(&exchange);
 }
 
 #[test]

@@ -21,6 +21,7 @@ use kamailio::pv::NamedPv;
 use kamailio::script::{ArgError, SpveArg};
 use kamailio::tm::{self, ResumeRoute, Suspended};
 use kamailio::SipMsg;
+use kazoo_engine::broker::PublishError;
 use kazoo_engine::ipc::{IpcError, Outcome, Outgoing, Request, ResumeAt};
 use kazoo_engine::payload::{self, CommonFields, PayloadError, PublishFlags, PublishTarget};
 
@@ -333,10 +334,17 @@ fn query_values(
         extra.mandatory("kazoo_query"),
         timeout,
     )?;
-    let reply = match call(
-        Request::Query(outgoing),
-        Instant::now() + timeout + ANSWER_MARGIN,
-    )? {
+    let direct = direct::query(&outgoing, Instant::now() + timeout);
+    let answer = match direct {
+        Some(Ok(reply)) => Outcome::Reply(reply),
+        Some(Err(PublishError::Timeout)) => Outcome::Timeout,
+        Some(Err(e)) => Outcome::Failed(e.to_string()),
+        None => call(
+            Request::Query(outgoing),
+            Instant::now() + timeout + ANSWER_MARGIN,
+        )?,
+    };
+    let reply = match answer {
         Outcome::Reply(reply) => reply,
         Outcome::Timeout => return Err(AmqpError::Timeout(timeout.as_millis() as u32)),
         Outcome::Failed(reason) => return Err(AmqpError::Failed(reason)),

@@ -37,7 +37,7 @@ pub(crate) fn run(config: &'static Config, listener: UnixListener) -> ! {
         event_subkey: p.amqp_consumer_event_subkey.clone(),
         publish_timeout: Duration::from_millis(p.amqp_publish_timeout as u64),
         startup_publishes: crate::startup::take_startup_publishes(),
-        publish_counters: crate::direct::counters(),
+        script_counters: crate::direct::counters(),
         await_startup: p
             .event_callback
             .is_some()

@@ -1,23 +1,31 @@
-//! Direct publishing (`amqp_direct`, on by default): `kazoo_publish` from
-//! the calling process's own broker connections
-//! (`kazoo_engine::direct`), and the publish counters every process adds to.
+//! Direct links (`amqp_direct`, on by default): `kazoo_publish` and
+//! `kazoo_query` from the calling process's own broker connections
+//! (`kazoo_engine::direct`), and the publish and query counters every
+//! process adds to.
 //!
 //! The counters live in shared memory (allocated in `mod_init`, before the
 //! fork), so that the AMQP process's statistics and `kazoo.status` count
-//! the publishes of every process. The links are opened by each process on
-//! its first publish, on its host thread only.
+//! the publishes and queries of every process. The links are opened by each
+//! process on its first use, on its host thread only. A reply a query read
+//! but did not wait for goes to the AMQP process, which runs it through the
+//! event routes.
 use std::cell::RefCell;
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use kazoo_engine::broker::{PublishCounters, PublishError, PublishProperties};
+use kazoo_engine::broker::{PublishError, PublishProperties};
+use kazoo_engine::counters::{QueryOutcome, ScriptCounters};
 use kazoo_engine::direct::{DirectOptions, DirectPublisher};
-use kazoo_engine::ipc::Outgoing;
+use kazoo_engine::ipc::{Outgoing, Request};
 use kazoo_engine::payload::{self, PublishTarget};
 
+use crate::ipc_client;
 use crate::params::config;
 
-static COUNTERS: OnceLock<PublishCounters> = OnceLock::new();
+/// How long handing a late reply to the AMQP process may take.
+const LATE_REPLY_SEND: Duration = Duration::from_millis(100);
+
+static COUNTERS: OnceLock<ScriptCounters> = OnceLock::new();
 
 thread_local! {
     /// This process's links (created on first use, after the fork).
@@ -26,15 +34,15 @@ thread_local! {
 
 /// Allocates the shared counters (`mod_init`).
 pub(crate) fn init_counters() -> Result<(), String> {
-    let slots = kamailio::mem::shm_counters::<{ PublishCounters::SLOTS }>()?;
+    let slots = kamailio::mem::shm_counters::<{ ScriptCounters::SLOTS }>()?;
     // A second mod_init cannot happen; keep the first.
-    let _ = COUNTERS.set(PublishCounters::new(slots));
+    let _ = COUNTERS.set(ScriptCounters::new(slots));
     Ok(())
 }
 
 /// The publish counters of all processes.
-pub(crate) fn counters() -> PublishCounters {
-    *COUNTERS.get_or_init(PublishCounters::private)
+pub(crate) fn counters() -> ScriptCounters {
+    *COUNTERS.get_or_init(ScriptCounters::private)
 }
 
 fn target_id(target: PublishTarget) -> Option<u32> {
@@ -44,10 +52,13 @@ fn target_id(target: PublishTarget) -> Option<u32> {
     }
 }
 
-/// Publishes `outgoing` on this process's own link when it can go there
-/// (see `DirectPublisher::covers`), counted; `None`: it must go through
-/// the AMQP process.
-pub(crate) fn publish(outgoing: &Outgoing, deadline: Instant) -> Option<Result<(), PublishError>> {
+/// Runs `operation` on this process's publisher when `outgoing` can go
+/// on a direct link (see `DirectPublisher::covers`); `None`: it must go
+/// through the AMQP process.
+fn with_publisher<T>(
+    outgoing: &Outgoing,
+    operation: impl FnOnce(&mut DirectPublisher) -> T,
+) -> Option<T> {
     let config = config();
     if !config.params.amqp_direct {
         return None;
@@ -57,8 +68,7 @@ pub(crate) fn publish(outgoing: &Outgoing, deadline: Instant) -> Option<Result<(
         mandatory: outgoing.mandatory,
         needs_replies: false,
     };
-    let target = target_id(outgoing.target);
-    let result = PUBLISHER.with(|cell| {
+    PUBLISHER.with(|cell| {
         let mut publisher = cell.borrow_mut();
         let publisher = publisher.get_or_insert_with(|| {
             crate::logger::install();
@@ -67,7 +77,9 @@ pub(crate) fn publish(outgoing: &Outgoing, deadline: Instant) -> Option<Result<(
                 &p.brokers,
                 DirectOptions {
                     primary_zone: p.amqp_primary_zone.clone(),
+                    node_hostname: config.node_hostname.clone(),
                     reply_queues: p.amqp_max_channels as u32,
+                    reply_idx: p.amqp_max_channels as u32 + kamailio::process::number(),
                     connect_timeout: p.amqp_connect_timeout.duration(),
                     connection_name: format!(
                         "{} direct (pid {})",
@@ -77,9 +89,41 @@ pub(crate) fn publish(outgoing: &Outgoing, deadline: Instant) -> Option<Result<(
                 },
             )
         });
-        if !publisher.covers(target, &how) {
+        if !publisher.covers(target_id(outgoing.target), &how) {
             return None;
         }
+        let result = operation(publisher);
+        forward_late_replies(publisher);
+        Some(result)
+    })
+}
+
+/// Hands the replies no query waited for to the AMQP process (one-way).
+fn forward_late_replies(publisher: &mut DirectPublisher) {
+    for (routing_key, body) in publisher.take_late_replies() {
+        let request = Request::LateReply {
+            routing_key: routing_key.into_bytes(),
+            body,
+        };
+        let sent = ipc_client::with_requester(|requester| {
+            requester.send(&request, Instant::now() + LATE_REPLY_SEND)
+        });
+        if !matches!(sent, Ok(Ok(()))) {
+            kamailio::warn!("a late reply could not be handed to the event routes");
+        }
+    }
+}
+
+/// Publishes `outgoing` on this process's own link when it can go there,
+/// counted; `None`: it must go through the AMQP process.
+pub(crate) fn publish(outgoing: &Outgoing, deadline: Instant) -> Option<Result<(), PublishError>> {
+    let config = config();
+    let result = with_publisher(outgoing, |publisher| {
+        let how = PublishProperties {
+            headers: &outgoing.headers,
+            mandatory: outgoing.mandatory,
+            needs_replies: false,
+        };
         let exchange = String::from_utf8_lossy(&outgoing.exchange);
         let routing_key = String::from_utf8_lossy(&outgoing.routing_key);
         let body_for = |broker_id, idx| {
@@ -87,12 +131,37 @@ pub(crate) fn publish(outgoing: &Outgoing, deadline: Instant) -> Option<Result<(
                 .payload
                 .body(&payload::server_id(&config.node_hostname, broker_id, idx))
         };
-        Some(
-            publisher
-                .publish(target, &exchange, &routing_key, how, body_for, deadline)
-                .map(|_| ()),
-        )
+        let target = target_id(outgoing.target);
+        publisher
+            .publish(target, &exchange, &routing_key, how, body_for, deadline)
+            .map(|_| ())
     })?;
     counters().record(result.as_ref().map(|_| ()).map_err(Some));
+    Some(result)
+}
+
+/// Queries on this process's own link when it can go there, counted: the
+/// annotated reply, or why not ([`PublishError::Timeout`]: no reply in
+/// time); `None`: it must go through the AMQP process.
+pub(crate) fn query(
+    outgoing: &Outgoing,
+    deadline: Instant,
+) -> Option<Result<Vec<u8>, PublishError>> {
+    let result = with_publisher(outgoing, |publisher| {
+        let exchange = String::from_utf8_lossy(&outgoing.exchange);
+        let routing_key = String::from_utf8_lossy(&outgoing.routing_key);
+        publisher.query(
+            &exchange,
+            &routing_key,
+            &outgoing.headers,
+            &outgoing.payload,
+            deadline,
+        )
+    })?;
+    counters().record_query(match &result {
+        Ok(_) => QueryOutcome::Answered,
+        Err(PublishError::Timeout) => QueryOutcome::TimedOut,
+        Err(_) => QueryOutcome::Failed,
+    });
     Some(result)
 }

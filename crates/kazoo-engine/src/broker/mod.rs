@@ -52,7 +52,7 @@ mod tls;
 pub use acker::Acker;
 pub use options::{BrokerOptions, TlsOptions, HANDSHAKE_TIMEOUT};
 pub(crate) use publish::properties;
-pub use publish::{PublishCounters, PublishError, PublishProperties, Published};
+pub use publish::{PublishError, PublishProperties, Published};
 use slot::Slot;
 
 use std::fmt;

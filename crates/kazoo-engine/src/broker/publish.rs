@@ -2,7 +2,7 @@
 //! returns and refusals, and the retries that never report a publish as
 //! confirmed when it was not.
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -96,94 +96,6 @@ impl fmt::Display for PublishError {
 }
 
 impl std::error::Error for PublishError {}
-
-/// The publish totals: confirmed, failed, and failed by reason. Every
-/// process that publishes adds to the same counters (the AMQP process and,
-/// with direct links, the SIP workers), so the host keeps them in memory
-/// all its processes share; [`PublishCounters::private`] keeps them in one
-/// process.
-#[derive(Clone, Copy, Debug)]
-pub struct PublishCounters {
-    slots: &'static [AtomicU64; PublishCounters::SLOTS],
-}
-
-impl PublishCounters {
-    /// How many counters: confirmed, failed, and the five reasons.
-    pub const SLOTS: usize = 7;
-    const PUBLISHED: usize = 0;
-    const FAILED: usize = 1;
-    const NO_BROKER: usize = 2;
-    const REFUSED: usize = 3;
-    const TIMEOUT: usize = 4;
-    const RETURNED: usize = 5;
-    const INVALID: usize = 6;
-
-    /// Counters in `slots` (zero at start).
-    pub fn new(slots: &'static [AtomicU64; PublishCounters::SLOTS]) -> PublishCounters {
-        PublishCounters { slots }
-    }
-
-    /// Counters of this process only (tests, a host without shared memory).
-    pub fn private() -> PublishCounters {
-        PublishCounters::new(Box::leak(Box::default()))
-    }
-
-    fn bump(&self, slot: usize) {
-        self.slots[slot].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn get(&self, slot: usize) -> u64 {
-        self.slots[slot].load(Ordering::Relaxed)
-    }
-
-    /// Counts a `kazoo_publish`'s outcome; `Err(None)`: it could not start
-    /// (no broker layer yet), counted as no broker connected.
-    pub fn record(&self, outcome: Result<(), Option<&PublishError>>) {
-        let reason = match outcome {
-            Ok(()) => return self.bump(Self::PUBLISHED),
-            Err(None) => Self::NO_BROKER,
-            Err(Some(e)) => match e {
-                PublishError::NoBrokerConnected
-                | PublishError::NoReplyConsumer
-                | PublishError::UnknownBroker(_) => Self::NO_BROKER,
-                PublishError::Nacked { .. } | PublishError::Closed(_) => Self::REFUSED,
-                PublishError::Timeout | PublishError::Unavailable { .. } => Self::TIMEOUT,
-                PublishError::Returned { .. } => Self::RETURNED,
-                PublishError::Invalid(_) => Self::INVALID,
-            },
-        };
-        self.bump(Self::FAILED);
-        self.bump(reason);
-    }
-
-    pub fn published(&self) -> u64 {
-        self.get(Self::PUBLISHED)
-    }
-
-    pub fn failed(&self) -> u64 {
-        self.get(Self::FAILED)
-    }
-
-    pub fn failed_no_broker(&self) -> u64 {
-        self.get(Self::NO_BROKER)
-    }
-
-    pub fn failed_refused(&self) -> u64 {
-        self.get(Self::REFUSED)
-    }
-
-    pub fn failed_timeout(&self) -> u64 {
-        self.get(Self::TIMEOUT)
-    }
-
-    pub fn failed_returned(&self) -> u64 {
-        self.get(Self::RETURNED)
-    }
-
-    pub fn failed_invalid(&self) -> u64 {
-        self.get(Self::INVALID)
-    }
-}
 
 /// How a single attempt on one broker ended.
 enum Attempt {

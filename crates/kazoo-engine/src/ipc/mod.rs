@@ -86,6 +86,10 @@ pub enum Request {
     /// On a worker's link: the routes of `delivery` and of every delivery
     /// written to the link before it have run (ids grow along a link).
     Ack { delivery: u64 },
+    /// A reply to a direct query that no query waited for (late,
+    /// duplicate), annotated: it runs through the event routes, as
+    /// unmatched replies consumed by the AMQP process do; not answered.
+    LateReply { routing_key: Vec<u8>, body: Vec<u8> },
     /// Worker 1: what the KEMI `kazoo:mod-init` callback declared
     /// (subscription descriptions as JSON text) and published; not answered
     /// (the AMQP process waits for it before connecting).

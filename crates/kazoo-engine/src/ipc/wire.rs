@@ -36,6 +36,7 @@ const REQUEST_STATUS: u8 = 4;
 const REQUEST_HELLO: u8 = 5;
 const REQUEST_ACK: u8 = 6;
 const REQUEST_STARTUP_DONE: u8 = 7;
+const REQUEST_LATE_REPLY: u8 = 8;
 
 // Outcome tags (answers).
 const OUTCOME_PUBLISHED: u8 = 0;
@@ -219,6 +220,7 @@ impl Request {
             Request::Hello { .. } => w.u8(REQUEST_HELLO),
             Request::Ack { .. } => w.u8(REQUEST_ACK),
             Request::StartupDone { .. } => w.u8(REQUEST_STARTUP_DONE),
+            Request::LateReply { .. } => w.u8(REQUEST_LATE_REPLY),
         }
         w.u64(id);
         match self {
@@ -233,6 +235,10 @@ impl Request {
             Request::Status => {}
             Request::Hello { worker } => w.u32(*worker),
             Request::Ack { delivery } => w.u64(*delivery),
+            Request::LateReply { routing_key, body } => {
+                w.bytes(routing_key);
+                w.bytes(body);
+            }
             Request::StartupDone {
                 subscriptions,
                 publishes,
@@ -271,6 +277,10 @@ impl Request {
             REQUEST_STATUS => Request::Status,
             REQUEST_HELLO => Request::Hello { worker: r.u32()? },
             REQUEST_ACK => Request::Ack { delivery: r.u64()? },
+            REQUEST_LATE_REPLY => Request::LateReply {
+                routing_key: r.bytes()?,
+                body: r.bytes()?,
+            },
             REQUEST_STARTUP_DONE => {
                 let count = r.u32()? as usize;
                 let mut subscriptions = Vec::with_capacity(count.min(1024));
@@ -430,6 +440,10 @@ pub(crate) mod tests {
             Request::Status,
             Request::Hello { worker: 3 },
             Request::Ack { delivery: 9 },
+            Request::LateReply {
+                routing_key: b"kamailio@node-<1>-targeted-52".to_vec(),
+                body: b"{ \"Msg-ID\": \"late\" }".to_vec(),
+            },
             Request::StartupDone {
                 subscriptions: vec![b"{'exchange':'x','type':'topic'}".to_vec(), Vec::new()],
                 publishes: vec![outgoing()],

@@ -163,6 +163,21 @@ impl Shared {
         self.deliver(delivery, BrokerAck::None, None);
     }
 
+    /// A reply a process's direct query read but did not wait for: to the
+    /// event routes, as a reply consumed here that nobody waits for.
+    pub(super) fn late_reply(&self, routing_key: Vec<u8>, body: Vec<u8>) {
+        bump(&self.counters.unmatched_replies);
+        bump(&self.counters.delivered);
+        let delivery = Delivery {
+            id: self.next_id(),
+            routing_key: Some(routing_key),
+            body,
+            event_key: None,
+            event_subkey: None,
+        };
+        self.deliver(delivery, BrokerAck::None, None);
+    }
+
     /// A consumed message: the reply a query waits for (acked at once), or
     /// a delivery for a worker.
     pub(super) fn consumed(&self, delivery: crate::broker::Consumed) {

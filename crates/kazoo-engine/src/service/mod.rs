@@ -41,10 +41,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::broker::{
-    Acker, BrokerOptions, Brokers, Event, PublishCounters, PublishError, PublishProperties, Role,
-    Source,
+    Acker, BrokerOptions, Brokers, Event, PublishError, PublishProperties, Role, Source,
 };
 use crate::config::Broker;
+use crate::counters::{QueryOutcome, ScriptCounters};
 use crate::ipc::{Answer, Delivery, Outcome, Outgoing, Request, Resume, ResumeAt, Work};
 use crate::payload::{
     annotate_consumed, connection_event, connection_notice, returned_message, PublishTarget,
@@ -84,7 +84,7 @@ pub struct ServiceConfig {
     pub startup_publishes: Vec<Outgoing>,
     /// Where publishes are counted (shared with the processes that publish
     /// directly).
-    pub publish_counters: PublishCounters,
+    pub script_counters: ScriptCounters,
     /// Wait for worker 1's [`Request::StartupDone`] (the KEMI `kazoo:mod-init`
     /// runs there) before connecting, at most this long.
     pub await_startup: Option<Duration>,
@@ -137,7 +137,7 @@ async fn serve(
         next_delivery: AtomicU64::new(1),
         round_robin: AtomicUsize::new(0),
         counters: Counters::default(),
-        publish_counters: config.publish_counters,
+        script_counters: config.script_counters,
         brokers_state: Mutex::new(
             config
                 .brokers
@@ -244,7 +244,7 @@ struct Shared {
     round_robin: AtomicUsize,
     /// Totals for [`Stats`].
     counters: Counters,
-    publish_counters: PublishCounters,
+    script_counters: ScriptCounters,
     /// Each broker's connections, for the zone events and the status.
     brokers_state: Mutex<Vec<BrokerState>>,
     /// By subscription index: the brokers where it cannot be consumed, and

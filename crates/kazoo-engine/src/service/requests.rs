@@ -127,7 +127,7 @@ impl Shared {
     pub(super) async fn answer_publish(&self, outgoing: Outgoing) -> Outcome {
         let wait = Duration::from_millis(outgoing.timeout_ms.into()).min(self.publish_timeout);
         let result = self.publish_message(&outgoing, Instant::now() + wait).await;
-        self.publish_counters.record(match &result {
+        self.script_counters.record(match &result {
             Ok(()) => Ok(()),
             Err(Unpublished::NotStarted(_)) => Err(None),
             Err(Unpublished::Broker(e)) => Err(Some(e)),
@@ -155,17 +155,17 @@ impl Shared {
         // event route runs for it).
         if let Err(failure) = self.publish(&outgoing, true, deadline).await {
             lock(&self.pending).remove(&msg_id);
-            bump(&self.counters.query_failed);
+            self.script_counters.record_query(QueryOutcome::Failed);
             return Outcome::Failed(failure.to_string());
         }
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(reply)) => {
-                bump(&self.counters.query_answered);
+                self.script_counters.record_query(QueryOutcome::Answered);
                 Outcome::Reply(reply)
             }
             _ => {
                 lock(&self.pending).remove(&msg_id);
-                bump(&self.counters.query_timed_out);
+                self.script_counters.record_query(QueryOutcome::TimedOut);
                 Outcome::Timeout
             }
         }

@@ -158,6 +158,7 @@ pub(super) async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                     }
                 }
             }
+            Request::LateReply { routing_key, body } => shared.late_reply(routing_key, body),
             Request::StartupDone {
                 subscriptions,
                 publishes,

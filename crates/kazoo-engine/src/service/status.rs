@@ -66,12 +66,9 @@ pub struct BrokerStats {
 }
 
 /// What the service counts, for the `kazoo.status` RPC (publishes apart:
-/// [`PublishCounters`], shared with the processes that publish directly).
+/// [`ScriptCounters`], shared with the processes that publish directly).
 #[derive(Default)]
 pub(super) struct Counters {
-    pub(super) query_answered: AtomicU64,
-    pub(super) query_timed_out: AtomicU64,
-    pub(super) query_failed: AtomicU64,
     pub(super) async_answered: AtomicU64,
     pub(super) async_not_answered: AtomicU64,
     pub(super) delivered: AtomicU64,
@@ -136,11 +133,11 @@ impl Shared {
             })
             .collect();
         Stats {
-            published: self.publish_counters.published(),
-            publish_failed: self.publish_counters.failed(),
-            query_answered: count(&c.query_answered),
-            query_timed_out: count(&c.query_timed_out),
-            query_failed: count(&c.query_failed),
+            published: self.script_counters.published(),
+            publish_failed: self.script_counters.failed(),
+            query_answered: self.script_counters.query_answered(),
+            query_timed_out: self.script_counters.query_timed_out(),
+            query_failed: self.script_counters.query_failed(),
             query_pending: lock(&self.pending).len() as u64,
             async_answered: count(&c.async_answered),
             async_not_answered: count(&c.async_not_answered),
@@ -150,11 +147,11 @@ impl Shared {
             requeued: count(&c.requeued),
             lost_with_worker: count(&c.lost_with_worker),
             ipc_refused: count(&c.ipc_refused),
-            publish_failed_no_broker: self.publish_counters.failed_no_broker(),
-            publish_failed_refused: self.publish_counters.failed_refused(),
-            publish_failed_timeout: self.publish_counters.failed_timeout(),
-            publish_failed_returned: self.publish_counters.failed_returned(),
-            publish_failed_invalid: self.publish_counters.failed_invalid(),
+            publish_failed_no_broker: self.script_counters.failed_no_broker(),
+            publish_failed_refused: self.script_counters.failed_refused(),
+            publish_failed_timeout: self.script_counters.failed_timeout(),
+            publish_failed_returned: self.script_counters.failed_returned(),
+            publish_failed_invalid: self.script_counters.failed_invalid(),
             acked: count(&c.acked),
             redelivered: count(&c.redelivered),
             rejected: self

@@ -1,0 +1,126 @@
+//! The totals of the script's publishes and queries, which every process
+//! that publishes adds to (see [`ScriptCounters`]).
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::broker::PublishError;
+
+/// What the script's publishes and queries ended with: publishes confirmed,
+/// failed, and failed by reason; queries answered, timed out, failed. Every
+/// process that publishes or queries adds to the same counters (the AMQP
+/// process and, with direct links, the SIP workers), so the host keeps them
+/// in memory all its processes share; [`ScriptCounters::private`] keeps
+/// them in one process.
+#[derive(Clone, Copy, Debug)]
+pub struct ScriptCounters {
+    slots: &'static [AtomicU64; ScriptCounters::SLOTS],
+}
+
+/// How a synchronous query ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueryOutcome {
+    Answered,
+    TimedOut,
+    /// It could not be published.
+    Failed,
+}
+
+impl ScriptCounters {
+    /// How many counters: see the constants below.
+    pub const SLOTS: usize = 10;
+    const PUBLISHED: usize = 0;
+    const FAILED: usize = 1;
+    const NO_BROKER: usize = 2;
+    const REFUSED: usize = 3;
+    const TIMEOUT: usize = 4;
+    const RETURNED: usize = 5;
+    const INVALID: usize = 6;
+    const QUERY_ANSWERED: usize = 7;
+    const QUERY_TIMED_OUT: usize = 8;
+    const QUERY_FAILED: usize = 9;
+
+    /// Counters in `slots` (zero at start).
+    pub fn new(slots: &'static [AtomicU64; ScriptCounters::SLOTS]) -> ScriptCounters {
+        ScriptCounters { slots }
+    }
+
+    /// Counters of this process only (tests, a host without shared memory).
+    pub fn private() -> ScriptCounters {
+        ScriptCounters::new(Box::leak(Box::default()))
+    }
+
+    fn bump(&self, slot: usize) {
+        self.slots[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self, slot: usize) -> u64 {
+        self.slots[slot].load(Ordering::Relaxed)
+    }
+
+    /// Counts a `kazoo_publish`'s outcome; `Err(None)`: it could not start
+    /// (no broker layer yet), counted as no broker connected.
+    pub fn record(&self, outcome: Result<(), Option<&PublishError>>) {
+        let reason = match outcome {
+            Ok(()) => return self.bump(Self::PUBLISHED),
+            Err(None) => Self::NO_BROKER,
+            Err(Some(e)) => match e {
+                PublishError::NoBrokerConnected
+                | PublishError::NoReplyConsumer
+                | PublishError::UnknownBroker(_) => Self::NO_BROKER,
+                PublishError::Nacked { .. } | PublishError::Closed(_) => Self::REFUSED,
+                PublishError::Timeout | PublishError::Unavailable { .. } => Self::TIMEOUT,
+                PublishError::Returned { .. } => Self::RETURNED,
+                PublishError::Invalid(_) => Self::INVALID,
+            },
+        };
+        self.bump(Self::FAILED);
+        self.bump(reason);
+    }
+
+    pub fn record_query(&self, outcome: QueryOutcome) {
+        self.bump(match outcome {
+            QueryOutcome::Answered => Self::QUERY_ANSWERED,
+            QueryOutcome::TimedOut => Self::QUERY_TIMED_OUT,
+            QueryOutcome::Failed => Self::QUERY_FAILED,
+        });
+    }
+
+    pub fn query_answered(&self) -> u64 {
+        self.get(Self::QUERY_ANSWERED)
+    }
+
+    pub fn query_timed_out(&self) -> u64 {
+        self.get(Self::QUERY_TIMED_OUT)
+    }
+
+    pub fn query_failed(&self) -> u64 {
+        self.get(Self::QUERY_FAILED)
+    }
+
+    pub fn published(&self) -> u64 {
+        self.get(Self::PUBLISHED)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.get(Self::FAILED)
+    }
+
+    pub fn failed_no_broker(&self) -> u64 {
+        self.get(Self::NO_BROKER)
+    }
+
+    pub fn failed_refused(&self) -> u64 {
+        self.get(Self::REFUSED)
+    }
+
+    pub fn failed_timeout(&self) -> u64 {
+        self.get(Self::TIMEOUT)
+    }
+
+    pub fn failed_returned(&self) -> u64 {
+        self.get(Self::RETURNED)
+    }
+
+    pub fn failed_invalid(&self) -> u64 {
+        self.get(Self::INVALID)
+    }
+}

@@ -167,38 +167,109 @@ pub fn send_once(name: &str, request: &Request, deadline: Instant) -> Result<(),
     write_frame(&mut stream, &request.encode(0), deadline)
 }
 
-/// A consumer worker's connection: deliveries in, acks out.
+/// A consumer worker's connection: deliveries in, acks out. Reads are
+/// buffered (every frame a read brings is kept, so a wait that ends
+/// mid-frame leaves the stream in sync) and its socket timeouts are set
+/// only when they change: a delivery costs no system call when it came in
+/// the same read as the one before.
 #[derive(Debug)]
 pub struct WorkerLink {
     stream: UnixStream,
+    /// Bytes read and not yet decoded.
+    input: Vec<u8>,
+    read_timeout: Option<Duration>,
 }
+
+/// A worker link's read brings at most this much.
+const LINK_READ: usize = 64 * 1024;
+
+/// How long writing a report may take.
+const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl WorkerLink {
     /// Connects and announces worker number `worker`.
     pub fn connect(name: &str, worker: u32) -> Result<WorkerLink, IpcError> {
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + LINK_WRITE_TIMEOUT;
         let mut stream = connect(name, deadline).map_err(IpcError::Connect)?;
         write_frame(&mut stream, &Request::Hello { worker }.encode(0), deadline)?;
-        Ok(WorkerLink { stream })
+        stream
+            .set_write_timeout(Some(LINK_WRITE_TIMEOUT))
+            .map_err(IpcError::Io)?;
+        Ok(WorkerLink {
+            stream,
+            input: Vec::with_capacity(LINK_READ),
+            read_timeout: None,
+        })
     }
 
-    /// The next work item, or `None` when nothing arrived within `wait`.
+    /// The next work item, or `None` when nothing (whole) arrived within
+    /// `wait`.
     pub fn next(&mut self, wait: Duration) -> Result<Option<Work>, IpcError> {
-        match read_frame(&mut self.stream, Instant::now() + wait)? {
-            None => Ok(None),
-            Some(body) => Work::decode(&body).map(Some).map_err(IpcError::Wire),
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(body) = self.take_frame()? {
+                return Work::decode(&body).map(Some).map_err(IpcError::Wire);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            // Re-set only when it changes by more than a millisecond: the
+            // worker alternates between two waits.
+            if self
+                .read_timeout
+                .is_none_or(|set| set.abs_diff(left) > Duration::from_millis(1))
+            {
+                self.stream
+                    .set_read_timeout(Some(left))
+                    .map_err(IpcError::Io)?;
+                self.read_timeout = Some(left);
+            }
+            let start = self.input.len();
+            self.input.resize(start + LINK_READ, 0);
+            let read = self.stream.read(&mut self.input[start..]);
+            self.input.truncate(start + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => {
+                    return Err(IpcError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed",
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(IpcError::Io(e)),
+            }
         }
+    }
+
+    /// The body of the first whole frame buffered, removed from the buffer.
+    fn take_frame(&mut self) -> Result<Option<Vec<u8>>, IpcError> {
+        let Some(&[a, b, c, d]) = self.input.get(..4) else {
+            return Ok(None);
+        };
+        let len = body_len([a, b, c, d]).map_err(IpcError::Wire)?;
+        let Some(body) = self.input.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let body = body.to_vec();
+        self.input.drain(..4 + len);
+        Ok(Some(body))
     }
 
     /// Tells the AMQP process that the routes of `delivery` and of every
     /// delivery before it on this link have run.
     pub fn ack(&mut self, delivery: u64) -> Result<(), IpcError> {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        write_frame(
-            &mut self.stream,
-            &Request::Ack { delivery }.encode(0),
-            deadline,
-        )
+        self.stream
+            .write_all(&Request::Ack { delivery }.encode(0))
+            .map_err(|e| {
+                if is_timeout(&e) {
+                    IpcError::Timeout
+                } else {
+                    IpcError::Io(e)
+                }
+            })
     }
 }
 
@@ -248,6 +319,58 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, IpcError::Timeout), "{err}");
         assert!(started.elapsed() < Duration::from_secs(1));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_worker_link_reads_frames_that_came_together_and_keeps_a_partial_one() {
+        use crate::ipc::{Delivery, Work};
+        let delivery = |id: u64| {
+            Work::Deliver(Delivery {
+                id,
+                routing_key: Some(b"rk".to_vec()),
+                body: format!("{{ \"n\": {id} }}").into_bytes(),
+                event_key: None,
+                event_subkey: None,
+            })
+        };
+        let (name, listener) = bind(std::process::id()).unwrap();
+        let (cut_tx, cut_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let hello = read_frame(&mut conn, deadline).unwrap().unwrap();
+            assert!(matches!(
+                Request::decode(&hello),
+                Ok((_, Request::Hello { worker: 2 }))
+            ));
+            // Three whole frames and the first half of a fourth, in one write.
+            let mut bytes: Vec<u8> = (1..=3).flat_map(|id| delivery(id).encode()).collect();
+            let fourth = delivery(4).encode();
+            let half = fourth.len() / 2;
+            bytes.extend_from_slice(&fourth[..half]);
+            conn.write_all(&bytes).unwrap();
+            cut_rx.recv().unwrap();
+            conn.write_all(&fourth[half..]).unwrap();
+            let report = read_frame(&mut conn, deadline).unwrap().unwrap();
+            assert!(matches!(
+                Request::decode(&report),
+                Ok((_, Request::Ack { delivery: 4 }))
+            ));
+        });
+        let mut link = WorkerLink::connect(&name, 2).unwrap();
+        for id in 1..=3 {
+            let work = link.next(Duration::from_secs(5)).unwrap();
+            assert_eq!(work, Some(delivery(id)));
+        }
+        // Half a frame: nothing yet, and the link stays in sync.
+        assert_eq!(link.next(Duration::from_millis(100)).unwrap(), None);
+        cut_tx.send(()).unwrap();
+        assert_eq!(
+            link.next(Duration::from_secs(5)).unwrap(),
+            Some(delivery(4))
+        );
+        link.ack(4).unwrap();
         server.join().unwrap();
     }
 

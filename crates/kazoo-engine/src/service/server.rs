@@ -3,6 +3,9 @@
 //! or, for a consumer worker's link, its work.
 use super::*;
 
+/// A worker link's writer gathers frames into one write up to this size.
+const WRITE_BATCH_BYTES: usize = 256 * 1024;
+
 /// Whether an IPC peer is a process of this Kamailio: the AMQP process's
 /// parent is Kamailio's main process.
 pub(super) fn trusted(stream: &UnixStream, own_uid: u32) -> Result<(), String> {
@@ -68,17 +71,35 @@ pub(super) async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         crate::task::spawn("an IPC connection's writer", async move {
             loop {
                 if let Some(&(index, generation)) = lane.get() {
+                    // Everything the lane lets go now, in one write.
+                    let mut batch = Vec::new();
+                    let mut bytes = Vec::new();
                     loop {
                         let next = lock(&shared.lanes).next(index, generation);
                         let Some(next) = next else { break };
-                        if writer.write_all(&next.frame).await.is_err() {
-                            shared.unwritten(index, generation, next);
+                        // Copied: a resume's frame goes to another worker
+                        // if this write fails.
+                        bytes.extend_from_slice(&next.frame);
+                        batch.push(next);
+                        if bytes.len() >= WRITE_BATCH_BYTES {
+                            break;
+                        }
+                    }
+                    if !batch.is_empty() {
+                        if writer.write_all(&bytes).await.is_err() {
+                            for next in batch {
+                                shared.unwritten(index, generation, next);
+                            }
                             return;
                         }
-                        if let Some(acker) = next.on_written {
-                            acker.ack();
-                            bump(&shared.counters.acked);
+                        for next in batch {
+                            if let Some(acker) = next.on_written {
+                                acker.ack();
+                                bump(&shared.counters.acked);
+                            }
                         }
+                        // More may be let go now: go round again.
+                        continue;
                     }
                 }
                 tokio::select! {

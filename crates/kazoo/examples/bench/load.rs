@@ -214,22 +214,150 @@ pub(crate) fn measure(
     })
 }
 
+/// The broker's own ceiling for `path` (publish or query): `requesters`
+/// threads, as many as Kamailio's SIP workers, each publishing or querying
+/// synchronously with this module's engine (`kazoo_engine::direct`) and no
+/// Kamailio, on the same broker and responder.
+pub(crate) fn measure_broker_alone(
+    path: Path,
+    requesters: u32,
+    span: Duration,
+) -> Result<LoadResult, String> {
+    use kazoo_engine::config::Params;
+    use kazoo_engine::direct::{DirectOptions, DirectPublisher};
+    use kazoo_engine::payload::{self, CommonFields};
+
+    let run = unique_name("alone").replace('-', "");
+    let probe = AmqpProbe::connect(&system_broker_url()).map_err(|e| e.to_string())?;
+    let _responder = probe
+        .responder("amq.topic", &format!("benchq.{run}.#"), |request| {
+            let reply = format!("{{\"Msg-ID\":\"{}\",\"Answer\":true}}", msg_id_of(request));
+            vec![(Duration::ZERO, reply.into_bytes())]
+        })
+        .map_err(|e| e.to_string())?;
+    let mut params = Params::default();
+    params
+        .set(
+            "amqp_connection",
+            kazoo_engine::config::ParamValue::Str(system_broker_url().as_bytes()),
+        )
+        .map_err(|e| e.to_string())?;
+    let running = Arc::new(AtomicBool::new(true));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..requesters)
+        .map(|n| {
+            let (running, brokers, run) = (running.clone(), params.brokers.clone(), run.clone());
+            thread::spawn(move || {
+                let node = format!("{run}-{n}");
+                let mut direct = DirectPublisher::new(
+                    &brokers,
+                    DirectOptions {
+                        primary_zone: "local".into(),
+                        node_hostname: node.clone(),
+                        reply_queues: 1,
+                        reply_idx: 1,
+                        connect_timeout: Duration::from_secs(1),
+                        connection_name: node,
+                    },
+                );
+                let common = CommonFields {
+                    app_name: "bench".into(),
+                    app_version: "0".into(),
+                    node: "bench".into(),
+                };
+                let (mut took, mut failed) = (Vec::new(), 0u64);
+                while running.load(Ordering::Relaxed) {
+                    let Ok(prepared) =
+                        payload::prepare_publish(PAYLOAD.as_bytes(), &common, payload::new_msg_id)
+                    else {
+                        break;
+                    };
+                    let at = Instant::now();
+                    let deadline = at + Duration::from_secs(2);
+                    let ok = match path {
+                        Path::Query => direct
+                            .query(
+                                "amq.topic",
+                                &format!("benchq.{run}.q"),
+                                &[],
+                                &prepared,
+                                deadline,
+                            )
+                            .is_ok(),
+                        _ => direct
+                            .publish(
+                                None,
+                                "amq.topic",
+                                "bench.load.nobody",
+                                Default::default(),
+                                |_, _| prepared.body("bench"),
+                                deadline,
+                            )
+                            .is_ok(),
+                    };
+                    if ok {
+                        took.push(at.elapsed());
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (took, failed)
+            })
+        })
+        .collect();
+    thread::sleep(span);
+    running.store(false, Ordering::Relaxed);
+    let mut took = Vec::new();
+    let mut failed = 0;
+    for thread in threads {
+        if let Ok((t, f)) = thread.join() {
+            took.extend(t);
+            failed += f;
+        }
+    }
+    let wall = started.elapsed();
+    took.sort();
+    Ok(LoadResult {
+        ok: took.len() as u64,
+        failed,
+        rate: took.len() as f64 / wall.as_secs_f64(),
+        p50_ms: percentile(&took, 0.50),
+        p99_ms: percentile(&took, 0.99),
+        cpu_us: f64::NAN,
+        switches: f64::NAN,
+        pss_kb: (0, 0),
+        died: false,
+    })
+}
+
 /// Prints one row.
 pub(crate) fn print_row(label: &str, result: &Result<LoadResult, String>) {
     match result {
-        Ok(r) => println!(
-            "| {label} | {:.0} | {} ({:.1} %) | {:.2} / {:.2} | {:.1} | {:.1} | {} → {} |{}",
-            r.rate,
-            r.failed,
-            100.0 * r.failed as f64 / (r.ok + r.failed).max(1) as f64,
-            r.p50_ms,
-            r.p99_ms,
-            r.cpu_us,
-            r.switches,
-            r.pss_kb.0,
-            r.pss_kb.1,
-            if r.died { " Kamailio died |" } else { " |" }
-        ),
+        Ok(r) => {
+            let or_dash = |v: f64| {
+                if v.is_nan() {
+                    "-".to_string()
+                } else {
+                    format!("{v:.1}")
+                }
+            };
+            let pss = if r.pss_kb == (0, 0) {
+                "-".to_string()
+            } else {
+                format!("{} → {}", r.pss_kb.0, r.pss_kb.1)
+            };
+            println!(
+                "| {label} | {:.0} | {} ({:.1} %) | {:.2} / {:.2} | {} | {} | {pss} |{}",
+                r.rate,
+                r.failed,
+                100.0 * r.failed as f64 / (r.ok + r.failed).max(1) as f64,
+                r.p50_ms,
+                r.p99_ms,
+                or_dash(r.cpu_us),
+                or_dash(r.switches),
+                if r.died { " Kamailio died |" } else { " |" }
+            )
+        }
         Err(e) => println!("| {label} | failed: {e} | | | | | | |"),
     }
 }

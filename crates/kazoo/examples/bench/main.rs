@@ -274,6 +274,14 @@ fn load_table(modules: &[(&str, String)]) {
             let result = load::measure(global, path, clients, Duration::from_secs(seconds.into()));
             load::print_row(&format!("{}, {name}", path.name()), &result);
         }
+        if matches!(path, load::Path::Publish | load::Path::Query) {
+            eprintln!("load: {}, broker alone", path.name());
+            let result = load::measure_broker_alone(path, 4, Duration::from_secs(seconds.into()));
+            load::print_row(
+                &format!("{}, broker alone (4 requesters, no Kamailio)", path.name()),
+                &result,
+            );
+        }
     }
     println!(
         "\n{clients} SIP clients, each sending its next request when the last is answered, {seconds} s per row (after 1 s of warm-up); children=4; a 300-byte payload; CPU and context switches of every Kamailio process and thread, per request."

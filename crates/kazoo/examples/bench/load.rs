@@ -1,9 +1,9 @@
 //! The benchmark's load part (`--load SECONDS`): each path under steady SIP
 //! load, one operation per SIP request, from `--clients N` concurrent
 //! clients that each send their next request as soon as the previous one is
-//! answered; this module and the C module in turn on the same
-//! configuration (this module also with `amqp_direct 0`, its previous
-//! publish path).
+//! answered, or that together send a fixed number per second; this module
+//! and the C module in turn on the same configuration (this module also
+//! with `amqp_direct 0`, its previous path for publishes and queries).
 //!
 //! Per path and module it prints the rate of requests whose operation
 //! succeeded, the failures, the SIP round-trip latency (p50 / p99), the
@@ -116,13 +116,29 @@ request_route {{
 }
 
 /// What one client thread saw: latencies of successful requests, failures.
-fn client(port: u16, path: Path, running: &AtomicBool) -> (Vec<Duration>, u64) {
+/// With `interval`, it sends one request per interval (skipping a slot it
+/// is late for), else the next as soon as the last is answered.
+fn client(
+    port: u16,
+    path: Path,
+    interval: Option<Duration>,
+    first: Instant,
+    running: &AtomicBool,
+) -> (Vec<Duration>, u64) {
     let Ok(client) = SipClient::new() else {
         return (Vec::new(), 0);
     };
     let mut took = Vec::new();
     let mut failed = 0;
+    let mut next = first;
     while running.load(Ordering::Relaxed) {
+        if let Some(interval) = interval {
+            let now = Instant::now();
+            if next > now {
+                thread::sleep(next - now);
+            }
+            next = next.max(now) + interval;
+        }
         let started = Instant::now();
         match client.send_request(port, "MESSAGE", path.user(), &[], b"", SIP_TIMEOUT) {
             Ok(reply) if reply.code == 200 => took.push(started.elapsed()),
@@ -132,13 +148,32 @@ fn client(port: u16, path: Path, running: &AtomicBool) -> (Vec<Duration>, u64) {
     (took, failed)
 }
 
-/// Runs `clients` clients for `span`; their latencies and failures.
-fn drive(port: u16, path: Path, clients: u32, span: Duration) -> (Vec<Duration>, u64) {
+/// How requests are sent: `clients` clients, each sending the next as
+/// soon as the last is answered (`rate` `None`), or together `rate`
+/// requests per second.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pace {
+    pub(crate) clients: u32,
+    pub(crate) rate: Option<u32>,
+}
+
+/// Runs the clients for `span`; their latencies and failures.
+fn drive(port: u16, path: Path, pace: Pace, span: Duration) -> (Vec<Duration>, u64) {
     let running = Arc::new(AtomicBool::new(true));
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
+    let interval = pace
+        .rate
+        .map(|rate| Duration::from_secs_f64(f64::from(pace.clients) / f64::from(rate.max(1))));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..pace.clients)
+        .map(|n| {
             let running = running.clone();
-            thread::spawn(move || client(port, path, &running))
+            // Paced clients take turns: client n starts n/clients of an
+            // interval late, so that requests come evenly, not in bursts.
+            let first = start
+                + interval.map_or(Duration::ZERO, |i| {
+                    i.mul_f64(f64::from(n) / f64::from(pace.clients))
+                });
+            thread::spawn(move || client(port, path, interval, first, &running))
         })
         .collect();
     thread::sleep(span);
@@ -171,7 +206,7 @@ fn pss(pid: u32) -> u64 {
 pub(crate) fn measure(
     global: &str,
     path: Path,
-    clients: u32,
+    pace: Pace,
     span: Duration,
 ) -> Result<LoadResult, String> {
     let run = unique_name("load").replace('-', "");
@@ -185,12 +220,12 @@ pub(crate) fn measure(
     let kamailio = Kamailio::start(&config(global, &run)).map_err(|e| e.to_string())?;
     // Connections settle, then a short warm-up (direct links open, caches).
     thread::sleep(Duration::from_secs(2));
-    drive(kamailio.port(), path, clients, Duration::from_secs(1));
+    drive(kamailio.port(), path, pace, Duration::from_secs(1));
     let pss_before = pss(kamailio.pid());
     let cpu_before = tree_cpu_ticks(kamailio.pid());
     let switches_before = tree_context_switches(kamailio.pid());
     let started = Instant::now();
-    let (mut took, failed) = drive(kamailio.port(), path, clients, span);
+    let (mut took, failed) = drive(kamailio.port(), path, pace, span);
     let wall = started.elapsed();
     let cpu = tree_cpu_ticks(kamailio.pid()).saturating_sub(cpu_before);
     let switches = tree_context_switches(kamailio.pid()).saturating_sub(switches_before);

@@ -26,10 +26,11 @@
 //! `--consume-only` skips the script operations.
 //!
 //! Under load (`--load SECONDS`, default 10, 0 to skip; `--load-only` runs
-//! just this; `--clients N`, default 32; `--paths publish,query,...`): each
-//! path with one operation per SIP request from concurrent clients, rate,
-//! failures, latency, CPU and context switches per request, PSS (see
-//! `load.rs`).
+//! just this; `--clients N`, default 32; `--fixed-rate R`, default 1000;
+//! `--paths publish,query,...`): each path with one operation per SIP
+//! request from concurrent clients, as fast as they go and then at a fixed
+//! rate: rate, failures, latency, CPU and context switches per request, PSS
+//! (see `load.rs`).
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -234,13 +235,15 @@ fn arg(name: &str, default: u32) -> u32 {
 }
 
 /// The load part (see `load`): every path, this module (with and without
-/// `amqp_direct`) and the C module in turn.
+/// `amqp_direct`) and the C module in turn; first as fast as `--clients`
+/// clients go, then at `--fixed-rate` requests per second (latency).
 fn load_table(modules: &[(&str, String)]) {
     let seconds = arg("--load", 10);
     if seconds == 0 {
         return;
     }
     let clients = arg("--clients", 32);
+    let fixed_rate = arg("--fixed-rate", 1000);
     let mut variants: Vec<(String, String)> = Vec::new();
     for (name, module) in modules {
         let global = global_part(module, 4);
@@ -254,37 +257,57 @@ fn load_table(modules: &[(&str, String)]) {
             variants.push((name.to_string(), global));
         }
     }
-    println!();
-    println!("{}", load::HEADER);
     // `--paths publish,query`: only these (nothing, publish, query, async).
     let only: Option<String> = std::env::args().skip_while(|a| a != "--paths").nth(1);
-    for path in load::Path::ALL {
-        if only
-            .as_ref()
-            .is_some_and(|o| !o.split(',').any(|p| p == path.user()))
-        {
-            continue;
-        }
-        for (name, global) in &variants {
-            if *name == "rust, amqp_direct 0" && path != load::Path::Publish {
-                // The same code as "rust" for every other path.
+    let span = Duration::from_secs(seconds.into());
+    for (title, pace) in [
+        (
+            format!("as fast as {clients} clients go"),
+            load::Pace {
+                clients,
+                rate: None,
+            },
+        ),
+        (
+            format!("at {fixed_rate} requests/s"),
+            load::Pace {
+                clients,
+                rate: Some(fixed_rate),
+            },
+        ),
+    ] {
+        println!("\nUnder load, {title}:\n");
+        println!("{}", load::HEADER);
+        for path in load::Path::ALL {
+            if only
+                .as_ref()
+                .is_some_and(|o| !o.split(',').any(|p| p == path.user()))
+            {
                 continue;
             }
-            eprintln!("load: {}, {name}", path.name());
-            let result = load::measure(global, path, clients, Duration::from_secs(seconds.into()));
-            load::print_row(&format!("{}, {name}", path.name()), &result);
-        }
-        if matches!(path, load::Path::Publish | load::Path::Query) {
-            eprintln!("load: {}, broker alone", path.name());
-            let result = load::measure_broker_alone(path, 4, Duration::from_secs(seconds.into()));
-            load::print_row(
-                &format!("{}, broker alone (4 requesters, no Kamailio)", path.name()),
-                &result,
-            );
+            for (name, global) in &variants {
+                if *name == "rust, amqp_direct 0"
+                    && !matches!(path, load::Path::Publish | load::Path::Query)
+                {
+                    // The same code as "rust" for the other paths.
+                    continue;
+                }
+                eprintln!("load ({title}): {}, {name}", path.name());
+                let result = load::measure(global, path, pace, span);
+                load::print_row(&format!("{}, {name}", path.name()), &result);
+            }
+            if pace.rate.is_none() && matches!(path, load::Path::Publish | load::Path::Query) {
+                eprintln!("load: {}, broker alone", path.name());
+                let result = load::measure_broker_alone(path, 4, span);
+                load::print_row(
+                    &format!("{}, broker alone (4 requesters, no Kamailio)", path.name()),
+                    &result,
+                );
+            }
         }
     }
     println!(
-        "\n{clients} SIP clients, each sending its next request when the last is answered, {seconds} s per row (after 1 s of warm-up); children=4; a 300-byte payload; CPU and context switches of every Kamailio process and thread, per request."
+        "\n{clients} SIP clients, {seconds} s per row (after 1 s of warm-up); children=4; a 300-byte payload; CPU and context switches of every Kamailio process and thread, per request."
     );
 }
 

@@ -728,7 +728,7 @@ impl DirectPublisher {
         body_for: impl Fn(u32, u32) -> Vec<u8>,
         deadline: Instant,
     ) -> Result<Published, PublishError> {
-        let (exchange, routing_key) = names(exchange, routing_key)?;
+        let (exchange, routing_key) = broker::names(exchange, routing_key)?;
         let properties = broker::properties(how.headers)?;
         let candidates = self.candidates(target)?;
         let reply_queues = self.options.reply_queues.max(1);
@@ -758,7 +758,7 @@ impl DirectPublisher {
         payload: &PreparedPublish,
         deadline: Instant,
     ) -> Result<Vec<u8>, PublishError> {
-        let (exchange, routing_key) = names(exchange, routing_key)?;
+        let (exchange, routing_key) = broker::names(exchange, routing_key)?;
         let properties = broker::properties(headers)?;
         let candidates = self.candidates(None)?;
         let options = self.options.clone();
@@ -919,15 +919,6 @@ impl DirectPublisher {
             });
         }
     }
-}
-
-/// The exchange and routing key as AMQP short strings.
-fn names(exchange: &str, routing_key: &str) -> Result<(ShortString, ShortString), PublishError> {
-    let exchange = ShortString::try_new(exchange)
-        .map_err(|_| PublishError::Invalid("exchange name longer than 255 bytes".into()))?;
-    let routing_key = ShortString::try_new(routing_key)
-        .map_err(|_| PublishError::Invalid("routing key longer than 255 bytes".into()))?;
-    Ok((exchange, routing_key))
 }
 
 fn unix_now() -> i64 {

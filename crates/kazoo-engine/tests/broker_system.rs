@@ -11,7 +11,6 @@ use kamailio_test::{system_broker_url, system_rabbitmqctl, unique_name};
 use kazoo_engine::broker::{Brokers, Event, PublishError, PublishProperties, Role, Source};
 use kazoo_engine::subscription::{ExchangeBinding, ExchangeFlags, QueueFlags};
 use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, ExchangeKind};
 use tokio::time::Instant;
 
@@ -31,24 +30,6 @@ fn rows(args: &[&str]) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// A fresh direct exchange named after `prefix`, with a queue bound to it
-/// with the key `rk`; their names.
-async fn direct_exchange(raw: &Raw, prefix: &str) -> (String, String) {
-    let exchange = unique_name(&format!("{prefix}-x"));
-    let queue = unique_name(&format!("{prefix}-q"));
-    raw.channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions::default(),
-            no_args(),
-        )
-        .await
-        .unwrap();
-    raw.bound_queue(&queue, &exchange, "rk").await;
-    (exchange, queue)
-}
-
 #[tokio::test]
 async fn publish_sets_only_content_type_and_headers_and_waits_for_confirms() {
     let url = system_broker_url();
@@ -62,11 +43,7 @@ async fn publish_sets_only_content_type_and_headers_and_waits_for_confirms() {
     assert!(brokers.is_connected(1));
     assert!(!brokers.is_connected(2));
 
-    let headers = vec![
-        (b"zeta".to_vec(), b"last".to_vec()),
-        (b"alpha".to_vec(), b"first\0binary \xff".to_vec()),
-        (b"alpha".to_vec(), b"duplicate".to_vec()),
-    ];
+    let headers = awkward_headers();
     let deadline = Instant::now() + Duration::from_secs(5);
     let published = brokers
         .publish(None, &exchange, "rk", &headers, body, deadline)
@@ -83,22 +60,7 @@ async fn publish_sets_only_content_type_and_headers_and_waits_for_confirms() {
         .expect("the published message is in the queue");
     assert_eq!(got.delivery.data, body(1, published.idx));
     assert_eq!(got.delivery.routing_key.as_str(), "rk");
-    // Exactly content_type and the headers, as long strings ('S'): the
-    // parsed table would hold another variant for any other field type.
-    // lapin keeps a table sorted by name, so that is the order on the wire;
-    // for a repeated name the first value is kept (what RabbitMQ reads).
-    let mut table = FieldTable::default();
-    table.insert(
-        "alpha".into(),
-        AMQPValue::LongString(LongString::from(b"first\0binary \xff".to_vec())),
-    );
-    table.insert(
-        "zeta".into(),
-        AMQPValue::LongString(LongString::from(b"last".to_vec())),
-    );
-    let expected = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_headers(table);
+    let expected = awkward_headers_properties();
     assert_eq!(got.delivery.properties, expected);
     let names: Vec<&str> = got
         .delivery

@@ -16,9 +16,9 @@ use kamailio_test::{msg_id_of, system_broker_url, system_rabbitmqctl, unique_nam
 use kazoo_engine::broker::{PublishError, PublishProperties};
 use kazoo_engine::direct::{DirectOptions, DirectPublisher};
 use kazoo_engine::payload::{self, CommonFields};
-use lapin::options::{BasicGetOptions, ExchangeDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, ExchangeKind};
+use lapin::options::BasicGetOptions;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
 
 fn body(id: u32, idx: u32) -> Vec<u8> {
     format!("{{ \"broker\": {id}, \"idx\": {idx} }}").into_bytes()
@@ -43,22 +43,6 @@ fn soon() -> Instant {
     Instant::now() + Duration::from_secs(5)
 }
 
-async fn exchange_with_queue(raw: &Raw, prefix: &str) -> (String, String) {
-    let exchange = unique_name(&format!("{prefix}-x"));
-    let queue = unique_name(&format!("{prefix}-q"));
-    raw.channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions::default(),
-            no_args(),
-        )
-        .await
-        .unwrap();
-    raw.bound_queue(&queue, &exchange, "rk").await;
-    (exchange, queue)
-}
-
 async fn get(raw: &Raw, queue: &str) -> Option<lapin::message::BasicGetMessage> {
     raw.channel
         .basic_get(queue.into(), BasicGetOptions { no_ack: true })
@@ -80,18 +64,14 @@ fn connection_pid(name: &str) -> Option<String> {
 async fn a_direct_publish_is_confirmed_and_arrives_as_the_amqp_process_sends_it() {
     let url = system_broker_url();
     let raw = Raw::connect(&url).await;
-    let (exchange, queue) = exchange_with_queue(&raw, "kztest-direct").await;
+    let (exchange, queue) = direct_exchange(&raw, "kztest-direct").await;
     let name = unique_name("kztest-direct-link");
     let (published, idxs, large) = blocking({
         let (url, exchange) = (url.clone(), exchange.clone());
         move || {
             let mut direct =
                 DirectPublisher::new(&[broker(&url, 1, "local")], direct_options(&name));
-            let headers = vec![
-                (b"zeta".to_vec(), b"last".to_vec()),
-                (b"alpha".to_vec(), b"first\0binary \xff".to_vec()),
-                (b"alpha".to_vec(), b"duplicate".to_vec()),
-            ];
+            let headers = awkward_headers();
             let how = PublishProperties {
                 headers: &headers,
                 ..PublishProperties::default()
@@ -141,21 +121,7 @@ async fn a_direct_publish_is_confirmed_and_arrives_as_the_amqp_process_sends_it(
         .await
         .expect("the message is in the queue");
     assert_eq!(got.delivery.data, body(1, published.idx));
-    let mut table = FieldTable::default();
-    table.insert(
-        "alpha".into(),
-        AMQPValue::LongString(LongString::from(b"first\0binary \xff".to_vec())),
-    );
-    table.insert(
-        "zeta".into(),
-        AMQPValue::LongString(LongString::from(b"last".to_vec())),
-    );
-    assert_eq!(
-        got.delivery.properties,
-        BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_headers(table)
-    );
+    assert_eq!(got.delivery.properties, awkward_headers_properties());
     for idx in idxs {
         let got = get(&raw, &queue).await.expect("message");
         assert_eq!(got.delivery.data, body(1, idx));
@@ -175,7 +141,7 @@ async fn a_direct_publish_is_confirmed_and_arrives_as_the_amqp_process_sends_it(
 async fn a_refused_publish_fails_with_the_reason_and_a_lost_link_reconnects_within_the_next() {
     let url = system_broker_url();
     let raw = Raw::connect(&url).await;
-    let (exchange, queue) = exchange_with_queue(&raw, "kztest-direct-refused").await;
+    let (exchange, queue) = direct_exchange(&raw, "kztest-direct-refused").await;
     let name = unique_name("kztest-direct-lost");
     blocking({
         let (url, exchange) = (url.clone(), exchange.clone());

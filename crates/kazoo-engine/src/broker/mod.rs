@@ -51,7 +51,7 @@ mod tls;
 
 pub use acker::Acker;
 pub use options::{BrokerOptions, TlsOptions, HANDSHAKE_TIMEOUT};
-pub(crate) use publish::properties;
+pub(crate) use publish::{names, properties};
 pub use publish::{PublishError, PublishProperties, Published};
 use slot::Slot;
 

@@ -160,10 +160,7 @@ impl Brokers {
         body_for: impl Fn(u32, u32) -> Vec<u8>,
         deadline: Instant,
     ) -> Result<Published, PublishError> {
-        let exchange = ShortString::try_new(exchange)
-            .map_err(|_| PublishError::Invalid("exchange name longer than 255 bytes".into()))?;
-        let routing_key = ShortString::try_new(routing_key)
-            .map_err(|_| PublishError::Invalid("routing key longer than 255 bytes".into()))?;
+        let (exchange, routing_key) = names(exchange, routing_key)?;
         let properties = properties(how.headers)?;
         let options = BasicPublishOptions {
             mandatory: how.mandatory,
@@ -323,6 +320,18 @@ impl Brokers {
             }
         }
     }
+}
+
+/// The exchange and routing key as AMQP short strings (at most 255 bytes).
+pub(crate) fn names(
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(ShortString, ShortString), PublishError> {
+    let exchange = ShortString::try_new(exchange)
+        .map_err(|_| PublishError::Invalid("exchange name longer than 255 bytes".into()))?;
+    let routing_key = ShortString::try_new(routing_key)
+        .map_err(|_| PublishError::Invalid("routing key longer than 255 bytes".into()))?;
+    Ok((exchange, routing_key))
 }
 
 /// `content_type = application/json` plus the headers as long strings;

@@ -256,3 +256,51 @@ pub(crate) fn no_args() -> FieldTable {
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
+
+/// A fresh direct exchange named after `prefix`, with a queue bound to it
+/// with the key `rk`; their names.
+pub(crate) async fn direct_exchange(raw: &Raw, prefix: &str) -> (String, String) {
+    let exchange = kamailio_test::unique_name(&format!("{prefix}-x"));
+    let queue = kamailio_test::unique_name(&format!("{prefix}-q"));
+    raw.channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Direct,
+            lapin::options::ExchangeDeclareOptions::default(),
+            no_args(),
+        )
+        .await
+        .unwrap();
+    raw.bound_queue(&queue, &exchange, "rk").await;
+    (exchange, queue)
+}
+
+/// Publish headers with a repeated name and a value that is not UTF-8.
+pub(crate) fn awkward_headers() -> Vec<(Vec<u8>, Vec<u8>)> {
+    vec![
+        (b"zeta".to_vec(), b"last".to_vec()),
+        (b"alpha".to_vec(), b"first\0binary \xff".to_vec()),
+        (b"alpha".to_vec(), b"duplicate".to_vec()),
+    ]
+}
+
+/// What a publish with [`awkward_headers`] carries: exactly the content
+/// type and the headers as long strings ('S': the parsed table would hold
+/// another variant for any other field type), sorted by name (lapin's table
+/// order on the wire), the first value of a repeated name (what RabbitMQ
+/// reads).
+pub(crate) fn awkward_headers_properties() -> lapin::BasicProperties {
+    use lapin::types::{AMQPValue, LongString};
+    let mut table = FieldTable::default();
+    table.insert(
+        "alpha".into(),
+        AMQPValue::LongString(LongString::from(b"first\0binary \xff".to_vec())),
+    );
+    table.insert(
+        "zeta".into(),
+        AMQPValue::LongString(LongString::from(b"last".to_vec())),
+    );
+    lapin::BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_headers(table)
+}

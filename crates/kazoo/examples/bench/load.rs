@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use kamailio_test::{
     msg_id_of, system_broker_url, tree_context_switches, tree_cpu_ticks, tree_usage, unique_name,
-    AmqpProbe, Kamailio, SipClient,
+    AmqpProbe, Kamailio, Responder, SipClient,
 };
 
 /// A Kazoo-style payload of about 300 bytes.
@@ -197,6 +197,28 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[at].as_secs_f64() * 1000.0
 }
 
+/// The Kazoo side: a responder answering every query sent to
+/// `benchq.<run>.*` on `amq.topic` at once.
+struct Backend {
+    // Declared first: it stops before its probe's runtime goes.
+    _responder: Responder,
+    _probe: AmqpProbe,
+}
+
+fn backend(run: &str) -> Result<Backend, String> {
+    let probe = AmqpProbe::connect(&system_broker_url()).map_err(|e| e.to_string())?;
+    let responder = probe
+        .responder("amq.topic", &format!("benchq.{run}.#"), |request| {
+            let reply = format!("{{\"Msg-ID\":\"{}\",\"Answer\":true}}", msg_id_of(request));
+            vec![(Duration::ZERO, reply.into_bytes())]
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(Backend {
+        _responder: responder,
+        _probe: probe,
+    })
+}
+
 fn pss(pid: u32) -> u64 {
     tree_usage(pid).iter().map(|u| u.pss_kb).sum()
 }
@@ -210,13 +232,7 @@ pub(crate) fn measure(
     span: Duration,
 ) -> Result<LoadResult, String> {
     let run = unique_name("load").replace('-', "");
-    let probe = AmqpProbe::connect(&system_broker_url()).map_err(|e| e.to_string())?;
-    let _responder = probe
-        .responder("amq.topic", &format!("benchq.{run}.#"), |request| {
-            let reply = format!("{{\"Msg-ID\":\"{}\",\"Answer\":true}}", msg_id_of(request));
-            vec![(Duration::ZERO, reply.into_bytes())]
-        })
-        .map_err(|e| e.to_string())?;
+    let _backend = backend(&run)?;
     let kamailio = Kamailio::start(&config(global, &run)).map_err(|e| e.to_string())?;
     // Connections settle, then a short warm-up (direct links open, caches).
     thread::sleep(Duration::from_secs(2));
@@ -263,13 +279,7 @@ pub(crate) fn measure_broker_alone(
     use kazoo_engine::payload::{self, CommonFields};
 
     let run = unique_name("alone").replace('-', "");
-    let probe = AmqpProbe::connect(&system_broker_url()).map_err(|e| e.to_string())?;
-    let _responder = probe
-        .responder("amq.topic", &format!("benchq.{run}.#"), |request| {
-            let reply = format!("{{\"Msg-ID\":\"{}\",\"Answer\":true}}", msg_id_of(request));
-            vec![(Duration::ZERO, reply.into_bytes())]
-        })
-        .map_err(|e| e.to_string())?;
+    let _backend = backend(&run)?;
     let mut params = Params::default();
     params
         .set(

@@ -2,8 +2,10 @@
 //! `{kz.json.count,PATH}` compute, minus the Kamailio plumbing (which stays in the module glue).
 //!
 //! Each helper parses the JSON text first, as the C module does, so invalid JSON is reported
-//! even when the path is bad too.
+//! even when the path is bad too. The last document parsed is kept per thread: a route reading
+//! several fields of the same payload (`$(kzE{kz.json,...})` again and again) parses it once.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use super::{parse, parse_path, to_json, ParseError, PathError, Value};
@@ -47,6 +49,14 @@ impl From<PathError> for JsonError {
     }
 }
 
+/// Documents up to this size are kept for the next lookup (one per thread).
+const CACHED_MAX: usize = 64 * 1024;
+
+thread_local! {
+    /// The last document parsed on this thread: its text and its tree.
+    static LAST_PARSED: RefCell<Option<(Vec<u8>, Value)>> = const { RefCell::new(None) };
+}
+
 /// Parses `json`, then `path`, and looks the path up; `Ok(None)` is null.
 fn with_node<T>(
     json: &[u8],
@@ -54,9 +64,23 @@ fn with_node<T>(
     escape_char: u8,
     f: impl FnOnce(Option<&Value>) -> T,
 ) -> Result<T, JsonError> {
-    let root = parse(json)?;
-    let path = parse_path(path, escape_char)?;
-    Ok(f(path.lookup(&root)))
+    LAST_PARSED.with(|cell| {
+        let mut last = cell.borrow_mut();
+        if last
+            .as_ref()
+            .is_none_or(|(text, _)| text.as_slice() != json)
+        {
+            let root = parse(json)?;
+            if json.len() > CACHED_MAX {
+                let path = parse_path(path, escape_char)?;
+                return Ok(f(path.lookup(&root)));
+            }
+            *last = Some((json.to_vec(), root));
+        }
+        let path = parse_path(path, escape_char)?;
+        let root = last.as_ref().map(|(_, root)| root);
+        Ok(f(root.and_then(|root| path.lookup(root))))
+    })
 }
 
 /// The text json-c's `json_object_get_string` gives for a node, cut at the first NUL as the C
@@ -112,4 +136,35 @@ pub fn object_keys(
         Some(Value::Object(entries)) => Ok(Some(entries.iter().map(|(k, _)| k.clone()).collect())),
         Some(other) => Err(JsonError::NotAnObject(other.type_name())),
     })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_document_never_answers_for_another() {
+        let one = br#"{"a": "one", "n": [1, 2]}"#;
+        let two = br#"{"a": "two"}"#;
+        let big = format!(r#"{{"a": "big", "pad": "{}"}}"#, "x".repeat(CACHED_MAX));
+        for _ in 0..2 {
+            assert_eq!(field_text(one, b"a", b'%'), Ok(Some(b"one".to_vec())));
+            assert_eq!(array_len(one, b"n", b'%'), Ok(2));
+            assert_eq!(field_text(two, b"a", b'%'), Ok(Some(b"two".to_vec())));
+            assert_eq!(array_len(two, b"n", b'%'), Ok(0));
+            assert_eq!(
+                field_text(big.as_bytes(), b"a", b'%'),
+                Ok(Some(b"big".to_vec()))
+            );
+            assert!(matches!(
+                field_text(b"{", b"a", b'%'),
+                Err(JsonError::InvalidJson(_))
+            ));
+            // A bad path is reported for a kept document too.
+            assert!(matches!(
+                field_text(one, b"a..b", b'%'),
+                Err(JsonError::BadPath(_))
+            ));
+        }
+    }
 }

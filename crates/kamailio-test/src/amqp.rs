@@ -200,6 +200,39 @@ impl AmqpProbe {
         )
     }
 
+    /// A durable classic queue `name` (no arguments, not auto-delete) bound
+    /// to `exchange` with `binding_key`: what a subscription with
+    /// `durable` 1 and `auto_delete` 0 declares, so that it can be filled
+    /// before its consumer starts.
+    pub fn durable_queue(
+        &self,
+        name: &str,
+        exchange: &str,
+        binding_key: &str,
+    ) -> Result<(), HarnessError> {
+        self.run(
+            "queue.declare",
+            self.channel.queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )?;
+        self.run(
+            "queue.bind",
+            self.channel.queue_bind(
+                name.into(),
+                exchange.into(),
+                binding_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+    }
+
     /// Takes every message of `queue` (consumed without acks) until none has
     /// come for `idle`, or `limit` has passed; returns their bodies in order.
     pub fn drain(

@@ -127,6 +127,8 @@ struct Link {
     replies: bool,
     /// Replies read that no query waits for (routing key, body as sent).
     late: Vec<(String, Vec<u8>)>,
+    /// Late replies dropped because `late` was full.
+    late_dropped: u64,
 }
 
 fn io_text(e: &io::Error) -> String {
@@ -190,6 +192,7 @@ impl Link {
             read_timeout: None,
             replies: false,
             late: Vec::new(),
+            late_dropped: 0,
         };
         let deadline = deadline.min(now + HANDSHAKE_TIMEOUT);
         link.flush().map_err(|e| io_text(&e))?;
@@ -380,7 +383,7 @@ impl Link {
                 body,
             } => {
                 // A reply read while waiting for something else: late.
-                self.late.push((routing_key, body));
+                self.keep_late(routing_key, body);
                 None
             }
             Event::ChannelClosed {
@@ -477,6 +480,10 @@ impl Link {
     }
 }
 
+/// Late replies kept between two operations of a process at most; more
+/// (a backend flooding one `Server-ID`) are dropped, logged and counted.
+const MAX_LATE: usize = 1000;
+
 /// What identifies a query's reply, and how to annotate it.
 struct Reply<'a> {
     msg_id: &'a str,
@@ -485,6 +492,21 @@ struct Reply<'a> {
 }
 
 impl Link {
+    fn keep_late(&mut self, routing_key: String, body: Vec<u8>) {
+        if self.late.len() < MAX_LATE {
+            self.late.push((routing_key, body));
+            return;
+        }
+        self.late_dropped += 1;
+        if self.late_dropped.is_power_of_two() {
+            log::warn!(
+                "{} replies nobody waited for were dropped: more than {MAX_LATE} came between \
+                 two publishes or queries of this process",
+                self.late_dropped
+            );
+        }
+    }
+
     /// Declares this process's reply queue (exclusive: it goes with the
     /// link), binds it to `targeted` with `server_id` and consumes it
     /// without acks on [`REPLY_CHANNEL`], once per link.
@@ -559,7 +581,7 @@ impl Link {
                         ended = Some(Attempt::Answered(annotated.body));
                     }
                     // Annotated again when taken.
-                    Ok(_) => self.late.push((routing_key, body)),
+                    Ok(_) => self.keep_late(routing_key, body),
                     Err(e) => log::error!(
                         "dropping a reply from broker {} (routing key {routing_key}): {e}",
                         reply.broker_id

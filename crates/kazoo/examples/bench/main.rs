@@ -18,11 +18,13 @@
 //! time is counted in clock ticks (10 ms): keep `requests × ops` large.
 //!
 //! Consuming is measured apart (`--consume N`, default 20 000 messages):
-//! Kamailio subscribes in `kazoo:mod-init` (with `no_ack` 1, then 0), the
-//! benchmark publishes N small events to the subscription's exchange from
-//! its own connection, and the CPU of every Kamailio process from the first
-//! publish until the queue is empty, less the same span of idle CPU, is
-//! divided by N; each event runs a route reading one field of `$kzE`.
+//! N small events wait in the subscription's queue (durable, declared by
+//! the benchmark as the subscription declares it) before Kamailio starts
+//! and subscribes in `kazoo:mod-init` (with `no_ack` 1, then 0); the CPU of
+//! every Kamailio process from the moment the broker sees its consumer
+//! until the queue is empty, less the same span of idle CPU, is divided by
+//! N, and N by that span is the rate; each event runs a route reading one
+//! field of `$kzE`.
 //! `--consume-only` skips the script operations.
 //!
 //! Under load (`--load SECONDS`, default 10, 0 to skip; `--load-only` runs
@@ -148,7 +150,7 @@ fn consume_config(module: &str, exchange: &str, queue: &str, no_ack: bool) -> St
         r#"{global}
 modparam("kazoo", "amqp_consumer_workers", 4)
 event_route[kazoo:mod-init] {{
-    kazoo_subscribe("{{'exchange': '{exchange}', 'type': 'topic', 'queue': '{queue}', 'routing': '#', 'no_ack': {no_ack}}}");
+    kazoo_subscribe("{{'exchange': '{exchange}', 'type': 'topic', 'queue': '{queue}', 'routing': '#', 'durable': 1, 'auto_delete': 0, 'no_ack': {no_ack}}}");
 }}
 event_route[kazoo:consumer-event] {{
     $var(x) = $(kzE{{kz.json,Seq}});
@@ -162,49 +164,72 @@ request_route {{
     )
 }
 
-/// Kamailio CPU microseconds per consumed message, and messages per second.
+/// Kamailio CPU microseconds per consumed message, and messages per second:
+/// `messages` events wait in the subscription's queue before Kamailio
+/// starts, and are measured from its consumer's start until the queue is
+/// empty (the module's own pace, not a publisher's).
 fn measure_consume(module: &str, no_ack: bool, messages: u32) -> Result<(f64, f64), String> {
     let probe = AmqpProbe::connect(&system_broker_url()).map_err(|e| e.to_string())?;
     let exchange = unique_name("bench-consume");
     let queue = format!("{exchange}-q");
-    probe
-        .declare_exchange(&exchange, "topic")
-        .map_err(|e| e.to_string())?;
-    let kamailio = Kamailio::start(&consume_config(module, &exchange, &queue, no_ack))
-        .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while probe
-        .queue_counts(&queue)
-        .map(|(_, consumers)| consumers)
-        .unwrap_or(0)
-        == 0
-    {
-        if Instant::now() > deadline {
-            return Err("the subscription was not consumed".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_secs(1));
-    let before = tree_cpu_ticks(kamailio.pid());
-    let started = Instant::now();
+    let result = fill_and_drain(module, no_ack, messages, &probe, &exchange, &queue);
+    probe.delete_exchange(&exchange);
+    probe.delete_queue(&queue);
+    result
+}
+
+fn fill_and_drain(
+    module: &str,
+    no_ack: bool,
+    messages: u32,
+    probe: &AmqpProbe,
+    exchange: &str,
+    queue: &str,
+) -> Result<(f64, f64), String> {
+    let failed = |e: kamailio_test::HarnessError| e.to_string();
+    probe.declare_exchange(exchange, "topic").map_err(failed)?;
+    probe.durable_queue(queue, exchange, "#").map_err(failed)?;
     for seq in 0..messages {
         let body = format!(
             "{{\"Event-Category\":\"bench\",\"Event-Name\":\"consume\",\"Seq\":\"{seq}\"}}"
         );
         probe
-            .publish(&exchange, &format!("bench.{seq}"), body.as_bytes())
-            .map_err(|e| e.to_string())?;
+            .publish(exchange, &format!("bench.{seq}"), body.as_bytes())
+            .map_err(failed)?;
     }
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let filled = Instant::now() + Duration::from_secs(60);
+    while probe.queue_counts(queue).map_err(failed)?.0 < messages {
+        if Instant::now() > filled {
+            return Err("the queue was not filled".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kamailio =
+        Kamailio::start(&consume_config(module, exchange, queue, no_ack)).map_err(failed)?;
+    // From the moment the broker sees the consumer.
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let held = system_queue_messages(&queue).map_err(|e| e.to_string())?;
+        let (_, consumers) = probe.queue_counts(queue).map_err(failed)?;
+        if consumers > 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the subscription was not consumed".into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let before = tree_cpu_ticks(kamailio.pid());
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(300);
+    loop {
+        let held = system_queue_messages(queue).map_err(failed)?;
         if held.is_some_and(|m| m.ready + m.unacked == 0) {
             break;
         }
         if Instant::now() > deadline {
             return Err(format!("not drained: {held:?}"));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
     let wall = started.elapsed();
     let busy = tree_cpu_ticks(kamailio.pid()) - before;
@@ -212,9 +237,6 @@ fn measure_consume(module: &str, no_ack: bool, messages: u32) -> Result<(f64, f6
     let idle_from = tree_cpu_ticks(kamailio.pid());
     std::thread::sleep(wall);
     let idle = tree_cpu_ticks(kamailio.pid()) - idle_from;
-    drop(kamailio);
-    probe.delete_exchange(&exchange);
-    probe.delete_queue(&queue);
     let ticks = busy.saturating_sub(idle);
     eprintln!(
         "  {module}: no_ack {no_ack}: {busy} ticks ({idle} idle) over {wall:.2?} for {messages} messages"
@@ -408,6 +430,6 @@ fn main() {
         println!();
     }
     println!(
-        "\n{messages} messages published from the benchmark's own connection; the route reads one field."
+        "\n{messages} messages waiting in the queue before Kamailio starts; the route reads one field."
     );
 }

@@ -1,7 +1,9 @@
-//! Direct publishing: the calling process's own blocking AMQP connection
-//! per broker, so that a `kazoo_publish` costs one `write` and one blocking
+//! Direct links: the calling process's own blocking AMQP connection per
+//! broker, so that a `kazoo_publish` costs one `write` and one blocking
 //! `read` in the SIP worker instead of a round trip through the AMQP
-//! process and its AMQP client's I/O thread.
+//! process and its AMQP client's I/O thread; a `kazoo_query` is published
+//! there too and its reply read from the process's own reply queue
+//! ([`DirectPublisher::query`]).
 //!
 //! [`DirectPublisher::publish`] keeps the guarantees of the AMQP process's
 //! [`crate::broker::Brokers::publish_with`]: it returns `Ok` only for the
@@ -107,6 +109,17 @@ enum Attempt {
     Timeout,
 }
 
+impl Attempt {
+    /// Why logging in (or setting up the publish channel) failed.
+    fn login_failure(self) -> String {
+        match self {
+            Attempt::Lost(reason) | Attempt::Refused(reason) | Attempt::Blocked(reason) => reason,
+            Attempt::Timeout => "the broker did not answer the login in time".into(),
+            _ => "unexpected answer to the login".into(),
+        }
+    }
+}
+
 /// One broker connection with channel [`CHANNEL`] in confirm mode.
 struct Link {
     stream: TcpStream,
@@ -196,13 +209,15 @@ impl Link {
         };
         let deadline = deadline.min(now + HANDSHAKE_TIMEOUT);
         link.flush().map_err(|e| io_text(&e))?;
-        link.until(deadline, 0, |e| matches!(e, Event::Ready))?;
+        link.until(deadline, 0, |e| matches!(e, Event::Ready))
+            .map_err(|e| e.login_failure())?;
         link.conn.open_channel(CHANNEL);
         link.conn.confirm_select(CHANNEL);
         link.flush().map_err(|e| io_text(&e))?;
         link.until(deadline, CHANNEL, |e| {
             matches!(e, Event::ConfirmSelected(CHANNEL))
-        })?;
+        })
+        .map_err(|e| e.login_failure())?;
         link.confirming = true;
         Ok(link)
     }
@@ -214,13 +229,15 @@ impl Link {
         deadline: Instant,
         channel: u16,
         wanted: fn(&Event) -> bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), Attempt> {
         loop {
             for event in std::mem::take(&mut self.events) {
                 match event {
                     event if wanted(&event) => return Ok(()),
                     Event::ConnectionClosed { code, text } => {
-                        return Err(format!("the broker closed the connection: {code} {text}"))
+                        return Err(Attempt::Lost(format!(
+                            "the broker closed the connection: {code} {text}"
+                        )))
                     }
                     Event::ChannelClosed {
                         channel: closed,
@@ -235,7 +252,9 @@ impl Link {
                             },
                             Waiting::Nothing,
                         );
-                        return Err(format!("the broker closed the channel: {code} {text}"));
+                        return Err(Attempt::Refused(format!(
+                            "the broker closed the channel: {code} {text}"
+                        )));
                     }
                     other => {
                         self.note(other, Waiting::Nothing);
@@ -244,8 +263,8 @@ impl Link {
             }
             match self.read(deadline) {
                 Ok(true) => {}
-                Ok(false) => return Err("the broker did not answer in time".into()),
-                Err(e) => return Err(e),
+                Ok(false) => return Err(Attempt::Timeout),
+                Err(reason) => return Err(Attempt::Lost(reason)),
             }
         }
     }
@@ -510,17 +529,20 @@ impl Link {
     /// Declares this process's reply queue (exclusive: it goes with the
     /// link), binds it to `targeted` with `server_id` and consumes it
     /// without acks on [`REPLY_CHANNEL`], once per link.
+    /// A failure is [`Attempt::Lost`] when the connection went (reconnect),
+    /// [`Attempt::Refused`] when the broker refused a step.
     fn consume_replies(
         &mut self,
         queue: &str,
         server_id: &str,
         deadline: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), Attempt> {
         if self.replies {
             return Ok(());
         }
         let short = |text: &str| {
-            ShortString::try_new(text).map_err(|_| format!("{text} is longer than 255 bytes"))
+            ShortString::try_new(text)
+                .map_err(|_| Attempt::Refused(format!("{text} is longer than 255 bytes")))
         };
         let (queue, key) = (short(queue)?, short(server_id)?);
         let targeted: ShortString = payload::TARGETED_EXCHANGE.into();
@@ -530,7 +552,7 @@ impl Link {
         self.conn.queue_declare_exclusive(REPLY_CHANNEL, &queue);
         self.conn.queue_bind(REPLY_CHANNEL, &queue, &targeted, &key);
         self.conn.consume_no_ack(REPLY_CHANNEL, &queue);
-        self.flush().map_err(|e| io_text(&e))?;
+        self.flush().map_err(|e| Attempt::Lost(io_text(&e)))?;
         self.until(deadline, REPLY_CHANNEL, |e| {
             matches!(e, Event::Consuming(REPLY_CHANNEL))
         })?;
@@ -792,8 +814,8 @@ impl DirectPublisher {
             let Some(link) = t.link.as_mut() else {
                 return Attempt::Lost("no link".into());
             };
-            if let Err(reason) = link.consume_replies(&queue, &server_id, deadline) {
-                return Attempt::Refused(reason);
+            if let Err(attempt) = link.consume_replies(&queue, &server_id, deadline) {
+                return attempt;
             }
             let body = payload.body(&server_id);
             link.query(

@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPFrame, WriteContext};
-use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass};
+use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queue, AMQPClass};
 use broker_support::*;
 use kamailio_test::{msg_id_of, system_broker_url, system_rabbitmqctl, unique_name, AmqpProbe};
 use kazoo_engine::broker::{PublishError, PublishProperties};
@@ -430,22 +430,90 @@ impl FakeBroker {
     }
 
     /// Reads one publish (method, header, body frames).
+    /// Reads one publish (method, header, body frames) on channel 1.
     fn publish(&mut self) -> Vec<u8> {
-        assert!(matches!(
-            self.next_frame(),
-            AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Publish(_)))
-        ));
-        let AMQPFrame::Header(1, header) = self.next_frame() else {
+        self.publish_on(1)
+    }
+
+    fn publish_on(&mut self, channel: u16) -> Vec<u8> {
+        match self.next_frame() {
+            AMQPFrame::Method(ch, AMQPClass::Basic(basic::AMQPMethod::Publish(_)))
+                if ch == channel => {}
+            other => panic!("expected a publish on channel {channel}, got {other:?}"),
+        }
+        let AMQPFrame::Header(_, header) = self.next_frame() else {
             panic!("expected a content header");
         };
         let mut body = Vec::new();
         while (body.len() as u64) < header.body_size {
-            let AMQPFrame::Body(1, part) = self.next_frame() else {
+            let AMQPFrame::Body(_, part) = self.next_frame() else {
                 panic!("expected a body frame");
             };
             body.extend_from_slice(&part);
         }
         body
+    }
+
+    /// Answers the set-up of a reply queue on channel 2 (channel, exchange,
+    /// queue, binding, consumer).
+    fn reply_queue_setup(&mut self) {
+        let frames: [(fn(&AMQPClass) -> bool, AMQPClass); 5] = [
+            (
+                |m| matches!(m, AMQPClass::Channel(channel::AMQPMethod::Open(_))),
+                AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+            ),
+            (
+                |m| matches!(m, AMQPClass::Exchange(exchange::AMQPMethod::Declare(_))),
+                AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+            ),
+            (
+                |m| matches!(m, AMQPClass::Queue(queue::AMQPMethod::Declare(_))),
+                AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                    queue: "replies".into(),
+                    message_count: 0,
+                    consumer_count: 0,
+                })),
+            ),
+            (
+                |m| matches!(m, AMQPClass::Queue(queue::AMQPMethod::Bind(_))),
+                AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+            ),
+            (
+                |m| matches!(m, AMQPClass::Basic(basic::AMQPMethod::Consume(_))),
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: "c".into(),
+                })),
+            ),
+        ];
+        for (expected, answer) in frames {
+            match self.next_frame() {
+                AMQPFrame::Method(2, m) if expected(&m) => self.send(&method(2, answer)),
+                other => panic!("unexpected in the reply queue's set-up: {other:?}"),
+            }
+        }
+    }
+
+    /// Delivers `body` to the consumer on channel 2.
+    fn deliver(&mut self, body: &[u8]) {
+        self.send(&method(
+            2,
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                consumer_tag: "c".into(),
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: "targeted".into(),
+                routing_key: "rk".into(),
+            })),
+        ));
+        self.send(&frame(&AMQPFrame::Header(
+            2,
+            amq_protocol::frame::AMQPContentHeader {
+                class_id: 60,
+                body_size: body.len() as u64,
+                properties: BasicProperties::default(),
+            },
+        )));
+        self.send(&frame(&AMQPFrame::Body(2, body.to_vec())));
     }
 
     fn ack(&mut self, tag: u64) {
@@ -567,6 +635,39 @@ fn a_broker_that_blocks_or_stops_confirming_fails_publishes_at_once_until_it_ans
     direct
         .publish(None, "x", "rk", plain(), body, soon())
         .expect("5 confirmed once the broker answers again");
+    script
+        .join()
+        .expect("the scripted broker saw what it expected");
+}
+
+#[test]
+fn a_link_lost_while_its_reply_queue_is_set_up_is_reconnected_within_the_query() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let script = std::thread::spawn(move || {
+        // The first connection goes away while the reply queue is declared.
+        let mut first = FakeBroker::accept(&listener);
+        assert!(matches!(
+            first.next_frame(),
+            AMQPFrame::Method(2, AMQPClass::Channel(channel::AMQPMethod::Open(_)))
+        ));
+        drop(first);
+        // The second one works: the same query is published there.
+        let mut second = FakeBroker::accept(&listener);
+        second.reply_queue_setup();
+        let request = second.publish_on(2);
+        assert!(String::from_utf8_lossy(&request).contains("query-reset"));
+        second.deliver(br#"{"Msg-ID": "query-reset", "Answer": 1}"#);
+        second
+    });
+    let mut direct = DirectPublisher::new(&[broker(&url, 1, "local")], direct_options("reset"));
+    let reply = direct
+        .query("x", "rk", &[], &query_payload("query-reset"), soon())
+        .expect("answered on a new connection");
+    assert!(String::from_utf8_lossy(&reply).contains("\"Answer\": 1"));
     script
         .join()
         .expect("the scripted broker saw what it expected");

@@ -335,6 +335,9 @@ fn method(channel: u16, class: AMQPClass) -> Vec<u8> {
     frame(&AMQPFrame::Method(channel, class))
 }
 
+/// Whether a method is the one expected.
+type IsMethod = fn(&AMQPClass) -> bool;
+
 /// A scripted broker's side of one connection: reads frames, answers the
 /// login, and hands each publish's method frame to the test.
 struct FakeBroker {
@@ -457,7 +460,7 @@ impl FakeBroker {
     /// Answers the set-up of a reply queue on channel 2 (channel, exchange,
     /// queue, binding, consumer).
     fn reply_queue_setup(&mut self) {
-        let frames: [(fn(&AMQPClass) -> bool, AMQPClass); 5] = [
+        let frames: [(IsMethod, AMQPClass); 5] = [
             (
                 |m| matches!(m, AMQPClass::Channel(channel::AMQPMethod::Open(_))),
                 AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),

@@ -183,6 +183,10 @@ pub struct WorkerLink {
 /// A worker link's read brings at most this much.
 const LINK_READ: usize = 64 * 1024;
 
+/// A link's buffer grown past this by a large frame is given back once
+/// the frame is taken (one 10 MB message must not stay in every worker).
+const LINK_KEEP: usize = 4 * LINK_READ;
+
 /// How long writing a report may take.
 const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -255,6 +259,9 @@ impl WorkerLink {
         };
         let body = body.to_vec();
         self.input.drain(..4 + len);
+        if self.input.capacity() > LINK_KEEP {
+            self.input.shrink_to(LINK_READ);
+        }
         Ok(Some(body))
     }
 
@@ -371,6 +378,34 @@ mod tests {
             Some(delivery(4))
         );
         link.ack(4).unwrap();
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_worker_link_gives_back_the_buffer_a_large_frame_took() {
+        use crate::ipc::{Delivery, Work};
+        let large = Work::Deliver(Delivery {
+            id: 1,
+            routing_key: None,
+            body: vec![b'x'; 4 * 1024 * 1024],
+            event_key: None,
+            event_subkey: None,
+        });
+        let frame = large.encode();
+        let (name, listener) = bind(std::process::id()).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            read_frame(&mut conn, deadline).unwrap().unwrap();
+            conn.write_all(&frame).unwrap();
+        });
+        let mut link = WorkerLink::connect(&name, 1).unwrap();
+        assert_eq!(link.next(Duration::from_secs(5)).unwrap(), Some(large));
+        assert!(
+            link.input.capacity() <= LINK_KEEP,
+            "the link keeps {} bytes",
+            link.input.capacity()
+        );
         server.join().unwrap();
     }
 

@@ -177,27 +177,7 @@ impl AmqpProbe {
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
         );
-        self.run(
-            "queue.declare",
-            self.channel.queue_declare(
-                name.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                args,
-            ),
-        )?;
-        self.run(
-            "queue.bind",
-            self.channel.queue_bind(
-                name.into(),
-                exchange.into(),
-                binding_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            ),
-        )
+        self.durable_bound(name, args, exchange, binding_key)
     }
 
     /// A durable classic queue `name` (no arguments, not auto-delete) bound
@@ -210,6 +190,17 @@ impl AmqpProbe {
         exchange: &str,
         binding_key: &str,
     ) -> Result<(), HarnessError> {
+        self.durable_bound(name, FieldTable::default(), exchange, binding_key)
+    }
+
+    /// Declares the durable queue `name` with `args` and binds it.
+    fn durable_bound(
+        &self,
+        name: &str,
+        args: FieldTable,
+        exchange: &str,
+        binding_key: &str,
+    ) -> Result<(), HarnessError> {
         self.run(
             "queue.declare",
             self.channel.queue_declare(
@@ -218,7 +209,7 @@ impl AmqpProbe {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                args,
             ),
         )?;
         self.run(

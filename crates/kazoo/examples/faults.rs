@@ -1038,8 +1038,14 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
         if Instant::now() >= next_sample {
             next_sample += every;
             let usage = tree_usage(rig.kamailio.pid());
+            // The AMQP process on its own: the one whose growth a soak is for.
+            let amqp_pss: u64 = usage
+                .iter()
+                .filter(|u| rig.labels.get(&u.pid).is_some_and(|l| l == "kazoo AMQP"))
+                .map(|u| u.pss_kb)
+                .sum();
             eprintln!(
-                "    {:>5.0} s: {} operations, PSS {} kB, {} fds",
+                "    {:>5.0} s: {} operations, PSS {} kB (kazoo AMQP {amqp_pss} kB), {} fds",
                 measured.elapsed().as_secs_f64(),
                 rig.live.done.load(Ordering::SeqCst) - ops_first,
                 total_pss(&usage),

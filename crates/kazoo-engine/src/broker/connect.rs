@@ -19,7 +19,15 @@ use tokio::time::Instant;
 use super::{lock, tls, BrokerOptions, Event, Role, Slot, HANDSHAKE_TIMEOUT};
 use crate::config::Scheme;
 
-/// The C module's frame_max.
+/// The largest frame these connections accept: the C module's, and the
+/// broker's default. It cannot be smaller: the broker splits a body into
+/// frames of the size agreed but sends a content header in one frame
+/// whatever its size, so a message with many headers would close the
+/// consuming connection (the poison tests publish one of 119 kB). lapin
+/// keeps a receive and a send ring of 32 frames per connection, 8 MB in
+/// all, whose pages are touched as traffic first wraps round them: a soak
+/// sees that as growth during its first minutes, bounded by 8 MB a
+/// connection.
 const FRAME_MAX: u32 = 131_072;
 
 /// What a connection task knows.

@@ -1083,3 +1083,115 @@ async fn the_prefetch_holds_a_flood_on_the_broker_for_no_ack_subscriptions_too()
     raw.delete(&[&exchange], &[&queue]).await;
     raw.close().await;
 }
+
+/// Acks are coalesced (`basic.ack` with `multiple`): settled out of order,
+/// from several threads, mixed with rejects, every delivery is settled
+/// exactly once. A `multiple` ack covering a tag another batch still sends
+/// alone makes the broker close the channel ("unknown delivery tag") and
+/// redeliver what was not settled yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_settled_out_of_order_from_several_threads_are_each_sent_once() {
+    const MESSAGES: usize = 3000;
+    let url = system_broker_url();
+    let raw = Raw::connect(&url).await;
+    let exchange = unique_name("kztest-acks-x");
+    let queue = unique_name("kztest-acks-q");
+    let mut sub = subscription(&exchange, "direct", &queue, &["rk"]);
+    sub.no_ack = false;
+    let mut opts = options(&unique_name("kztest"));
+    opts.reply_queues = 0;
+    opts.prefetch = 64;
+    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![sub], opts);
+    wait_connected(
+        &mut events,
+        &[(1, Role::Publisher), (1, Role::Consumer(0))],
+        WAIT,
+    )
+    .await;
+    for i in 0..MESSAGES {
+        raw.publish(&exchange, "rk", format!("{{\"n\": {i}}}").as_bytes())
+            .await;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut rejected = 0;
+    while seen.len() < MESSAGES {
+        // What the broker sent so far: up to the prefetch.
+        let mut batch = Vec::new();
+        let mut within = WAIT;
+        while batch.len() < 64 {
+            match tokio::time::timeout(within, events.recv()).await {
+                Ok(Some(Event::Consumed(d))) => {
+                    assert!(!d.redelivered, "redelivered after {} settled", seen.len());
+                    assert!(seen.insert(d.body.clone()), "delivered twice");
+                    batch.push(d);
+                }
+                Ok(Some(Event::SubscriptionWorking { .. })) => {}
+                Ok(other) => panic!("after {} deliveries: {other:?}", seen.len()),
+                Err(_) if batch.is_empty() => panic!("stalled after {}", seen.len()),
+                Err(_) => break,
+            }
+            within = Duration::from_millis(20);
+        }
+        // Settled newest first, alternately by two threads, every tenth
+        // rejected: each batch leaves older deliveries held while newer
+        // ones are settled.
+        batch.reverse();
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        for (i, d) in batch.into_iter().enumerate() {
+            let reject = d.body.ends_with(b"0}");
+            rejected += usize::from(reject);
+            if i % 2 == 0 {
+                first.push((d, reject));
+            } else {
+                second.push((d, reject));
+            }
+        }
+        let settle = |part: Vec<(kazoo_engine::broker::Consumed, bool)>| {
+            std::thread::spawn(move || {
+                for (d, reject) in part {
+                    if reject {
+                        d.ack.reject(false);
+                    } else {
+                        d.ack.ack();
+                    }
+                }
+            })
+        };
+        let (a, b) = (settle(first), settle(second));
+        a.join().unwrap();
+        b.join().unwrap();
+    }
+    assert_eq!(rejected, MESSAGES / 10);
+    let mut state = Vec::new();
+    for _ in 0..50 {
+        let q = queue.clone();
+        state = blocking(move || {
+            rows(&[
+                "list_queues",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+            ])
+        })
+        .await
+        .into_iter()
+        .find(|r| r[0] == q)
+        .expect("queue declared");
+        if state[1..] == ["0", "0"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(state[1..], ["0", "0"], "ready, unacked");
+    // Nothing broke meanwhile.
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            matches!(event, Event::SubscriptionWorking { .. }),
+            "{event:?}"
+        );
+    }
+
+    brokers.close().await;
+    raw.delete(&[&exchange], &[&queue]).await;
+    raw.close().await;
+}

@@ -1,6 +1,20 @@
 //! Settling a delivery on the broker: ack, reject, or what dropping it
-//! unused means for its source.
+//! unused means for its source; and sending those settlements coalesced.
+//!
+//! Every delivery is consumed with acks (the prefetch is the module's
+//! backpressure), so a flood of events is a flood of acks. Sending each on
+//! its own cost a spawned task, one of lapin's internal commands and a
+//! wake-up of its I/O thread per delivery. Instead, a channel's settlements
+//! are collected and sent once the runtime gets to them: the acks as one
+//! `basic.ack` with `multiple` up to the first delivery still held by this
+//! process, the rest one by one. A delivery still held is never covered.
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
+
+use super::lock;
 
 /// Acknowledges one delivery. Dropping it unused settles it as its source
 /// wants, so an abandoned delivery never stays unacked on the broker:
@@ -12,9 +26,9 @@ use std::fmt;
 /// its connection is gone, the broker has requeued the message already and
 /// the ack is dropped (logged at debug).
 pub struct Acker {
-    inner: Option<lapin::Acker>,
-    handle: tokio::runtime::Handle,
-    broker_id: u32,
+    channel: Arc<ChannelAcks>,
+    /// `None` once settled.
+    tag: Option<u64>,
     /// What dropping it unused does.
     on_drop: Settle,
 }
@@ -22,35 +36,14 @@ pub struct Acker {
 impl fmt::Debug for Acker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Acker")
-            .field("broker_id", &self.broker_id)
-            .field("pending", &self.inner.is_some())
+            .field("broker_id", &self.channel.broker_id)
+            .field("pending", &self.tag.is_some())
             .field("on_drop", &self.on_drop)
             .finish()
     }
 }
 
 impl Acker {
-    /// An acker whose delivery is requeued when it is dropped unused
-    /// (`requeue_on_drop`), or acked.
-    pub(super) fn new(
-        inner: lapin::Acker,
-        handle: tokio::runtime::Handle,
-        broker_id: u32,
-        requeue_on_drop: bool,
-    ) -> Acker {
-        let on_drop = if requeue_on_drop {
-            Settle::Reject { requeue: true }
-        } else {
-            Settle::Ack
-        };
-        Acker {
-            inner: Some(inner),
-            handle,
-            broker_id,
-            on_drop,
-        }
-    }
-
     /// Whether dropping it unused returns the delivery to the broker
     /// (subscriptions with `no_ack: 0`) rather than acking it.
     pub fn requeues_on_drop(&self) -> bool {
@@ -68,25 +61,9 @@ impl Acker {
     }
 
     fn settle(&mut self, how: Settle) {
-        let Some(acker) = self.inner.take() else {
-            return;
-        };
-        let broker_id = self.broker_id;
-        // Spawning on a runtime that has shut down drops the task: the
-        // connection is gone with it, and the broker requeues.
-        drop(self.handle.spawn(async move {
-            let result = match how {
-                Settle::Ack => acker.ack(lapin::options::BasicAckOptions::default()).await,
-                Settle::Reject { requeue } => {
-                    acker
-                        .reject(lapin::options::BasicRejectOptions { requeue })
-                        .await
-                }
-            };
-            if let Err(e) = result {
-                log::debug!("broker {broker_id}: {how:?} not sent (channel gone): {e}");
-            }
-        }));
+        if let Some(tag) = self.tag.take() {
+            ChannelAcks::settle(&self.channel, tag, how);
+        }
     }
 }
 
@@ -96,8 +73,218 @@ impl Drop for Acker {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Settle {
     Ack,
     Reject { requeue: bool },
+}
+
+/// The settlements of one consuming channel's deliveries.
+pub(super) struct ChannelAcks {
+    channel: lapin::Channel,
+    handle: tokio::runtime::Handle,
+    broker_id: u32,
+    pending: Mutex<Pending>,
+}
+
+/// What a channel's deliveries wait for.
+#[derive(Default)]
+struct Pending {
+    /// Delivery tags handed out and not settled yet.
+    held: BTreeSet<u64>,
+    /// Settled and not sent yet.
+    settled: BTreeMap<u64, Settle>,
+    /// The task that sends `settled` is scheduled or running; it stops
+    /// (and clears this) once it finds nothing more to send.
+    flush_scheduled: bool,
+}
+
+/// What one flush sends, in this order.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Frames {
+    /// `basic.reject`, each on its own.
+    rejects: Vec<(u64, bool)>,
+    /// `basic.ack`, each on its own (beyond a delivery still held).
+    acks: Vec<u64>,
+    /// One `basic.ack` with `multiple`: every delivery up to this tag.
+    ack_up_to: Option<u64>,
+}
+
+impl Pending {
+    /// Takes what is settled and says how to send it. Rejects go first: a
+    /// `multiple` ack would otherwise cover them. The `multiple` ack stops
+    /// below the first delivery still held, whatever its tag.
+    fn take_frames(&mut self) -> Frames {
+        let first_held = self.held.first().copied().unwrap_or(u64::MAX);
+        let mut frames = Frames::default();
+        for (tag, how) in std::mem::take(&mut self.settled) {
+            match how {
+                Settle::Reject { requeue } => frames.rejects.push((tag, requeue)),
+                Settle::Ack if tag < first_held => frames.ack_up_to = Some(tag),
+                Settle::Ack => frames.acks.push(tag),
+            }
+        }
+        frames
+    }
+}
+
+impl ChannelAcks {
+    pub(super) fn new(
+        channel: lapin::Channel,
+        handle: tokio::runtime::Handle,
+        broker_id: u32,
+    ) -> Arc<ChannelAcks> {
+        Arc::new(ChannelAcks {
+            channel,
+            handle,
+            broker_id,
+            pending: Mutex::new(Pending::default()),
+        })
+    }
+
+    /// The [`Acker`] of the delivery `tag` of this channel (tags come in
+    /// the order the broker numbered them): requeued when dropped unused
+    /// (`requeue_on_drop`), or acked.
+    pub(super) fn acker(self: &Arc<Self>, tag: u64, requeue_on_drop: bool) -> Acker {
+        lock(&self.pending).held.insert(tag);
+        Acker {
+            channel: self.clone(),
+            tag: Some(tag),
+            on_drop: if requeue_on_drop {
+                Settle::Reject { requeue: true }
+            } else {
+                Settle::Ack
+            },
+        }
+    }
+
+    fn settle(this: &Arc<Self>, tag: u64, how: Settle) {
+        let mut pending = lock(&this.pending);
+        pending.held.remove(&tag);
+        pending.settled.insert(tag, how);
+        if pending.flush_scheduled {
+            return;
+        }
+        pending.flush_scheduled = true;
+        drop(pending);
+        // Spawning on a runtime that has shut down drops the task: the
+        // connection is gone with it, and the broker requeues.
+        let this = this.clone();
+        drop(this.handle.clone().spawn(async move { this.flush().await }));
+    }
+
+    /// Sends what is settled, batch after batch, until nothing is left.
+    /// One flush at a time per channel: a `multiple` ack sent ahead of an
+    /// earlier batch's ack or reject of a tag it covers would make that
+    /// one unknown to the broker, which closes the channel.
+    async fn flush(&self) {
+        loop {
+            let frames = {
+                let mut pending = lock(&self.pending);
+                if pending.settled.is_empty() {
+                    pending.flush_scheduled = false;
+                    return;
+                }
+                pending.take_frames()
+            };
+            self.send(frames).await;
+        }
+    }
+
+    async fn send(&self, frames: Frames) {
+        let broker_id = self.broker_id;
+        let report = |what: &str, tag: u64, e: lapin::Error| {
+            log::debug!("broker {broker_id}: {what} {tag} not sent (channel gone): {e}");
+        };
+        for (tag, requeue) in frames.rejects {
+            let options = BasicRejectOptions { requeue };
+            if let Err(e) = self.channel.basic_reject(tag, options).await {
+                report("reject of", tag, e);
+            }
+        }
+        for tag in frames.acks {
+            if let Err(e) = self
+                .channel
+                .basic_ack(tag, BasicAckOptions::default())
+                .await
+            {
+                report("ack of", tag, e);
+            }
+        }
+        if let Some(tag) = frames.ack_up_to {
+            let options = BasicAckOptions { multiple: true };
+            if let Err(e) = self.channel.basic_ack(tag, options).await {
+                report("ack up to", tag, e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(held: &[u64], settled: &[(u64, Settle)]) -> Pending {
+        Pending {
+            held: held.iter().copied().collect(),
+            settled: settled.iter().copied().collect(),
+            flush_scheduled: true,
+        }
+    }
+
+    #[test]
+    fn acks_in_order_go_as_one_multiple_ack() {
+        let mut p = pending(&[], &[(1, Settle::Ack), (2, Settle::Ack), (3, Settle::Ack)]);
+        assert_eq!(
+            p.take_frames(),
+            Frames {
+                ack_up_to: Some(3),
+                ..Frames::default()
+            }
+        );
+        assert!(p.settled.is_empty());
+    }
+
+    #[test]
+    fn a_multiple_ack_never_covers_a_delivery_still_held() {
+        let mut p = pending(
+            &[4],
+            &[(2, Settle::Ack), (3, Settle::Ack), (6, Settle::Ack)],
+        );
+        assert_eq!(
+            p.take_frames(),
+            Frames {
+                rejects: vec![],
+                acks: vec![6],
+                ack_up_to: Some(3),
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_are_sent_alone_and_before_the_multiple_ack() {
+        let mut p = pending(
+            &[],
+            &[
+                (1, Settle::Ack),
+                (2, Settle::Reject { requeue: true }),
+                (3, Settle::Ack),
+                (4, Settle::Reject { requeue: false }),
+            ],
+        );
+        assert_eq!(
+            p.take_frames(),
+            Frames {
+                rejects: vec![(2, true), (4, false)],
+                acks: vec![],
+                ack_up_to: Some(3),
+            }
+        );
+    }
+
+    #[test]
+    fn nothing_settled_sends_nothing() {
+        let mut p = pending(&[1, 2], &[]);
+        assert_eq!(p.take_frames(), Frames::default());
+    }
 }

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::acker::ChannelAcks;
 use super::connect::{
     connection_loop, error_text, next, Backoff, ConnCtx, Reported, Serve, STABLE, WATCH_INTERVAL,
 };
@@ -56,6 +57,9 @@ enum DeclError {
     /// The connection is gone, for another reason.
     Gone(String),
 }
+
+/// A unit being consumed, and the settlements of its channel's deliveries.
+type UnitConsumer = (Consumer, Arc<ChannelAcks>);
 
 /// Why a unit task stopped the connection.
 struct ConnFailure {
@@ -305,7 +309,7 @@ impl Session {
     }
 
     /// Opens the unit's channel, declares what it needs and starts consuming.
-    async fn declare(&self, unit: Unit) -> Result<Consumer, DeclError> {
+    async fn declare(&self, unit: Unit) -> Result<UnitConsumer, DeclError> {
         *lock(&self.declaring) = Some(unit);
         let result = match tokio::time::timeout(DECLARE_TIMEOUT, self.declare_steps(unit)).await {
             Ok(result) => result,
@@ -322,9 +326,10 @@ impl Session {
         result
     }
 
-    async fn declare_steps(&self, unit: Unit) -> Result<Consumer, DeclError> {
+    async fn declare_steps(&self, unit: Unit) -> Result<UnitConsumer, DeclError> {
         let amqp = |e: lapin::Error| self.classify(&e);
         let channel: Channel = self.connection.create_channel().await.map_err(amqp)?;
+        let acks = ChannelAcks::new(channel.clone(), self.handle.clone(), self.ctx.id());
         let none = FieldTable::default;
         // Every unit is consumed with acks, `no_ack` subscriptions too (the
         // service acks them once a worker has them): the prefetch is what
@@ -384,6 +389,7 @@ impl Session {
                 channel
                     .basic_consume(queue, ShortString::default(), consume_with_acks, none())
                     .await
+                    .map(|consumer| (consumer, acks))
                     .map_err(amqp)
             }
             Unit::Subscription { index } => {
@@ -455,6 +461,7 @@ impl Session {
                 channel
                     .basic_consume(queue, ShortString::default(), consume_with_acks, none())
                     .await
+                    .map(|consumer| (consumer, acks))
                     .map_err(amqp)
             }
         }
@@ -545,11 +552,11 @@ impl Session {
 
     /// Consumes the unit; redeclares it with back-off when its channel
     /// closes or its declaration failed.
-    async fn unit_task(self: Arc<Self>, unit: Unit, mut current: Option<Consumer>) {
+    async fn unit_task(self: Arc<Self>, unit: Unit, mut current: Option<UnitConsumer>) {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
-            let mut consumer = match current.take() {
-                Some(consumer) => consumer,
+            let (mut consumer, acks) = match current.take() {
+                Some(unit_consumer) => unit_consumer,
                 None => {
                     tokio::time::sleep(backoff.next_delay()).await;
                     let _declaring = self.declare_lock.lock().await;
@@ -587,9 +594,9 @@ impl Session {
             let reason = loop {
                 match next(&mut consumer).await {
                     Some(Ok(delivery)) if unreadable(&delivery) => {
-                        self.refuse(unit, &queue, delivery)
+                        self.refuse(unit, &queue, &acks, delivery)
                     }
-                    Some(Ok(delivery)) => self.forward(unit, delivery).await,
+                    Some(Ok(delivery)) => self.forward(unit, &acks, delivery).await,
                     Some(Err(e)) => break error_text(&e),
                     None => break "the consumer was cancelled".to_string(),
                 }
@@ -611,7 +618,13 @@ impl Session {
     /// An [`unreadable`] delivery: rejected without requeue (dead-lettered
     /// if the queue has a dead-letter exchange); logged and counted, never
     /// handed to the script.
-    fn refuse(&self, unit: Unit, queue: &ShortString, delivery: lapin::message::Delivery) {
+    fn refuse(
+        &self,
+        unit: Unit,
+        queue: &ShortString,
+        acks: &Arc<ChannelAcks>,
+        delivery: lapin::message::Delivery,
+    ) {
         self.ctx.slot.rejected.fetch_add(1, Ordering::Relaxed);
         log::error!(
             "{}: rejected (not requeued) a message from queue {} (exchange {}) on the {}: its \
@@ -622,22 +635,32 @@ impl Session {
             self.what(unit),
             safe(delivery.routing_key.as_str()),
         );
-        self.acker(unit, delivery.acker).reject(false);
+        self.acker(unit, acks, &delivery).reject(false);
     }
 
     /// The [`Acker`] of a delivery on `unit`: requeued when dropped unused
     /// for subscriptions with `no_ack: 0`, acked for the others.
-    fn acker(&self, unit: Unit, acker: lapin::Acker) -> Acker {
+    fn acker(
+        &self,
+        unit: Unit,
+        acks: &Arc<ChannelAcks>,
+        delivery: &lapin::message::Delivery,
+    ) -> Acker {
         let requeue_on_drop = match unit {
             Unit::Reply { .. } => false,
             Unit::Subscription { index } => {
                 self.subscriptions.get(index).is_some_and(|s| !s.no_ack)
             }
         };
-        Acker::new(acker, self.handle.clone(), self.ctx.id(), requeue_on_drop)
+        acks.acker(delivery.delivery_tag, requeue_on_drop)
     }
 
-    async fn forward(&self, unit: Unit, delivery: lapin::message::Delivery) {
+    async fn forward(
+        &self,
+        unit: Unit,
+        acks: &Arc<ChannelAcks>,
+        delivery: lapin::message::Delivery,
+    ) {
         log::trace!(
             "{}: delivery {} on the {} ({} bytes)",
             self.ctx.name(),
@@ -649,7 +672,7 @@ impl Session {
             Unit::Reply { idx } => Source::Reply { idx },
             Unit::Subscription { index } => Source::Subscription { index },
         };
-        let ack = self.acker(unit, delivery.acker);
+        let ack = self.acker(unit, acks, &delivery);
         self.ctx
             .send(Event::Consumed(Consumed {
                 broker_id: self.ctx.id(),

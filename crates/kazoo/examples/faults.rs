@@ -1039,8 +1039,9 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
     let every = length.saturating_sub(warmup) / 6;
     let mut next_sample = Instant::now() + every;
     let fds = |u: &[ProcessUsage]| u.iter().map(|p| p.fds).sum::<u64>();
+    let mut machine = MachineStalls::default();
     while Instant::now() < end && rig.kamailio.is_running() {
-        thread::sleep(Duration::from_millis(500));
+        machine.tick(measured);
         if Instant::now() >= next_sample {
             next_sample += every;
             let usage = tree_usage(rig.kamailio.pid());
@@ -1120,6 +1121,20 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
         fds(&last),
         per_100k(fds(&first), fds(&last))
     );
+    println!("| machine | {machine} |");
+    let target = rig.settings.timeout() + LATENCY_SLACK;
+    let late: Vec<String> = samples
+        .iter()
+        .filter(|s| s.took > target && s.started >= measured)
+        .map(|s| format!("{:.1} s", (s.started - measured).as_secs_f64()))
+        .collect();
+    if !late.is_empty() {
+        println!(
+            "| transactions over {} ms, started at | {} |",
+            target.as_millis(),
+            late.join(", ")
+        );
+    }
     let after: HashMap<u32, &ProcessUsage> = last.iter().map(|u| (u.pid, u)).collect();
     println!("\nPSS kB and fds of each Kamailio process (pid: first → last):");
     for u in &first {
@@ -1133,6 +1148,60 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
         }
     }
     verdict(&[r], &rig.settings)
+}
+
+/// What the machine took from the soak: a virtual machine's host running
+/// something else (CPU time stolen), or the soak's own half-second sleeps
+/// overrunning. A latency beyond the timeout at the same second is the
+/// machine's, not the module's.
+#[derive(Default)]
+struct MachineStalls {
+    steal_last: Option<u64>,
+    /// The most CPU stolen in one tick (ms, all CPUs) and when (s).
+    most_stolen: (u64, f64),
+    /// The longest overrun of a 500 ms sleep (ms) and when (s).
+    longest_overrun: (u64, f64),
+}
+
+impl MachineStalls {
+    const TICK: Duration = Duration::from_millis(500);
+
+    /// Sleeps one tick and notes what the machine did meanwhile.
+    fn tick(&mut self, since: Instant) {
+        let slept_from = Instant::now();
+        thread::sleep(Self::TICK);
+        let overrun = slept_from.elapsed().saturating_sub(Self::TICK).as_millis() as u64;
+        let at = since.elapsed().as_secs_f64();
+        if overrun > self.longest_overrun.0 {
+            self.longest_overrun = (overrun, at);
+        }
+        let steal = steal_ticks();
+        if let (Some(before), Some(now)) = (self.steal_last, steal) {
+            // /proc/stat counts in USER_HZ, 100 per second on Linux.
+            let stolen_ms = now.saturating_sub(before) * 10;
+            if stolen_ms > self.most_stolen.0 {
+                self.most_stolen = (stolen_ms, at);
+            }
+        }
+        self.steal_last = steal;
+    }
+}
+
+impl std::fmt::Display for MachineStalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "most CPU stolen by the host in 0.5 s: {} ms (all CPUs) at {:.1} s; longest overrun \
+             of a 0.5 s sleep: {} ms at {:.1} s",
+            self.most_stolen.0, self.most_stolen.1, self.longest_overrun.0, self.longest_overrun.1
+        )
+    }
+}
+
+/// The machine's CPU time stolen by its host so far, in USER_HZ ticks.
+fn steal_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().next()?.split_whitespace().nth(8)?.parse().ok()
 }
 
 fn main() {

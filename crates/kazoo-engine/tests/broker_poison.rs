@@ -160,40 +160,6 @@ async fn publish_raw(exchange: &str, messages: Vec<Hostile>) {
     .await;
 }
 
-/// `messages_ready messages_unacknowledged` of a queue.
-async fn queue_state(queue: &str) -> String {
-    let queue = queue.to_string();
-    blocking(move || {
-        let out = system_rabbitmqctl(&[
-            "-q",
-            "list_queues",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-        ])
-        .expect("rabbitmqctl");
-        out.lines()
-            .map(|l| l.split('\t').collect::<Vec<_>>())
-            .find(|r| r[0] == queue)
-            .map(|r| r[1..].join(" "))
-            .unwrap_or_else(|| "missing".into())
-    })
-    .await
-}
-
-/// Waits until the queue holds nothing, ready or unacked.
-async fn assert_queue_empty(queue: &str) {
-    let mut state = String::new();
-    for _ in 0..25 {
-        state = queue_state(queue).await;
-        if state == "0 0" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("queue {queue} is not empty (ready, unacked): {state}");
-}
-
 /// Collects deliveries until one with `body`; fails on a consumer
 /// disconnection or a subscription failure on the way.
 async fn deliveries_until(
@@ -244,13 +210,7 @@ async fn poison_is_rejected_and_consumption_goes_on(no_ack: bool) {
     sub.no_ack = no_ack;
     let mut opts = options(&node);
     opts.prefetch = 10;
-    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![sub], opts);
-    wait_connected(
-        &mut events,
-        &[(1, Role::Publisher), (1, Role::Consumer(0))],
-        WAIT,
-    )
-    .await;
+    let (brokers, mut events) = start_subscribed(&url, sub, opts).await;
 
     // Unreadable routing keys: never handed to the script, gone from the queue.
     let rejected = bad_routing_keys().len() as u64;

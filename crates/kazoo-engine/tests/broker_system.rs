@@ -991,13 +991,7 @@ async fn a_quorum_subscription_declares_a_quorum_queue() {
     sub.no_ack = false;
     let mut opts = options(&unique_name("kztest"));
     opts.reply_queues = 0;
-    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![sub], opts);
-    wait_connected(
-        &mut events,
-        &[(1, Role::Publisher), (1, Role::Consumer(0))],
-        WAIT,
-    )
-    .await;
+    let (brokers, mut events) = start_subscribed(&url, sub, opts).await;
 
     let q = queue.clone();
     let queues = blocking(move || rows(&["list_queues", "name", "type", "durable"])).await;
@@ -1029,13 +1023,7 @@ async fn the_prefetch_holds_a_flood_on_the_broker_for_no_ack_subscriptions_too()
     let mut opts = options(&unique_name("kztest"));
     opts.reply_queues = 0;
     opts.prefetch = 5;
-    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![sub], opts);
-    wait_connected(
-        &mut events,
-        &[(1, Role::Publisher), (1, Role::Consumer(0))],
-        WAIT,
-    )
-    .await;
+    let (brokers, mut events) = start_subscribed(&url, sub, opts).await;
     for i in 0..100 {
         raw.publish(&exchange, "rk", format!("{{\"n\": {i}}}").as_bytes())
             .await;
@@ -1101,13 +1089,7 @@ async fn acks_settled_out_of_order_from_several_threads_are_each_sent_once() {
     let mut opts = options(&unique_name("kztest"));
     opts.reply_queues = 0;
     opts.prefetch = 64;
-    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![sub], opts);
-    wait_connected(
-        &mut events,
-        &[(1, Role::Publisher), (1, Role::Consumer(0))],
-        WAIT,
-    )
-    .await;
+    let (brokers, mut events) = start_subscribed(&url, sub, opts).await;
     for i in 0..MESSAGES {
         raw.publish(&exchange, "rk", format!("{{\"n\": {i}}}").as_bytes())
             .await;
@@ -1162,27 +1144,7 @@ async fn acks_settled_out_of_order_from_several_threads_are_each_sent_once() {
         b.join().unwrap();
     }
     assert_eq!(rejected, MESSAGES / 10);
-    let mut state = Vec::new();
-    for _ in 0..50 {
-        let q = queue.clone();
-        state = blocking(move || {
-            rows(&[
-                "list_queues",
-                "name",
-                "messages_ready",
-                "messages_unacknowledged",
-            ])
-        })
-        .await
-        .into_iter()
-        .find(|r| r[0] == q)
-        .expect("queue declared");
-        if state[1..] == ["0", "0"] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(state[1..], ["0", "0"], "ready, unacked");
+    assert_queue_empty(&queue).await;
     // Nothing broke meanwhile.
     while let Ok(event) = events.try_recv() {
         assert!(

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kazoo_engine::broker::{BrokerOptions, Event, Role};
+use kazoo_engine::broker::{BrokerOptions, Brokers, Event, Role};
 use kazoo_engine::config::{parse_connection, Broker};
 use kazoo_engine::subscription::{ExchangeFlags, QueueFlags, Subscription};
 use lapin::options::{
@@ -141,6 +141,59 @@ pub(crate) async fn wait_connected(
             Ok(Some(Event::Consumed(d))) => panic!("unexpected delivery {d:?}"),
         }
     }
+}
+
+/// Starts the engine on one broker (zone `local`) with one subscription
+/// and waits for its publisher and the subscription's consumer connection.
+pub(crate) async fn start_subscribed(
+    url: &str,
+    sub: Subscription,
+    opts: BrokerOptions,
+) -> (Brokers, Receiver<Event>) {
+    let (brokers, mut events) = Brokers::start(vec![broker(url, 1, "local")], vec![sub], opts);
+    wait_connected(
+        &mut events,
+        &[(1, Role::Publisher), (1, Role::Consumer(0))],
+        WAIT_CONNECTED,
+    )
+    .await;
+    (brokers, events)
+}
+
+const WAIT_CONNECTED: Duration = Duration::from_secs(15);
+
+/// `messages_ready messages_unacknowledged` of a queue on the system broker.
+pub(crate) async fn queue_state(queue: &str) -> String {
+    let queue = queue.to_string();
+    blocking(move || {
+        let out = kamailio_test::system_rabbitmqctl(&[
+            "-q",
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ])
+        .expect("rabbitmqctl");
+        out.lines()
+            .map(|l| l.split('\t').collect::<Vec<_>>())
+            .find(|r| r[0] == queue)
+            .map(|r| r[1..].join(" "))
+            .unwrap_or_else(|| "missing".into())
+    })
+    .await
+}
+
+/// Waits until the queue holds nothing, ready or unacked.
+pub(crate) async fn assert_queue_empty(queue: &str) {
+    let mut state = String::new();
+    for _ in 0..25 {
+        state = queue_state(queue).await;
+        if state == "0 0" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("queue {queue} is not empty (ready, unacked): {state}");
 }
 
 /// Waits for the next delivery, failing on anything but connection events.

@@ -3,13 +3,15 @@
 //! frames are `amq-protocol`'s (the codec lapin uses), so what goes on the
 //! wire is what lapin would send for the same publish.
 //!
-//! It covers what a publisher and a query's reply consumer need: the
-//! handshake (PLAIN login, tune with heartbeats off, open), channels,
-//! confirm mode, `basic.publish`, the broker's confirms and returns, an
-//! exchange, a queue and its binding, `basic.consume` without acks and the
-//! deliveries, channel and connection closes (answered with close-ok), and
-//! `connection.blocked` / `unblocked`. The blocking driver over it is
-//! [`crate::direct`].
+//! It covers what a publisher, a query's reply consumer and a consuming
+//! connection need: the handshake (PLAIN login, tune, open), heartbeats,
+//! channels, confirm mode, `basic.publish`, the broker's confirms and
+//! returns, exchanges and queues with their bindings, `basic.qos`,
+//! `basic.consume` with or without acks and the deliveries, acks and
+//! rejects, the broker cancelling a consumer, channel and connection closes
+//! (answered with close-ok), and `connection.blocked` / `unblocked`. Its
+//! drivers: [`crate::direct`] (blocking, in the SIP workers) and the AMQP
+//! process's consuming connections (`broker::native_consumer`, async).
 use amq_protocol::frame::{
     gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, ProtocolVersion, WriteContext,
 };
@@ -17,6 +19,8 @@ use amq_protocol::protocol::{
     basic, channel, confirm, connection, exchange, queue, AMQPClass, BasicProperties,
 };
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+use crate::subscription::{ExchangeFlags, QueueFlags};
 
 /// The largest frame either side may send: the C module's (and lapin's
 /// default) `frame_max`. A larger frame from the broker is a protocol error,
@@ -74,12 +78,21 @@ pub enum Event {
     },
     /// `basic.consume-ok`: deliveries follow on the channel.
     Consuming(u16),
-    /// A message of a consumer (consumed without acks).
+    /// A message of a consumer; `tag` is what an ack or a reject names.
     Delivery {
         channel: u16,
+        tag: u64,
+        redelivered: bool,
+        exchange: String,
         routing_key: String,
         body: Vec<u8>,
     },
+    /// `queue.declare-ok`: the queue's name (the broker's choice when the
+    /// declare named none).
+    QueueDeclared { channel: u16, queue: String },
+    /// The broker cancelled the channel's consumer (its queue was deleted,
+    /// or its node went down): no more deliveries come on it.
+    Cancelled(u16),
     /// The broker closed the channel (close-ok is already queued).
     ChannelClosed {
         channel: u16,
@@ -93,6 +106,19 @@ pub enum Event {
     Blocked(String),
     /// `connection.unblocked`.
     Unblocked,
+}
+
+/// A queue declaration's arguments: `x-queue-type: quorum` for a quorum
+/// queue, else none (the broker's default type).
+pub fn queue_arguments(flags: QueueFlags) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if flags.quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+    }
+    arguments
 }
 
 /// The broker broke the protocol: the connection cannot go on.
@@ -117,13 +143,26 @@ struct Content {
 }
 
 enum ContentKind {
-    Return { reply_code: u16, reply_text: String },
-    Deliver { routing_key: String },
+    Return {
+        reply_code: u16,
+        reply_text: String,
+    },
+    Deliver {
+        tag: u64,
+        redelivered: bool,
+        exchange: String,
+        routing_key: String,
+    },
 }
 
 /// One client connection's protocol state.
 pub struct Conn {
     login: Login,
+    /// What the client asks for: `None` off, `Some(0)` the broker's
+    /// proposal, `Some(n)` every n seconds.
+    heartbeat_wanted: Option<u16>,
+    /// Negotiated in `connection.tune` (0: off).
+    heartbeat: u16,
     /// Negotiated in `connection.tune`.
     frame_max: u32,
     out: Vec<u8>,
@@ -135,15 +174,25 @@ impl std::fmt::Debug for Conn {
         f.debug_struct("Conn")
             .field("login", &self.login)
             .field("frame_max", &self.frame_max)
+            .field("heartbeat", &self.heartbeat)
             .finish_non_exhaustive()
     }
 }
 
 impl Conn {
-    /// A connection about to start: the protocol header is queued.
+    /// A connection about to start, heartbeats off: the protocol header is
+    /// queued.
     pub fn new(login: Login) -> Conn {
+        Conn::with_heartbeat(login, None)
+    }
+
+    /// A connection about to start that asks for heartbeats every
+    /// `seconds` (`Some(0)`: as often as the broker proposes; `None`: off).
+    pub fn with_heartbeat(login: Login, seconds: Option<u16>) -> Conn {
         let mut conn = Conn {
             login,
+            heartbeat_wanted: seconds,
+            heartbeat: 0,
             frame_max: FRAME_MAX,
             out: Vec::with_capacity(4096),
             content: None,
@@ -160,6 +209,13 @@ impl Conn {
 
     pub fn clear_output(&mut self) {
         self.out.clear();
+    }
+
+    /// The heartbeat interval agreed in `connection.tune`, in seconds (0:
+    /// none): the driver sends a heartbeat when it has been this quiet, and
+    /// gives the broker up after twice this without a byte from it.
+    pub fn heartbeat(&self) -> u16 {
+        self.heartbeat
     }
 
     fn send(&mut self, frame: &AMQPFrame) {
@@ -228,6 +284,10 @@ impl Conn {
             }
             AMQPFrame::Body(channel, data) => {
                 match &mut self.content {
+                    // A body in one frame (the usual case) is kept as read.
+                    Some(r) if r.channel == channel && r.size.is_some() && r.body.is_empty() => {
+                        r.body = data;
+                    }
                     Some(r) if r.channel == channel && r.size.is_some() => {
                         r.body.extend_from_slice(&data);
                     }
@@ -236,7 +296,7 @@ impl Conn {
                 self.finish_content(events);
                 Ok(())
             }
-            // Heartbeats are negotiated off; one sent anyway is harmless.
+            // Any byte read shows the broker alive (the driver's clock).
             AMQPFrame::Heartbeat => Ok(()),
             AMQPFrame::ProtocolHeader(version) => Err(ProtocolError(format!(
                 "the broker speaks AMQP {}.{}.{}",
@@ -267,8 +327,16 @@ impl Conn {
                     reply_text,
                     body: content.body,
                 },
-                ContentKind::Deliver { routing_key } => Event::Delivery {
+                ContentKind::Deliver {
+                    tag,
+                    redelivered,
+                    exchange,
+                    routing_key,
+                } => Event::Delivery {
                     channel: content.channel,
+                    tag,
+                    redelivered,
+                    exchange,
                     routing_key,
                     body: content.body,
                 },
@@ -327,15 +395,20 @@ impl Conn {
                     0 => FRAME_MAX,
                     n => n.min(FRAME_MAX),
                 };
+                self.heartbeat = match self.heartbeat_wanted {
+                    None => 0,
+                    Some(0) => tune.heartbeat,
+                    Some(n) => n,
+                };
                 self.method(
                     0,
                     AMQPClass::Connection(C::TuneOk(connection::TuneOk {
                         channel_max: tune.channel_max,
                         frame_max: self.frame_max,
-                        // Off: an idle process cannot send heartbeats; a
-                        // dead peer shows on the next operation's I/O (and
-                        // TCP keepalive).
-                        heartbeat: 0,
+                        // Off for the direct links: an idle process cannot
+                        // send heartbeats; a dead peer shows on the next
+                        // operation's I/O (and TCP keepalive).
+                        heartbeat: self.heartbeat,
                     })),
                 );
                 let virtual_host = ShortString::try_new(self.login.vhost.clone())
@@ -401,17 +474,31 @@ impl Conn {
             AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)) => self.start_content(
                 channel,
                 ContentKind::Deliver {
+                    tag: deliver.delivery_tag,
+                    redelivered: deliver.redelivered,
+                    exchange: deliver.exchange.to_string(),
                     routing_key: deliver.routing_key.to_string(),
                 },
             )?,
             AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)) => {
                 events.push(Event::Consuming(channel));
             }
-            // Steps of a reply queue's set-up; its consume-ok says it is done
+            // RabbitMQ's cancel notification asks no reply (`nowait`).
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(_)) => {
+                events.push(Event::Cancelled(channel))
+            }
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => {
+                events.push(Event::QueueDeclared {
+                    channel,
+                    queue: ok.queue.to_string(),
+                });
+            }
+            // Steps of a consumer's set-up; its consume-ok says it is done
             // (a failed step closes the channel instead).
             AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(_))
-            | AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))
-            | AMQPClass::Queue(queue::AMQPMethod::BindOk(_)) => {}
+            | AMQPClass::Exchange(exchange::AMQPMethod::BindOk(_))
+            | AMQPClass::Queue(queue::AMQPMethod::BindOk(_))
+            | AMQPClass::Basic(basic::AMQPMethod::QosOk(_)) => {}
             other => {
                 return Err(ProtocolError(format!(
                     "unexpected method {}.{} on channel {channel}",
@@ -433,6 +520,7 @@ impl Conn {
             "basic.nack",
             "connection.blocked",
             "authentication_failure_close",
+            "consumer_cancel_notify",
         ] {
             capabilities.insert(name.into(), AMQPValue::Boolean(true));
         }
@@ -500,37 +588,62 @@ impl Conn {
         }
     }
 
-    /// Queues `exchange.declare` of a non-durable exchange of `kind`
-    /// (waiting for declare-ok).
-    pub fn exchange_declare(&mut self, channel: u16, name: &ShortString, kind: &str) {
+    /// Queues `exchange.declare` (waiting for declare-ok).
+    pub fn exchange_declare(
+        &mut self,
+        channel: u16,
+        name: &ShortString,
+        kind: &str,
+        flags: ExchangeFlags,
+    ) {
         self.method(
             channel,
             AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
                 exchange: name.clone(),
                 kind: kind.into(),
-                passive: false,
-                durable: false,
-                auto_delete: false,
-                internal: false,
+                passive: flags.passive,
+                durable: flags.durable,
+                auto_delete: flags.auto_delete,
+                internal: flags.internal,
                 nowait: false,
                 arguments: FieldTable::default(),
             })),
         );
     }
 
-    /// Queues `queue.declare` of an exclusive, auto-delete queue: it goes
-    /// with the connection.
-    pub fn queue_declare_exclusive(&mut self, channel: u16, name: &ShortString) {
+    /// Queues `exchange.bind` of `destination` to `source`.
+    pub fn exchange_bind(
+        &mut self,
+        channel: u16,
+        destination: &ShortString,
+        source: &ShortString,
+        routing_key: &ShortString,
+    ) {
+        self.method(
+            channel,
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
+                destination: destination.clone(),
+                source: source.clone(),
+                routing_key: routing_key.clone(),
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        );
+    }
+
+    /// Queues `queue.declare` (waiting for declare-ok, which names it); a
+    /// quorum queue gets `x-queue-type: quorum`.
+    pub fn queue_declare(&mut self, channel: u16, name: &ShortString, flags: QueueFlags) {
         self.method(
             channel,
             AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
                 queue: name.clone(),
-                passive: false,
-                durable: false,
-                exclusive: true,
-                auto_delete: true,
+                passive: flags.passive,
+                durable: flags.durable,
+                exclusive: flags.exclusive,
+                auto_delete: flags.auto_delete,
                 nowait: false,
-                arguments: FieldTable::default(),
+                arguments: queue_arguments(flags),
             })),
         );
     }
@@ -555,18 +668,74 @@ impl Conn {
         );
     }
 
-    /// Queues `basic.consume` without acks (waiting for consume-ok).
-    pub fn consume_no_ack(&mut self, channel: u16, queue: &ShortString) {
+    /// Queues `basic.qos`: at most `prefetch` deliveries unacked on the
+    /// channel.
+    pub fn qos(&mut self, channel: u16, prefetch: u16) {
+        self.method(
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+                prefetch_count: prefetch,
+                global: false,
+            })),
+        );
+    }
+
+    /// Queues `basic.consume` (waiting for consume-ok); the broker names
+    /// the consumer. An empty `queue` is the last one declared on the
+    /// channel.
+    pub fn consume(&mut self, channel: u16, queue: &ShortString, no_ack: bool, exclusive: bool) {
         self.method(
             channel,
             AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
                 queue: queue.clone(),
                 consumer_tag: ShortString::default(),
                 no_local: false,
-                no_ack: true,
-                exclusive: true,
+                no_ack,
+                exclusive,
                 nowait: false,
                 arguments: FieldTable::default(),
+            })),
+        );
+    }
+
+    /// Queues `basic.ack` of delivery `tag` (and every earlier one of the
+    /// channel when `multiple`).
+    pub fn ack(&mut self, channel: u16, tag: u64, multiple: bool) {
+        self.method(
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: tag,
+                multiple,
+            })),
+        );
+    }
+
+    /// Queues `basic.reject` of delivery `tag`.
+    pub fn reject(&mut self, channel: u16, tag: u64, requeue: bool) {
+        self.method(
+            channel,
+            AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject {
+                delivery_tag: tag,
+                requeue,
+            })),
+        );
+    }
+
+    /// Queues a heartbeat frame.
+    pub fn send_heartbeat(&mut self) {
+        self.send(&AMQPFrame::Heartbeat);
+    }
+
+    /// Queues `channel.close` (normal): the broker requeues what the
+    /// channel's consumer held unacked.
+    pub fn close_channel(&mut self, channel: u16) {
+        self.method(
+            channel,
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: 200,
+                reply_text: "closing".into(),
+                class_id: 0,
+                method_id: 0,
             })),
         );
     }
@@ -861,6 +1030,9 @@ mod tests {
                 Event::Consuming(2),
                 Event::Delivery {
                     channel: 2,
+                    tag: 1,
+                    redelivered: false,
+                    exchange: "targeted".into(),
                     routing_key: "rk".into(),
                     body: Vec::new(),
                 },

@@ -37,6 +37,7 @@ use crate::amqp::{Conn, Event, Login, ProtocolError};
 use crate::broker::{self, PublishError, PublishProperties, Published, HANDSHAKE_TIMEOUT};
 use crate::config::{Broker, Scheme};
 use crate::payload::{self, PreparedPublish};
+use crate::subscription::{ExchangeFlags, QueueFlags};
 
 /// The channel publishes go on, in confirm mode.
 const CHANNEL: u16 = 1;
@@ -400,6 +401,7 @@ impl Link {
                 channel: REPLY_CHANNEL,
                 routing_key,
                 body,
+                ..
             } => {
                 // A reply read while waiting for something else: late.
                 self.keep_late(routing_key, body);
@@ -548,10 +550,15 @@ impl Link {
         let targeted: ShortString = payload::TARGETED_EXCHANGE.into();
         self.conn.open_channel(REPLY_CHANNEL);
         self.conn
-            .exchange_declare(REPLY_CHANNEL, &targeted, "direct");
-        self.conn.queue_declare_exclusive(REPLY_CHANNEL, &queue);
+            .exchange_declare(REPLY_CHANNEL, &targeted, "direct", ExchangeFlags::default());
+        // Exclusive and auto-delete: the queue goes with the connection.
+        let flags = QueueFlags {
+            exclusive: true,
+            ..QueueFlags::default()
+        };
+        self.conn.queue_declare(REPLY_CHANNEL, &queue, flags);
         self.conn.queue_bind(REPLY_CHANNEL, &queue, &targeted, &key);
-        self.conn.consume_no_ack(REPLY_CHANNEL, &queue);
+        self.conn.consume(REPLY_CHANNEL, &queue, true, true);
         self.flush().map_err(|e| Attempt::Lost(io_text(&e)))?;
         self.until(deadline, REPLY_CHANNEL, |e| {
             matches!(e, Event::Consuming(REPLY_CHANNEL))
@@ -589,6 +596,7 @@ impl Link {
                     channel: REPLY_CHANNEL,
                     routing_key,
                     body,
+                    ..
                 } = event
                 else {
                     if let Some(attempt) = self.note(event, Waiting::Reply) {

@@ -152,6 +152,16 @@ async fn publish_sets_only_content_type_and_headers_and_waits_for_confirms() {
 
 #[tokio::test]
 async fn topology_deliveries_acks_and_replies() {
+    topology_deliveries_acks_and_replies_on(true).await;
+}
+
+/// The escape hatch (`amqp_native_consumer 0`) behaves the same.
+#[tokio::test]
+async fn topology_deliveries_acks_and_replies_over_lapin() {
+    topology_deliveries_acks_and_replies_on(false).await;
+}
+
+async fn topology_deliveries_acks_and_replies_on(native_consumers: bool) {
     let url = system_broker_url();
     let raw = Raw::connect(&url).await;
     let node = unique_name("kztest");
@@ -189,6 +199,7 @@ async fn topology_deliveries_acks_and_replies() {
     let mut opts = options(&node);
     opts.consumer_connections = 2;
     opts.prefetch = 10;
+    opts.native_consumers = native_consumers;
     let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![sub], opts);
     wait_connected(
         &mut events,
@@ -1156,4 +1167,98 @@ async fn acks_settled_out_of_order_from_several_threads_are_each_sent_once() {
     brokers.close().await;
     raw.delete(&[&exchange], &[&queue]).await;
     raw.close().await;
+}
+
+/// Messages waiting in a queue before its consumer starts come right behind
+/// the broker's `consume-ok`, often in the same read: every one is handed
+/// over once (none acked unseen by a later `multiple` ack), over either
+/// client.
+#[tokio::test]
+async fn a_backlog_waiting_before_the_consumer_starts_is_delivered_whole() {
+    const BACKLOG: usize = 3000;
+    for native_consumers in [true, false] {
+        let url = system_broker_url();
+        let raw = Raw::connect(&url).await;
+        let (exchange, queue) = direct_exchange(&raw, "kztest-backlog").await;
+        for n in 0..BACKLOG {
+            raw.publish(&exchange, "rk", n.to_string().as_bytes()).await;
+        }
+        let filled = format!("{BACKLOG} 0");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while queue_state(&queue).await != filled {
+            assert!(Instant::now() < deadline, "the backlog never filled");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The queue as the test declared it: plain, kept.
+        let mut sub = subscription(&exchange, "direct", &queue, &["rk"]);
+        sub.queue_flags = QueueFlags {
+            auto_delete: false,
+            ..QueueFlags::default()
+        };
+        let mut opts = options(&unique_name("kztest"));
+        opts.prefetch = 64;
+        opts.native_consumers = native_consumers;
+        // Deliveries may come before the connection reports itself up.
+        let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![sub], opts);
+        let mut seen = vec![false; BACKLOG];
+        for _ in 0..BACKLOG {
+            let d = next_delivery(&mut events, WAIT).await;
+            let n: usize = std::str::from_utf8(&d.body).unwrap().parse().unwrap();
+            assert!(
+                !std::mem::replace(&mut seen[n], true),
+                "{n} delivered twice"
+            );
+            d.ack.ack();
+        }
+        assert_queue_empty(&queue).await;
+        brokers.close().await;
+        raw.delete(&[&exchange], &[&queue]).await;
+        raw.close().await;
+    }
+}
+
+/// Deleting a consumed queue cancels its consumer (the broker's
+/// `basic.cancel`): the subscription is declared again after its back-off
+/// and consumed as before, over either client, on the same connection.
+#[tokio::test]
+async fn a_deleted_queue_is_declared_again_and_consumed() {
+    for native_consumers in [true, false] {
+        let url = system_broker_url();
+        let raw = Raw::connect(&url).await;
+        let exchange = unique_name("kztest-cancel-x");
+        let queue = unique_name("kztest-cancel-q");
+        let sub = subscription(&exchange, "direct", &queue, &["rk"]);
+        let mut opts = options(&unique_name("kztest"));
+        opts.native_consumers = native_consumers;
+        let (brokers, mut events) = start_subscribed(&url, sub, opts).await;
+        raw.publish(&exchange, "rk", b"before").await;
+        let d = next_delivery(&mut events, WAIT).await;
+        assert_eq!(&d.body[..], b"before");
+        d.ack.ack();
+
+        raw.delete(&[], &[&queue]).await;
+        // Declared again within the first back-off (1 s) and its retry.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            raw.publish(&exchange, "rk", b"after").await;
+            let got = tokio::time::timeout(Duration::from_millis(500), events.recv()).await;
+            match got {
+                Ok(Some(Event::Consumed(d))) => {
+                    assert_eq!(&d.body[..], b"after");
+                    d.ack.ack();
+                    break;
+                }
+                Ok(Some(Event::Disconnected { reason, .. })) => {
+                    panic!("the connection dropped: {reason}")
+                }
+                Ok(Some(_)) | Err(_) => {
+                    assert!(Instant::now() < deadline, "never consumed again")
+                }
+                Ok(None) => panic!("event channel closed"),
+            }
+        }
+        brokers.close().await;
+        raw.delete(&[&exchange], &[&queue]).await;
+        raw.close().await;
+    }
 }

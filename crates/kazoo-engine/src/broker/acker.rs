@@ -8,11 +8,14 @@
 //! are collected and sent once the runtime gets to them: the acks as one
 //! `basic.ack` with `multiple` up to the first delivery still held by this
 //! process, the rest one by one. A delivery still held is never covered.
+//! Over lapin a task sends them; on the module's own core the connection's
+//! task, woken, writes them with whatever else it sends.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use tokio::sync::Notify;
 
 use super::lock;
 
@@ -81,10 +84,21 @@ enum Settle {
 
 /// The settlements of one consuming channel's deliveries.
 pub(super) struct ChannelAcks {
-    channel: lapin::Channel,
-    handle: tokio::runtime::Handle,
+    sink: Sink,
     broker_id: u32,
     pending: Mutex<Pending>,
+}
+
+/// Who sends a channel's settlements.
+enum Sink {
+    /// A task spawned on `handle` calls lapin.
+    Lapin {
+        channel: lapin::Channel,
+        handle: tokio::runtime::Handle,
+    },
+    /// The connection's own task, woken by this, takes them
+    /// ([`ChannelAcks::take_due`]).
+    Native(Arc<Notify>),
 }
 
 /// What a channel's deliveries wait for.
@@ -101,13 +115,13 @@ struct Pending {
 
 /// What one flush sends, in this order.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Frames {
+pub(super) struct Frames {
     /// `basic.reject`, each on its own.
-    rejects: Vec<(u64, bool)>,
+    pub(super) rejects: Vec<(u64, bool)>,
     /// `basic.ack`, each on its own (beyond a delivery still held).
-    acks: Vec<u64>,
+    pub(super) acks: Vec<u64>,
     /// One `basic.ack` with `multiple`: every delivery up to this tag.
-    ack_up_to: Option<u64>,
+    pub(super) ack_up_to: Option<u64>,
 }
 
 impl Pending {
@@ -129,17 +143,36 @@ impl Pending {
 }
 
 impl ChannelAcks {
-    pub(super) fn new(
+    /// Settlements sent on a lapin channel by a task spawned on `handle`.
+    pub(super) fn lapin(
         channel: lapin::Channel,
         handle: tokio::runtime::Handle,
         broker_id: u32,
     ) -> Arc<ChannelAcks> {
+        ChannelAcks::with_sink(Sink::Lapin { channel, handle }, broker_id)
+    }
+
+    /// Settlements the connection's task takes ([`ChannelAcks::take_due`])
+    /// once `due` wakes it.
+    pub(super) fn native(due: Arc<Notify>, broker_id: u32) -> Arc<ChannelAcks> {
+        ChannelAcks::with_sink(Sink::Native(due), broker_id)
+    }
+
+    fn with_sink(sink: Sink, broker_id: u32) -> Arc<ChannelAcks> {
         Arc::new(ChannelAcks {
-            channel,
-            handle,
+            sink,
             broker_id,
             pending: Mutex::new(Pending::default()),
         })
+    }
+
+    /// What is settled and not sent yet (the connection's task of a
+    /// [`ChannelAcks::native`] channel sends it, in this order, before it
+    /// waits again).
+    pub(super) fn take_due(&self) -> Frames {
+        let mut pending = lock(&self.pending);
+        pending.flush_scheduled = false;
+        pending.take_frames()
     }
 
     /// The [`Acker`] of the delivery `tag` of this channel (tags come in
@@ -167,10 +200,15 @@ impl ChannelAcks {
         }
         pending.flush_scheduled = true;
         drop(pending);
-        // Spawning on a runtime that has shut down drops the task: the
-        // connection is gone with it, and the broker requeues.
-        let this = this.clone();
-        drop(this.handle.clone().spawn(async move { this.flush().await }));
+        match &this.sink {
+            Sink::Native(due) => due.notify_one(),
+            Sink::Lapin { handle, .. } => {
+                // Spawning on a runtime that has shut down drops the task:
+                // the connection is gone with it, and the broker requeues.
+                let this = this.clone();
+                drop(handle.spawn(async move { this.flush().await }));
+            }
+        }
     }
 
     /// Sends what is settled, batch after batch, until nothing is left.
@@ -192,28 +230,27 @@ impl ChannelAcks {
     }
 
     async fn send(&self, frames: Frames) {
+        let Sink::Lapin { channel, .. } = &self.sink else {
+            return;
+        };
         let broker_id = self.broker_id;
         let report = |what: &str, tag: u64, e: lapin::Error| {
             log::debug!("broker {broker_id}: {what} {tag} not sent (channel gone): {e}");
         };
         for (tag, requeue) in frames.rejects {
             let options = BasicRejectOptions { requeue };
-            if let Err(e) = self.channel.basic_reject(tag, options).await {
+            if let Err(e) = channel.basic_reject(tag, options).await {
                 report("reject of", tag, e);
             }
         }
         for tag in frames.acks {
-            if let Err(e) = self
-                .channel
-                .basic_ack(tag, BasicAckOptions::default())
-                .await
-            {
+            if let Err(e) = channel.basic_ack(tag, BasicAckOptions::default()).await {
                 report("ack of", tag, e);
             }
         }
         if let Some(tag) = frames.ack_up_to {
             let options = BasicAckOptions { multiple: true };
-            if let Err(e) = self.channel.basic_ack(tag, options).await {
+            if let Err(e) = channel.basic_ack(tag, options).await {
                 report("ack up to", tag, e);
             }
         }

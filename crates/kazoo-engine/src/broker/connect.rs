@@ -37,6 +37,8 @@ pub(crate) struct ConnCtx {
     pub(crate) options: Arc<BrokerOptions>,
     pub(crate) runtime: Runtime<Tokio>,
     pub(crate) events: mpsc::Sender<Event>,
+    /// The TLS set-up of an `amqps://` broker, made on its first connect.
+    pub(crate) tls_cache: Mutex<Option<RustlsConnector>>,
 }
 
 /// What was last reported for a connection.
@@ -108,20 +110,26 @@ impl ConnCtx {
     /// Opens the connection: TCP connect within `connect_timeout`, then TLS
     /// and the AMQP login within [`HANDSHAKE_TIMEOUT`]. The error text never
     /// holds the password.
-    pub(crate) async fn connect(
-        &self,
-        tls_cache: &Mutex<Option<RustlsConnector>>,
-    ) -> Result<Connection, String> {
+    /// The connection name the broker shows (`rabbitmqctl list_connections
+    /// name`).
+    pub(crate) fn connection_name(&self) -> String {
+        format!(
+            "kazoo {} broker {} {}",
+            self.options.node_hostname, self.slot.broker.id, self.role
+        )
+    }
+
+    pub(crate) async fn connect(&self) -> Result<Arc<Connection>, String> {
         let broker = &self.slot.broker;
         let tls = match broker.scheme {
             Scheme::Amqp => None,
             Scheme::Amqps => {
-                let cached = lock(tls_cache).clone();
+                let cached = lock(&self.tls_cache).clone();
                 match cached {
                     Some(connector) => Some(connector),
                     None => {
                         let connector = tls::connector(&self.options.tls)?;
-                        *lock(tls_cache) = Some(connector.clone());
+                        *lock(&self.tls_cache) = Some(connector.clone());
                         Some(connector)
                     }
                 }
@@ -150,13 +158,8 @@ impl ConnCtx {
                 auth_mechanism: Some(SASLMechanism::Plain),
             },
         };
-        let properties = ConnectionProperties::default().with_connection_name(
-            format!(
-                "kazoo {} broker {} {}",
-                self.options.node_hostname, broker.id, self.role
-            )
-            .into(),
-        );
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.connection_name().into());
         // A duplicate of the socket, to shut it down if the login does not
         // finish in time: dropping lapin's connect future does not stop its
         // IO thread, which would wait on the silent socket for ever.
@@ -203,7 +206,7 @@ impl ConnCtx {
         let connecting = Connection::connector(uri, self.runtime.clone(), transport, properties);
         let limit = connect_timeout + HANDSHAKE_TIMEOUT;
         let outcome = match tokio::time::timeout(limit, connecting).await {
-            Ok(Ok(connection)) => Ok(connection),
+            Ok(Ok(connection)) => Ok(Arc::new(connection)),
             Ok(Err(e)) => Err(error_text(&e)),
             Err(_) => {
                 if let Some(socket) = lock(&socket).as_ref() {
@@ -260,47 +263,54 @@ impl Backoff {
     }
 }
 
-/// A connection open this long resets the back-off.
-/// Serves one open connection; returns why it ended, or `None` on shutdown.
+/// One kind of connection: how it opens, what it serves, how it closes.
 pub(crate) trait Serve {
+    /// An open connection.
+    type Link;
+
+    /// Opens the connection (within the connect and handshake timeouts);
+    /// the error text never holds the password.
+    async fn open(&mut self, ctx: &ConnCtx) -> Result<Self::Link, String>;
+
+    /// Serves one open connection; returns why it ended, or `None` on
+    /// shutdown.
     async fn serve(
         &mut self,
-        connection: &Arc<Connection>,
+        link: &mut Self::Link,
         reported: &mut Reported,
         shutdown: &mut watch::Receiver<()>,
     ) -> Option<String>;
+
+    /// Closes it politely, without waiting long.
+    async fn close(&mut self, link: Self::Link, text: &str);
 }
 
 /// A connection's life: connect, serve, and on loss report it and reconnect
 /// with back-off (reset after a stable session), until shutdown.
-pub(crate) async fn connection_loop(
+pub(crate) async fn connection_loop<S: Serve>(
     ctx: &ConnCtx,
     mut shutdown: watch::Receiver<()>,
-    session: &mut impl Serve,
+    session: &mut S,
 ) {
-    let tls_cache = Mutex::new(None);
     let mut backoff = Backoff::reconnect();
     let mut reported = Reported::Nothing;
     loop {
         let attempt = tokio::select! {
-            attempt = ctx.connect(&tls_cache) => attempt,
+            attempt = session.open(ctx) => attempt,
             _ = shutdown.changed() => return,
         };
         let reason = match attempt {
             Err(reason) => reason,
-            Ok(connection) => {
-                let connection = Arc::new(connection);
+            Ok(mut link) => {
                 let since = Instant::now();
-                let outcome = session
-                    .serve(&connection, &mut reported, &mut shutdown)
-                    .await;
+                let outcome = session.serve(&mut link, &mut reported, &mut shutdown).await;
                 match outcome {
                     None => {
-                        close(&connection, "shutting down").await;
+                        session.close(link, "shutting down").await;
                         return;
                     }
                     Some(reason) => {
-                        close(&connection, "reconnecting").await;
+                        session.close(link, "reconnecting").await;
                         if since.elapsed() >= STABLE {
                             backoff.reset();
                         }
@@ -317,6 +327,7 @@ pub(crate) async fn connection_loop(
     }
 }
 
+/// A connection open this long resets the back-off.
 pub(crate) const STABLE: Duration = Duration::from_secs(10);
 
 /// How often a connection task checks lapin's view of its connection, on

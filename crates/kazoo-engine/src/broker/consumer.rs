@@ -1,15 +1,7 @@
-//! A consuming connection: declares the topology (the C module's order), consumes
-//! it, and replays it on every reconnect.
-//!
-//! Each reply queue and each subscription is a *unit* with its own channel.
-//! Declarations never run concurrently on one connection, so an error that
-//! makes the broker close the whole connection is blamed on the unit that
-//! caused it: that subscription is quarantined on this broker (reported, and
-//! skipped on later reconnects) instead of wedging or killing the connection
-//! forever as in the C module. A channel-level error affects only its unit,
-//! which is retried with back-off on a new channel.
+//! A consuming connection over lapin (`amqp_native_consumer 0`, and
+//! `amqps://` brokers): declares the topology (the C module's order, see
+//! `units`), consumes it, and replays it on every reconnect.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +10,7 @@ use lapin::options::{
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::protocol::AMQPErrorKind;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, Consumer, ErrorKind, ExchangeKind};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -26,37 +18,12 @@ use tokio::time::Instant;
 
 use super::acker::ChannelAcks;
 use super::connect::{
-    connection_loop, error_text, next, Backoff, ConnCtx, Reported, Serve, STABLE, WATCH_INTERVAL,
+    close, connection_loop, error_text, next, Backoff, ConnCtx, Reported, Serve, STABLE,
+    WATCH_INTERVAL,
 };
-use super::{lock, Acker, Consumed, Event, Source};
+use super::lock;
+use super::units::{DeclError, Unit, Units, BLAMED_CODES, DECLARE_TIMEOUT, REDECLARE_BACKOFF};
 use crate::subscription::{ExchangeFlags, QueueFlags, Subscription};
-
-/// One unit's declaration may take this long before the connection is
-/// considered stuck.
-const DECLARE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Hard (connection-level) AMQP errors that a declaration itself causes:
-/// 501 frame, 502 syntax, 503 command invalid (e.g. an unknown exchange
-/// type), 504 channel error, 505 unexpected frame, 530 not allowed, 540 not
-/// implemented. Others (320 connection forced, 541 internal error...) are
-/// the broker's own doing.
-const BLAMED_CODES: &[u16] = &[501, 502, 503, 504, 505, 530, 540];
-
-/// A reply queue or a subscription: declared and consumed on its own channel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Unit {
-    Reply { idx: u32 },
-    Subscription { index: usize },
-}
-
-enum DeclError {
-    /// Channel-level: only this unit failed.
-    Soft(String),
-    /// This unit made the broker close the connection.
-    Blamed(String),
-    /// The connection is gone, for another reason.
-    Gone(String),
-}
 
 /// A unit being consumed, and the settlements of its channel's deliveries.
 type UnitConsumer = (Consumer, Arc<ChannelAcks>);
@@ -70,9 +37,8 @@ struct ConnFailure {
 
 /// Shared by a connection's unit tasks.
 struct Session {
-    ctx: Arc<ConnCtx>,
+    units: Units,
     connection: Arc<Connection>,
-    subscriptions: Arc<Vec<Subscription>>,
     handle: tokio::runtime::Handle,
     declare_lock: tokio::sync::Mutex<()>,
     /// The unit being declared right now (declarations are serialized by
@@ -103,9 +69,19 @@ struct Consuming {
 }
 
 impl Serve for Consuming {
+    type Link = Arc<Connection>;
+
+    async fn open(&mut self, ctx: &ConnCtx) -> Result<Arc<Connection>, String> {
+        ctx.connect().await
+    }
+
+    async fn close(&mut self, connection: Arc<Connection>, text: &str) {
+        close(&connection, text).await;
+    }
+
     async fn serve(
         &mut self,
-        connection: &Arc<Connection>,
+        connection: &mut Arc<Connection>,
         reported: &mut Reported,
         shutdown: &mut watch::Receiver<()>,
     ) -> Option<String> {
@@ -121,20 +97,6 @@ impl Serve for Consuming {
     }
 }
 
-/// The units this connection declares, in the C module's order.
-fn units(ctx: &ConnCtx, subscriptions: &[Subscription]) -> Vec<Unit> {
-    let mut units = Vec::new();
-    if ctx.slot.primary {
-        units.extend((0..ctx.options.reply_queues).map(|idx| Unit::Reply { idx }));
-    }
-    for (index, sub) in subscriptions.iter().enumerate() {
-        if (ctx.slot.primary || sub.federate) && !ctx.slot.is_quarantined(index) {
-            units.push(Unit::Subscription { index });
-        }
-    }
-    units
-}
-
 /// Serves one connection; returns why it ended, or None on shutdown.
 async fn serve(
     ctx: &Arc<ConnCtx>,
@@ -147,9 +109,11 @@ async fn serve(
     let mut events = Box::pin(connection.events_listener());
     let (failures, mut failed) = mpsc::unbounded_channel();
     let session = Arc::new(Session {
-        ctx: ctx.clone(),
+        units: Units {
+            ctx: ctx.clone(),
+            subscriptions: subscriptions.clone(),
+        },
         connection: connection.clone(),
-        subscriptions: subscriptions.clone(),
         handle: handle.clone(),
         declare_lock: tokio::sync::Mutex::new(()),
         declaring: Mutex::new(None),
@@ -161,22 +125,22 @@ async fn serve(
         // The first pass declares everything in order; units that failed at
         // channel level retry on their own afterwards.
         let _declaring = session.declare_lock.lock().await;
-        for unit in units(ctx, subscriptions) {
+        for unit in session.units.list() {
             let declared = tokio::select! {
                 declared = session.declare(unit) => declared,
                 _ = shutdown.changed() => return None,
             };
             let current = match declared {
                 Ok(current) => {
-                    session.unit_working(unit).await;
+                    session.units.working(unit).await;
                     Some(current)
                 }
                 Err(DeclError::Soft(reason)) => {
-                    session.unit_failed(unit, &reason).await;
+                    session.units.failed(unit, &reason).await;
                     None
                 }
                 Err(DeclError::Blamed(reason)) => {
-                    session.quarantine(unit, &reason).await;
+                    session.units.quarantine(unit, &reason).await;
                     return Some(reason);
                 }
                 Err(DeclError::Gone(reason)) => {
@@ -189,7 +153,7 @@ async fn serve(
                         if let lapin::Event::Error(e) = event {
                             if blameable(&e) {
                                 let reason = error_text(&e);
-                                session.quarantine(unit, &reason).await;
+                                session.units.quarantine(unit, &reason).await;
                                 return Some(reason);
                             }
                         }
@@ -214,7 +178,7 @@ async fn serve(
             failure = failed.recv() => {
                 if let Some(failure) = failure {
                     if failure.blamed {
-                        session.quarantine(failure.unit, &failure.reason).await;
+                        session.units.quarantine(failure.unit, &failure.reason).await;
                     }
                     return Some(failure.reason);
                 }
@@ -272,29 +236,7 @@ fn queue_options(flags: QueueFlags) -> QueueDeclareOptions {
     }
 }
 
-/// `x-queue-type: quorum` for a quorum queue, else none (the broker's default type).
-fn queue_arguments(flags: QueueFlags) -> FieldTable {
-    let mut arguments = FieldTable::default();
-    if flags.quorum {
-        arguments.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(LongString::from("quorum")),
-        );
-    }
-    arguments
-}
-
 impl Session {
-    fn what(&self, unit: Unit) -> String {
-        match unit {
-            Unit::Reply { idx } => format!(
-                "reply queue {}",
-                crate::payload::reply_queue(&self.ctx.options.node_hostname, self.ctx.id(), idx)
-            ),
-            Unit::Subscription { index } => format!("subscription {index}"),
-        }
-    }
-
     fn classify(&self, e: &lapin::Error) -> DeclError {
         let text = error_text(e);
         match e.kind() {
@@ -315,7 +257,7 @@ impl Session {
             Ok(result) => result,
             Err(_) => Err(DeclError::Gone(format!(
                 "declaring the {} took longer than {DECLARE_TIMEOUT:?}",
-                self.what(unit)
+                self.units.what(unit)
             ))),
         };
         // After a connection-level failure the mark stays: the connection
@@ -329,14 +271,15 @@ impl Session {
     async fn declare_steps(&self, unit: Unit) -> Result<UnitConsumer, DeclError> {
         let amqp = |e: lapin::Error| self.classify(&e);
         let channel: Channel = self.connection.create_channel().await.map_err(amqp)?;
-        let acks = ChannelAcks::new(channel.clone(), self.handle.clone(), self.ctx.id());
+        let ctx = &self.units.ctx;
+        let acks = ChannelAcks::lapin(channel.clone(), self.handle.clone(), ctx.id());
         let none = FieldTable::default;
         // Every unit is consumed with acks, `no_ack` subscriptions too (the
         // service acks them once a worker has them): the prefetch is what
         // stops the broker from sending faster than the routes run.
-        if self.ctx.options.prefetch > 0 {
+        if ctx.options.prefetch > 0 {
             channel
-                .basic_qos(self.ctx.options.prefetch, BasicQosOptions::default())
+                .basic_qos(ctx.options.prefetch, BasicQosOptions::default())
                 .await
                 .map_err(amqp)?;
         }
@@ -346,13 +289,13 @@ impl Session {
         };
         match unit {
             Unit::Reply { idx } => {
-                let node = &self.ctx.options.node_hostname;
+                let node = &ctx.options.node_hostname;
                 let queue = short(
-                    &crate::payload::reply_queue(node, self.ctx.id(), idx),
+                    &crate::payload::reply_queue(node, ctx.id(), idx),
                     "the reply queue name",
                 )?;
                 let key = short(
-                    &crate::payload::server_id(node, self.ctx.id(), idx),
+                    &crate::payload::server_id(node, ctx.id(), idx),
                     "the reply binding key",
                 )?;
                 let targeted: ShortString = crate::payload::TARGETED_EXCHANGE.into();
@@ -393,7 +336,7 @@ impl Session {
                     .map_err(amqp)
             }
             Unit::Subscription { index } => {
-                let Some(sub) = self.subscriptions.get(index) else {
+                let Some(sub) = self.units.subscriptions.get(index) else {
                     return Err(DeclError::Soft("no such subscription".into()));
                 };
                 let exchange = short(&sub.exchange, "the exchange name")?;
@@ -434,7 +377,7 @@ impl Session {
                     .queue_declare(
                         short(&sub.queue, "the queue name")?,
                         queue_options(sub.queue_flags),
-                        queue_arguments(sub.queue_flags),
+                        crate::amqp::queue_arguments(sub.queue_flags),
                     )
                     .await
                     .map_err(amqp)?;
@@ -473,87 +416,15 @@ impl Session {
         let reason = error_text(e);
         let declaring = *lock(&self.declaring);
         if let (true, Some(unit)) = (blameable(e), declaring) {
-            self.quarantine(unit, &reason).await;
+            self.units.quarantine(unit, &reason).await;
         }
         reason
-    }
-
-    async fn unit_working(&self, unit: Unit) {
-        if self.ctx.slot.record_working(unit) {
-            log::info!("{}: the {} works again", self.ctx.name(), self.what(unit));
-            if let Unit::Subscription { index } = unit {
-                self.ctx
-                    .send(Event::SubscriptionWorking {
-                        index,
-                        broker_id: self.ctx.id(),
-                    })
-                    .await;
-            }
-        }
-    }
-
-    /// Logs and reports a failure once per change (retries stay at debug).
-    async fn unit_failed(&self, unit: Unit, reason: &str) {
-        if !self.ctx.slot.record_failed(unit) {
-            log::debug!(
-                "{}: the {} still fails: {reason}",
-                self.ctx.name(),
-                self.what(unit)
-            );
-            return;
-        }
-        log::error!(
-            "{}: the {} failed (retrying): {reason}",
-            self.ctx.name(),
-            self.what(unit)
-        );
-        if let Unit::Subscription { index } = unit {
-            self.ctx
-                .send(Event::SubscriptionFailed {
-                    index,
-                    broker_id: self.ctx.id(),
-                    reason: reason.to_string(),
-                })
-                .await;
-        }
-    }
-
-    async fn quarantine(&self, unit: Unit, reason: &str) {
-        match unit {
-            Unit::Reply { .. } => {
-                log::error!(
-                    "{}: the broker closed the connection over the {}: {reason}",
-                    self.ctx.name(),
-                    self.what(unit)
-                );
-            }
-            Unit::Subscription { index } => {
-                if self.ctx.slot.quarantine(index) {
-                    self.ctx.slot.record_failed(unit);
-                    let reason = format!(
-                        "{reason}; the broker closed the whole connection over it, \
-                         so it is no longer declared on this broker"
-                    );
-                    log::error!(
-                        "{}: subscription {index} quarantined: {reason}",
-                        self.ctx.name()
-                    );
-                    self.ctx
-                        .send(Event::SubscriptionFailed {
-                            index,
-                            broker_id: self.ctx.id(),
-                            reason,
-                        })
-                        .await;
-                }
-            }
-        }
     }
 
     /// Consumes the unit; redeclares it with back-off when its channel
     /// closes or its declaration failed.
     async fn unit_task(self: Arc<Self>, unit: Unit, mut current: Option<UnitConsumer>) {
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let mut backoff = Backoff::new(REDECLARE_BACKOFF.0, REDECLARE_BACKOFF.1);
         loop {
             let (mut consumer, acks) = match current.take() {
                 Some(unit_consumer) => unit_consumer,
@@ -562,11 +433,11 @@ impl Session {
                     let _declaring = self.declare_lock.lock().await;
                     match self.declare(unit).await {
                         Ok(consumer) => {
-                            self.unit_working(unit).await;
+                            self.units.working(unit).await;
                             consumer
                         }
                         Err(DeclError::Soft(reason)) => {
-                            self.unit_failed(unit, &reason).await;
+                            self.units.failed(unit, &reason).await;
                             continue;
                         }
                         Err(DeclError::Blamed(reason)) => {
@@ -588,15 +459,26 @@ impl Session {
                     }
                 }
             };
-            log::debug!("{}: consuming the {}", self.ctx.name(), self.what(unit));
+            let (ctx, units) = (&self.units.ctx, &self.units);
+            log::debug!("{}: consuming the {}", ctx.name(), units.what(unit));
             let queue = consumer.queue();
             let consuming_since = Instant::now();
             let reason = loop {
                 match next(&mut consumer).await {
-                    Some(Ok(delivery)) if unreadable(&delivery) => {
-                        self.refuse(unit, &queue, &acks, delivery)
+                    Some(Ok(delivery)) => {
+                        let names = (queue.as_str(), delivery.exchange.as_str());
+                        units
+                            .deliver(
+                                unit,
+                                &acks,
+                                names,
+                                delivery.delivery_tag,
+                                delivery.redelivered,
+                                delivery.routing_key.to_string(),
+                                delivery.data,
+                            )
+                            .await;
                     }
-                    Some(Ok(delivery)) => self.forward(unit, &acks, delivery).await,
                     Some(Err(e)) => break error_text(&e),
                     None => break "the consumer was cancelled".to_string(),
                 }
@@ -609,101 +491,9 @@ impl Session {
             // it and aborts this task before the back-off ends.
             log::warn!(
                 "{}: consuming the {} stopped: {reason}",
-                self.ctx.name(),
-                self.what(unit)
+                ctx.name(),
+                units.what(unit)
             );
         }
     }
-
-    /// An [`unreadable`] delivery: rejected without requeue (dead-lettered
-    /// if the queue has a dead-letter exchange); logged and counted, never
-    /// handed to the script.
-    fn refuse(
-        &self,
-        unit: Unit,
-        queue: &ShortString,
-        acks: &Arc<ChannelAcks>,
-        delivery: lapin::message::Delivery,
-    ) {
-        self.ctx.slot.rejected.fetch_add(1, Ordering::Relaxed);
-        log::error!(
-            "{}: rejected (not requeued) a message from queue {} (exchange {}) on the {}: its \
-             routing key is not UTF-8 (received as {}); the script would see another key",
-            self.ctx.name(),
-            safe(queue.as_str()),
-            safe(delivery.exchange.as_str()),
-            self.what(unit),
-            safe(delivery.routing_key.as_str()),
-        );
-        self.acker(unit, acks, &delivery).reject(false);
-    }
-
-    /// The [`Acker`] of a delivery on `unit`: requeued when dropped unused
-    /// for subscriptions with `no_ack: 0`, acked for the others.
-    fn acker(
-        &self,
-        unit: Unit,
-        acks: &Arc<ChannelAcks>,
-        delivery: &lapin::message::Delivery,
-    ) -> Acker {
-        let requeue_on_drop = match unit {
-            Unit::Reply { .. } => false,
-            Unit::Subscription { index } => {
-                self.subscriptions.get(index).is_some_and(|s| !s.no_ack)
-            }
-        };
-        acks.acker(delivery.delivery_tag, requeue_on_drop)
-    }
-
-    async fn forward(
-        &self,
-        unit: Unit,
-        acks: &Arc<ChannelAcks>,
-        delivery: lapin::message::Delivery,
-    ) {
-        log::trace!(
-            "{}: delivery {} on the {} ({} bytes)",
-            self.ctx.name(),
-            delivery.delivery_tag,
-            self.what(unit),
-            delivery.data.len()
-        );
-        let source = match unit {
-            Unit::Reply { idx } => Source::Reply { idx },
-            Unit::Subscription { index } => Source::Subscription { index },
-        };
-        let ack = self.acker(unit, acks, &delivery);
-        self.ctx
-            .send(Event::Consumed(Consumed {
-                broker_id: self.ctx.id(),
-                zone: self.ctx.slot.broker.zone.clone(),
-                source,
-                routing_key: delivery.routing_key.to_string(),
-                body: delivery.data,
-                redelivered: delivery.redelivered,
-                ack,
-            }))
-            .await;
-    }
-}
-
-/// A delivery the module cannot hand to the script faithfully: its routing
-/// key (`$kzRK`) was not UTF-8. lapin's parser (amq-protocol-types, patched:
-/// see `patches/amq-protocol-types/PATCHED.md`) decodes such bytes to U+FFFD
-/// instead of dropping the connection, so U+FFFD is what is seen here; a
-/// publisher sending U+FFFD itself is refused alike (no Kazoo application
-/// does: it %-encodes routing keys). Invalid UTF-8 elsewhere (the exchange
-/// name, properties, header names) does not matter: the script sees only
-/// the routing key and the body, which is bytes.
-fn unreadable(delivery: &lapin::message::Delivery) -> bool {
-    delivery
-        .routing_key
-        .as_str()
-        .contains(char::REPLACEMENT_CHARACTER)
-}
-
-/// A name or key for a log line: quoted, control and non-ASCII characters
-/// escaped (U+FFFD shows as `\u{fffd}`).
-fn safe(text: &str) -> String {
-    format!("\"{}\"", text.escape_default())
 }

@@ -43,11 +43,13 @@
 mod acker;
 mod connect;
 mod consumer;
+mod native_consumer;
 mod options;
 mod publish;
 mod publisher;
 mod slot;
 mod tls;
+mod units;
 
 pub use acker::Acker;
 pub use options::{BrokerOptions, TlsOptions, HANDSHAKE_TIMEOUT};
@@ -63,7 +65,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Broker;
+use crate::config::{Broker, Scheme};
 use crate::subscription::Subscription;
 
 /// How many events may wait in the channel returned by [`Brokers::start`]
@@ -221,6 +223,7 @@ impl Brokers {
                     role,
                     options: options.clone(),
                     runtime: runtime.clone(),
+                    tls_cache: Mutex::new(None),
                     events: events.clone(),
                 })
             };
@@ -241,6 +244,7 @@ impl Brokers {
             } else {
                 1
             };
+            let native = options.native_consumers && slot.broker.scheme == Scheme::Amqp;
             for n in 0..consumers {
                 let (consumer_ctx, consumer_subscriptions, consumer_handle, consumer_shutdown) = (
                     ctx(Role::Consumer(n)),
@@ -248,17 +252,24 @@ impl Brokers {
                     handle.clone(),
                     shutdown_rx.clone(),
                 );
-                tasks.push(crate::task::spawn_supervised(
-                    "a broker's consuming connection",
-                    move || {
+                tasks.push(if native {
+                    crate::task::spawn_supervised("a broker's consuming connection", move || {
+                        native_consumer::run(
+                            consumer_ctx.clone(),
+                            consumer_subscriptions.clone(),
+                            consumer_shutdown.clone(),
+                        )
+                    })
+                } else {
+                    crate::task::spawn_supervised("a broker's consuming connection", move || {
                         consumer::run(
                             consumer_ctx.clone(),
                             consumer_subscriptions.clone(),
                             consumer_handle.clone(),
                             consumer_shutdown.clone(),
                         )
-                    },
-                ));
+                    })
+                });
             }
         }
         (

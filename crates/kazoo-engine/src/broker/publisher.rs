@@ -10,7 +10,9 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::watch;
 
-use super::connect::{connection_loop, error_text, next, ConnCtx, Reported, Serve, WATCH_INTERVAL};
+use super::connect::{
+    close, connection_loop, error_text, next, ConnCtx, Reported, Serve, WATCH_INTERVAL,
+};
 use super::slot::PubLink;
 use super::{lock, Inner};
 
@@ -35,9 +37,19 @@ struct Publishing {
 }
 
 impl Serve for Publishing {
+    type Link = Arc<Connection>;
+
+    async fn open(&mut self, ctx: &ConnCtx) -> Result<Arc<Connection>, String> {
+        ctx.connect().await
+    }
+
+    async fn close(&mut self, connection: Arc<Connection>, text: &str) {
+        close(&connection, text).await;
+    }
+
     async fn serve(
         &mut self,
-        connection: &Arc<Connection>,
+        connection: &mut Arc<Connection>,
         reported: &mut Reported,
         shutdown: &mut watch::Receiver<()>,
     ) -> Option<String> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{consumer, lock};
+use super::{lock, units};
 use crate::config::Broker;
 
 /// One broker: its configuration and what its connections share.
@@ -21,7 +21,7 @@ pub(crate) struct Slot {
     pub(super) reopen: Notify,
     pub(super) link_generation: AtomicU64,
     /// Per reply queue or subscription: reported failed (true) or working (false).
-    pub(super) failed: Mutex<HashMap<consumer::Unit, bool>>,
+    pub(super) failed: Mutex<HashMap<units::Unit, bool>>,
     /// Subscriptions never declared again on this broker.
     pub(super) quarantined: Mutex<HashSet<usize>>,
     /// Deliveries rejected (or dropped, without acks) as unreadable.
@@ -102,13 +102,13 @@ impl Slot {
 
     /// Records a failure (on any connection of this broker); true when it
     /// must be reported, i.e. the unit was not already failing.
-    pub(crate) fn record_failed(&self, unit: consumer::Unit) -> bool {
+    pub(crate) fn record_failed(&self, unit: units::Unit) -> bool {
         let mut failed = lock(&self.failed);
         !std::mem::replace(failed.entry(unit).or_insert(false), true)
     }
 
     /// Records a unit working; true when it had been reported failing.
-    pub(crate) fn record_working(&self, unit: consumer::Unit) -> bool {
+    pub(crate) fn record_working(&self, unit: units::Unit) -> bool {
         let mut failed = lock(&self.failed);
         std::mem::replace(failed.entry(unit).or_insert(false), false)
     }

@@ -147,8 +147,10 @@ fn measure(module: &str, statement: &str, requests: u32, ops: u32) -> Result<f64
 /// each event running a route that reads one field and counts itself; a
 /// SIP request is answered with the count (`X-Routed`).
 fn consume_config(module: &str, exchange: &str, queue: &str, no_ack: bool) -> String {
+    let (module, extra) = module.split_once('\n').unwrap_or((module, ""));
     format!(
         r#"{global}
+{extra}
 loadmodule "textops.so"
 loadmodule "htable.so"
 modparam("htable", "htable", "bench=>size=4;initval=0;")
@@ -297,9 +299,17 @@ fn arg(name: &str, default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-/// The load part (see `load`): every path, this module (with and without
-/// `amqp_direct`) and the C module in turn; first as fast as `--clients`
-/// clients go, then at `--fixed-rate` requests per second (latency).
+/// This module's escape hatches to its previous paths: the parameter, and
+/// the load paths it changes (measured there only).
+const ESCAPE_HATCHES: [(&str, &[load::Path]); 2] = [
+    ("amqp_direct", &[load::Path::Publish, load::Path::Query]),
+    ("amqp_native_consumer", &[load::Path::AsyncQuery]),
+];
+
+/// The load part (see `load`): every path, this module (by default and
+/// with each of its [`ESCAPE_HATCHES`] at 0) and the C module in turn;
+/// first as fast as `--clients` clients go, then at `--fixed-rate`
+/// requests per second (latency).
 fn load_table(modules: &[(&str, String)]) {
     let seconds = arg("--load", 10);
     if seconds == 0 {
@@ -307,17 +317,21 @@ fn load_table(modules: &[(&str, String)]) {
     }
     let clients = arg("--clients", 32);
     let fixed_rate = arg("--fixed-rate", 1000);
-    let mut variants: Vec<(String, String)> = Vec::new();
+    // (row name, global part, the paths measured: None for all)
+    let mut variants: Vec<(String, String, Option<&[load::Path]>)> = Vec::new();
     for (name, module) in modules {
         let global = global_part(module, 4);
         if *name == "rust" {
-            variants.push((name.to_string(), global.clone()));
-            variants.push((
-                format!("{name}, amqp_direct 0"),
-                format!("{global}\nmodparam(\"kazoo\", \"amqp_direct\", 0)"),
-            ));
+            variants.push((name.to_string(), global.clone(), None));
+            for (param, paths) in ESCAPE_HATCHES {
+                variants.push((
+                    format!("{name}, {param} 0"),
+                    format!("{global}\nmodparam(\"kazoo\", \"{param}\", 0)"),
+                    Some(paths),
+                ));
+            }
         } else {
-            variants.push((name.to_string(), global));
+            variants.push((name.to_string(), global, None));
         }
     }
     // `--paths publish,query`: only these (nothing, publish, query, async).
@@ -348,10 +362,8 @@ fn load_table(modules: &[(&str, String)]) {
             {
                 continue;
             }
-            for (name, global) in &variants {
-                if *name == "rust, amqp_direct 0"
-                    && !matches!(path, load::Path::Publish | load::Path::Query)
-                {
+            for (name, global, paths) in &variants {
+                if paths.is_some_and(|paths| !paths.contains(&path)) {
                     // The same code as "rust" for the other paths.
                     continue;
                 }
@@ -450,16 +462,28 @@ fn main() {
     if messages == 0 {
         return;
     }
+    // This module with its previous consuming client too (a module path
+    // and, after a line break, parameters for `consume_config`).
+    let mut consumers: Vec<(String, String)> = Vec::new();
+    for (name, module) in &modules {
+        consumers.push((name.to_string(), module.clone()));
+        if *name == "rust" {
+            consumers.push((
+                "rust, native 0".into(),
+                format!("{module}\nmodparam(\"kazoo\", \"amqp_native_consumer\", 0)"),
+            ));
+        }
+    }
     println!();
     print!("{:<30}", "consume: µs per message (msg/s)");
-    for (name, _) in &modules {
+    for (name, _) in &consumers {
         print!("{name:>20}");
     }
     println!();
     for no_ack in [true, false] {
         eprintln!("consume, no_ack {no_ack}");
         print!("{:<30}", format!("consume, no_ack {}", u8::from(no_ack)));
-        for (_, module) in &modules {
+        for (_, module) in &consumers {
             match measure_consume(module, no_ack, messages) {
                 Ok((micros, rate)) => print!("{:>20}", format!("{micros:.1} ({rate:.0}/s)")),
                 Err(e) => {

@@ -12,6 +12,7 @@
 //! task, woken, writes them with whatever else it sends.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
@@ -87,6 +88,9 @@ pub(super) struct ChannelAcks {
     sink: Sink,
     broker_id: u32,
     pending: Mutex<Pending>,
+    /// `pending.flush_scheduled`, readable without the lock: the
+    /// connection's task looks at every channel on each wake-up.
+    scheduled: AtomicBool,
 }
 
 /// Who sends a channel's settlements.
@@ -163,6 +167,7 @@ impl ChannelAcks {
             sink,
             broker_id,
             pending: Mutex::new(Pending::default()),
+            scheduled: AtomicBool::new(false),
         })
     }
 
@@ -170,8 +175,13 @@ impl ChannelAcks {
     /// [`ChannelAcks::native`] channel sends it, in this order, before it
     /// waits again).
     pub(super) fn take_due(&self) -> Frames {
+        // Set under the lock before the wake-up that follows it.
+        if !self.scheduled.load(Ordering::Acquire) {
+            return Frames::default();
+        }
         let mut pending = lock(&self.pending);
         pending.flush_scheduled = false;
+        self.scheduled.store(false, Ordering::Release);
         pending.take_frames()
     }
 
@@ -199,6 +209,7 @@ impl ChannelAcks {
             return;
         }
         pending.flush_scheduled = true;
+        this.scheduled.store(true, Ordering::Release);
         drop(pending);
         match &this.sink {
             Sink::Native(due) => due.notify_one(),
@@ -221,6 +232,7 @@ impl ChannelAcks {
                 let mut pending = lock(&self.pending);
                 if pending.settled.is_empty() {
                     pending.flush_scheduled = false;
+                    self.scheduled.store(false, Ordering::Release);
                     return;
                 }
                 pending.take_frames()

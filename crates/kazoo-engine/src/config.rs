@@ -75,7 +75,7 @@ pub const PARAMS: &[(&str, ParamType)] = &[
     ("amqp_publish_timeout", ParamType::Int),
     ("amqp_consumer_prefetch", ParamType::Int),
     ("amqp_direct", ParamType::Int),
-    ("amqp_native_consumer", ParamType::Int),
+    ("amqp_native_client", ParamType::Int),
 ];
 
 /// A parameter value Kamailio must refuse.
@@ -326,9 +326,9 @@ pub struct Params {
     /// `kazoo_publish` from the calling process's own broker connection
     /// (this module's; 0 = through the AMQP process, as before).
     pub amqp_direct: bool,
-    /// The AMQP process consumes over the module's own AMQP client (this
-    /// module's; 0 = over lapin, as before).
-    pub amqp_native_consumer: bool,
+    /// The AMQP process's broker connections use the module's own AMQP
+    /// client (this module's; 0 = lapin, as before).
+    pub amqp_native_client: bool,
     /// Parameters the C module reads and ignores; kept so configurations
     /// that set them still load (documented as having no effect).
     pub ignored: Vec<String>,
@@ -370,7 +370,7 @@ impl Default for Params {
             amqp_publish_timeout: 2000,
             amqp_consumer_prefetch: 64,
             amqp_direct: true,
-            amqp_native_consumer: true,
+            amqp_native_client: true,
             ignored: Vec::new(),
         }
     }
@@ -468,7 +468,7 @@ impl Params {
                 self.amqp_consumer_prefetch = v
             }
             ("amqp_direct", Int(v)) => self.amqp_direct = v != 0,
-            ("amqp_native_consumer", Int(v)) => self.amqp_native_consumer = v != 0,
+            ("amqp_native_client", Int(v)) => self.amqp_native_client = v != 0,
             ("amqp_consumer_ack_timeout_micro", Int(v))
             | ("amqp_interprocess_timeout_micro", Int(v))
             | ("amqp_waitframe_timeout_micro", Int(v)) => {

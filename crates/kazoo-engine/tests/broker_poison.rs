@@ -199,7 +199,7 @@ async fn deliveries_until(
     }
 }
 
-async fn poison_is_rejected_and_consumption_goes_on(no_ack: bool, native_consumers: bool) {
+async fn poison_is_rejected_and_consumption_goes_on(no_ack: bool, native_client: bool) {
     let url = system_broker_url();
     let raw = Raw::connect(&url).await;
     let node = unique_name("kztest");
@@ -210,7 +210,7 @@ async fn poison_is_rejected_and_consumption_goes_on(no_ack: bool, native_consume
     sub.no_ack = no_ack;
     let mut opts = options(&node);
     opts.prefetch = 10;
-    opts.native_consumers = native_consumers;
+    opts.native_client = native_client;
     let (brokers, mut events) = start_subscribed(&url, sub, opts).await;
 
     // Unreadable routing keys: never handed to the script, gone from the queue.
@@ -317,7 +317,7 @@ async fn poison_without_acks_is_dropped_and_consumption_goes_on() {
     poison_is_rejected_and_consumption_goes_on(true, true).await;
 }
 
-/// The escape hatch (`amqp_native_consumer 0`) refuses the same poison.
+/// The escape hatch (`amqp_native_client 0`) refuses the same poison.
 #[tokio::test]
 async fn poison_over_lapin_is_rejected_and_consumption_goes_on() {
     poison_is_rejected_and_consumption_goes_on(false, false).await;

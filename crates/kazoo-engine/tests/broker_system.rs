@@ -155,13 +155,13 @@ async fn topology_deliveries_acks_and_replies() {
     topology_deliveries_acks_and_replies_on(true).await;
 }
 
-/// The escape hatch (`amqp_native_consumer 0`) behaves the same.
+/// The escape hatch (`amqp_native_client 0`) behaves the same.
 #[tokio::test]
 async fn topology_deliveries_acks_and_replies_over_lapin() {
     topology_deliveries_acks_and_replies_on(false).await;
 }
 
-async fn topology_deliveries_acks_and_replies_on(native_consumers: bool) {
+async fn topology_deliveries_acks_and_replies_on(native_client: bool) {
     let url = system_broker_url();
     let raw = Raw::connect(&url).await;
     let node = unique_name("kztest");
@@ -199,7 +199,7 @@ async fn topology_deliveries_acks_and_replies_on(native_consumers: bool) {
     let mut opts = options(&node);
     opts.consumer_connections = 2;
     opts.prefetch = 10;
-    opts.native_consumers = native_consumers;
+    opts.native_client = native_client;
     let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![sub], opts);
     wait_connected(
         &mut events,
@@ -1176,7 +1176,7 @@ async fn acks_settled_out_of_order_from_several_threads_are_each_sent_once() {
 #[tokio::test]
 async fn a_backlog_waiting_before_the_consumer_starts_is_delivered_whole() {
     const BACKLOG: usize = 3000;
-    for native_consumers in [true, false] {
+    for native_client in [true, false] {
         let url = system_broker_url();
         let raw = Raw::connect(&url).await;
         let (exchange, queue) = direct_exchange(&raw, "kztest-backlog").await;
@@ -1197,7 +1197,7 @@ async fn a_backlog_waiting_before_the_consumer_starts_is_delivered_whole() {
         };
         let mut opts = options(&unique_name("kztest"));
         opts.prefetch = 64;
-        opts.native_consumers = native_consumers;
+        opts.native_client = native_client;
         // Deliveries may come before the connection reports itself up.
         let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![sub], opts);
         let mut seen = vec![false; BACKLOG];
@@ -1222,14 +1222,14 @@ async fn a_backlog_waiting_before_the_consumer_starts_is_delivered_whole() {
 /// and consumed as before, over either client, on the same connection.
 #[tokio::test]
 async fn a_deleted_queue_is_declared_again_and_consumed() {
-    for native_consumers in [true, false] {
+    for native_client in [true, false] {
         let url = system_broker_url();
         let raw = Raw::connect(&url).await;
         let exchange = unique_name("kztest-cancel-x");
         let queue = unique_name("kztest-cancel-q");
         let sub = subscription(&exchange, "direct", &queue, &["rk"]);
         let mut opts = options(&unique_name("kztest"));
-        opts.native_consumers = native_consumers;
+        opts.native_client = native_client;
         let (brokers, mut events) = start_subscribed(&url, sub, opts).await;
         raw.publish(&exchange, "rk", b"before").await;
         let d = next_delivery(&mut events, WAIT).await;

@@ -71,6 +71,7 @@ modparam("kazoo", "pua_mode", 0)
 modparam("kazoo", "amqp_connection", "@URL@")
 modparam("kazoo", "amqp_publish_timeout", @TIMEOUT@)
 modparam("kazoo", "amqp_query_timeout_avp", "$var(kz_timeout)")
+@MODPARAMS@
 
 event_route[kazoo:mod-init]
 {
@@ -122,6 +123,10 @@ struct Settings {
     big_bodies: usize,
     only: Option<Vec<String>>,
     soak: Option<Duration>,
+    /// `--modparam name=value`: more kazoo parameters (integers), e.g.
+    /// `amqp_direct=0` to send publishes and queries through the AMQP
+    /// process.
+    modparams: Vec<(String, i64)>,
 }
 
 impl Settings {
@@ -139,6 +144,7 @@ impl Settings {
             big_bodies: if short { 1 } else { 3 },
             only: None,
             soak: None,
+            modparams: Vec::new(),
         };
         let mut i = 0;
         while i < args.len() {
@@ -167,6 +173,13 @@ impl Settings {
                     settings.only = Some(names);
                 }
                 "--soak" => settings.soak = Some(Duration::from_secs(number(i)?.max(20))),
+                "--modparam" => {
+                    let (name, number) = value(i)?
+                        .split_once('=')
+                        .and_then(|(name, v)| Some((name.to_string(), v.parse().ok()?)))
+                        .ok_or_else(|| "--modparam takes name=integer".to_string())?;
+                    settings.modparams.push((name, number));
+                }
                 other => return Err(format!("unknown argument {other}")),
             }
             i += if args[i] == "--short" { 1 } else { 2 };
@@ -382,11 +395,17 @@ impl Rig {
             .durable_capture(&capture, "amq.topic", &format!("faults.{run}.#"))
             .map_err(|e| format!("capture queue: {e}"))?;
         drop(probe);
+        let modparams: String = settings
+            .modparams
+            .iter()
+            .map(|(name, value)| format!("modparam(\"kazoo\", \"{name}\", {value})\n"))
+            .collect();
         let config = CONFIG
             .replace("@NODE@", &run.replace('-', "."))
             .replace("@URL@", &node.url())
             .replace("@TIMEOUT@", &settings.timeout_ms.to_string())
-            .replace("@RUN@", &run);
+            .replace("@RUN@", &run)
+            .replace("@MODPARAMS@", &modparams);
         let kamailio = Kamailio::start(&config).map_err(|e| format!("kamailio: {e}"))?;
         let labels = kamailio
             .kamcmd(&["core.psx"])
@@ -1197,7 +1216,7 @@ fn main() {
     let settings = match Settings::parse() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{e}\nusage: faults [--short] [--only a,b] [--soak SECONDS] [--timeout MS] [--publishers N] [--interval-ms MS] [--fault-seconds S]");
+            eprintln!("{e}\nusage: faults [--short] [--only a,b] [--soak SECONDS] [--timeout MS] [--publishers N] [--interval-ms MS] [--fault-seconds S] [--modparam NAME=INT]...");
             std::process::exit(2);
         }
     };

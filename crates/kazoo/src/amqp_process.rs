@@ -24,7 +24,7 @@ pub(crate) fn run(config: &'static Config, listener: UnixListener) -> ! {
             prefetch: p.amqp_consumer_prefetch as u16,
             heartbeat_secs: p.amqp_heartbeats.min(u16::MAX as i32) as u16,
             connect_timeout: p.amqp_connect_timeout.duration(),
-            native_consumers: p.amqp_native_consumer,
+            native_client: p.amqp_native_client,
             tls: TlsOptions {
                 ca_cert: p.amqps_ca_cert.clone().map(Into::into),
                 cert: p.amqps_cert.clone().map(Into::into),

@@ -118,7 +118,7 @@ kamailio::module! {
         param!("amqp_publish_timeout", Int, params::set),
         param!("amqp_consumer_prefetch", Int, params::set),
         param!("amqp_direct", Int, params::set),
-        param!("amqp_native_consumer", Int, params::set),
+        param!("amqp_native_client", Int, params::set),
     ],
     pvs: [
         pv!("kzR", pvs::QUERY_RESULT),

@@ -64,7 +64,7 @@ modparam("kazoo", "amqp_timmer_process_interval", 200)
 modparam("kazoo", "amqp_publish_timeout", 1500)
 modparam("kazoo", "amqp_consumer_prefetch", 32)
 modparam("kazoo", "amqp_direct", 1)
-modparam("kazoo", "amqp_native_consumer", 1)
+modparam("kazoo", "amqp_native_client", 1)
 "#;
 
 /// Every function with every argument count, the pseudo-variables, the

@@ -1,4 +1,4 @@
-//! A consuming connection over lapin (`amqp_native_consumer 0`, and
+//! A consuming connection over lapin (`amqp_native_client 0`, and
 //! `amqps://` brokers): declares the topology (the C module's order, see
 //! `units`), consumes it, and replays it on every reconnect.
 

@@ -43,7 +43,9 @@
 mod acker;
 mod connect;
 mod consumer;
+mod native;
 mod native_consumer;
+mod native_publisher;
 mod options;
 mod publish;
 mod publisher;
@@ -229,22 +231,29 @@ impl Brokers {
             };
             let (publisher_ctx, publisher_inner, publisher_shutdown) =
                 (ctx(Role::Publisher), inner.clone(), shutdown_rx.clone());
-            tasks.push(crate::task::spawn_supervised(
-                "a broker's publisher connection",
-                move || {
+            let native = options.native_client && slot.broker.scheme == Scheme::Amqp;
+            tasks.push(if native {
+                crate::task::spawn_supervised("a broker's publisher connection", move || {
+                    native_publisher::run(
+                        publisher_ctx.clone(),
+                        publisher_inner.clone(),
+                        publisher_shutdown.clone(),
+                    )
+                })
+            } else {
+                crate::task::spawn_supervised("a broker's publisher connection", move || {
                     publisher::run(
                         publisher_ctx.clone(),
                         publisher_inner.clone(),
                         publisher_shutdown.clone(),
                     )
-                },
-            ));
+                })
+            });
             let consumers = if slot.primary {
                 options.consumer_connections
             } else {
                 1
             };
-            let native = options.native_consumers && slot.broker.scheme == Scheme::Amqp;
             for n in 0..consumers {
                 let (consumer_ctx, consumer_subscriptions, consumer_handle, consumer_shutdown) = (
                     ctx(Role::Consumer(n)),

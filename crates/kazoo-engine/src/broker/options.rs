@@ -23,10 +23,11 @@ pub struct BrokerOptions {
     /// `amqp_connect_timeout_*`: the TCP connect (the TLS handshake and AMQP
     /// login have a further [`HANDSHAKE_TIMEOUT`]).
     pub connect_timeout: Duration,
-    /// `amqp_native_consumer`: consuming connections to `amqp://` brokers
-    /// run on the module's own AMQP client (`native_consumer`) rather than
-    /// lapin (`consumer`, which `amqps://` brokers always use).
-    pub native_consumers: bool,
+    /// `amqp_native_client`: the connections to `amqp://` brokers run on
+    /// the module's own AMQP client (`native_consumer`, `native_publisher`)
+    /// rather than lapin (`consumer`, `publisher`, which `amqps://` brokers
+    /// always use).
+    pub native_client: bool,
     pub tls: TlsOptions,
 }
 
@@ -41,7 +42,7 @@ impl Default for BrokerOptions {
             prefetch: 0,
             heartbeat_secs: 0,
             connect_timeout: Duration::from_millis(200),
-            native_consumers: true,
+            native_client: true,
             tls: TlsOptions::default(),
         }
     }

@@ -9,7 +9,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Confirmation};
 use tokio::time::Instant;
 
-use super::slot::{PubLink, UNRESPONSIVE_AFTER};
+use super::native_publisher::Job;
+use super::slot::{PubChannel, PubLink, UNRESPONSIVE_AFTER};
 use super::{connect, Brokers};
 
 /// A publish the broker confirmed.
@@ -98,16 +99,23 @@ impl fmt::Display for PublishError {
 impl std::error::Error for PublishError {}
 
 /// How a single attempt on one broker ended.
-enum Attempt {
+pub(super) enum Attempt {
     Confirmed,
     Nacked,
     /// Confirmed, but returned first: no queue took it (mandatory publishes).
-    Returned(Box<lapin::message::BasicReturnMessage>),
+    Returned(Returned),
     /// The channel was closed because of this publish (or one just before it
     /// on the same channel): worth one more try on a fresh channel only.
     Refused(String),
     /// The channel or connection went away: worth retrying after a reconnect.
     Lost(String),
+}
+
+/// What the broker's `basic.return` of a publish said.
+pub(super) struct Returned {
+    pub(super) reply_code: u16,
+    pub(super) reply_text: String,
+    pub(super) body: Vec<u8>,
 }
 
 /// Per-candidate bookkeeping of one publish.
@@ -228,7 +236,7 @@ impl Brokers {
                 let started = Instant::now();
                 let attempt = tokio::time::timeout_at(
                     deadline,
-                    publish_once(&link, &exchange, &routing_key, &body, &properties, options),
+                    publish_once(&link, &exchange, &routing_key, body, &properties, options),
                 )
                 .await
                 .map_err(|_| {
@@ -253,8 +261,8 @@ impl Brokers {
                         return Err(PublishError::Returned {
                             broker_id,
                             reply_code: returned.reply_code,
-                            reply_text: returned.reply_text.to_string(),
-                            body: returned.delivery.data,
+                            reply_text: returned.reply_text,
+                            body: returned.body,
                         });
                     }
                     Attempt::Nacked => {
@@ -360,17 +368,29 @@ async fn publish_once(
     link: &PubLink,
     exchange: &ShortString,
     routing_key: &ShortString,
-    body: &[u8],
+    body: Vec<u8>,
     properties: &BasicProperties,
     options: BasicPublishOptions,
 ) -> Attempt {
-    let confirm = match link
-        .channel
+    let channel = match &link.channel {
+        PubChannel::Lapin { channel, .. } => channel,
+        PubChannel::Native(handle) => {
+            let job = Job {
+                exchange: exchange.clone(),
+                routing_key: routing_key.clone(),
+                mandatory: options.mandatory,
+                properties: properties.clone(),
+                body,
+            };
+            return handle.publish(job).await;
+        }
+    };
+    let confirm = match channel
         .basic_publish(
             exchange.clone(),
             routing_key.clone(),
             options,
-            body,
+            &body,
             properties.clone(),
         )
         .await
@@ -379,7 +399,11 @@ async fn publish_once(
         Err(e) => return failed(&e),
     };
     match confirm.await {
-        Ok(Confirmation::Ack(Some(returned))) => Attempt::Returned(Box::new(returned)),
+        Ok(Confirmation::Ack(Some(returned))) => Attempt::Returned(Returned {
+            reply_code: returned.reply_code,
+            reply_text: returned.reply_text.to_string(),
+            body: returned.delivery.data,
+        }),
         Ok(Confirmation::Ack(None)) => Attempt::Confirmed,
         Ok(Confirmation::Nack(_)) => Attempt::Nacked,
         Ok(Confirmation::NotRequested) => {

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::connect::{
     close, connection_loop, error_text, next, ConnCtx, Reported, Serve, WATCH_INTERVAL,
 };
-use super::slot::PubLink;
+use super::slot::{PubChannel, PubLink};
 use super::{lock, Inner};
 
 /// Opening the confirm channel may take this long.
@@ -59,9 +59,16 @@ impl Serve for Publishing {
     }
 }
 
-fn set_link(ctx: &ConnCtx, inner: &Inner, link: Option<(&Connection, Channel)>) {
-    let link = link.map(|(connection, channel)| PubLink {
+fn lapin_link(connection: &Connection, channel: &Channel) -> PubChannel {
+    PubChannel::Lapin {
         connection: connection.status().clone(),
+        channel: channel.clone(),
+    }
+}
+
+/// Offers the publish path a new link (a new generation), or none.
+pub(super) fn set_link(ctx: &ConnCtx, inner: &Inner, channel: Option<PubChannel>) {
+    let link = channel.map(|channel| PubLink {
         channel,
         generation: ctx
             .slot
@@ -130,7 +137,7 @@ async fn session(
         Ok(channel) => channel,
         Err(reason) => return Some(reason),
     };
-    set_link(ctx, inner, Some((connection, channel.clone())));
+    set_link(ctx, inner, Some(lapin_link(connection, &channel)));
     ctx.report_up(reported).await;
     let mut channel = channel;
     loop {
@@ -169,7 +176,7 @@ async fn session(
                 Ok(channel) => channel,
                 Err(reason) => return Some(reason),
             };
-            set_link(ctx, inner, Some((connection, channel.clone())));
+            set_link(ctx, inner, Some(lapin_link(connection, &channel)));
         }
     }
 }

@@ -3,12 +3,12 @@
 //! it answers.
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::{lock, units};
+use super::{lock, native_publisher, units};
 use crate::config::Broker;
 
 /// One broker: its configuration and what its connections share.
@@ -36,11 +36,39 @@ pub(crate) struct Slot {
     pub(crate) unresponsive: AtomicBool,
 }
 
+/// The publisher's confirm channel as the publish path sees it, and which
+/// of its openings this is.
 #[derive(Clone)]
 pub(super) struct PubLink {
-    pub(super) connection: lapin::ConnectionStatus,
-    pub(super) channel: lapin::Channel,
+    pub(super) channel: PubChannel,
     pub(super) generation: u64,
+}
+
+/// Who carries a publish: lapin's channel, or the module's own client's
+/// connection task.
+#[derive(Clone)]
+pub(super) enum PubChannel {
+    Lapin {
+        connection: lapin::ConnectionStatus,
+        channel: lapin::Channel,
+    },
+    Native(Arc<native_publisher::Handle>),
+}
+
+impl PubLink {
+    fn connected(&self) -> bool {
+        match &self.channel {
+            PubChannel::Lapin { connection, .. } => connection.connected(),
+            PubChannel::Native(handle) => !handle.closed(),
+        }
+    }
+
+    fn blocked(&self) -> bool {
+        match &self.channel {
+            PubChannel::Lapin { connection, .. } => connection.blocked(),
+            PubChannel::Native(handle) => handle.blocked(),
+        }
+    }
 }
 
 impl Slot {
@@ -63,7 +91,7 @@ impl Slot {
     /// Why publishes should not wait on this broker now: it blocks
     /// publishers (memory or disk alarm), or it stopped confirming.
     pub(super) fn unavailable(&self, link: &PubLink) -> Option<&'static str> {
-        if link.connection.blocked() {
+        if link.blocked() {
             Some("the broker blocks publishers (memory or disk alarm)")
         } else if self.unresponsive.load(Ordering::Relaxed) {
             Some("the broker stopped confirming publishes")
@@ -95,9 +123,7 @@ impl Slot {
     /// The publisher's link, if its connection is open right now (its
     /// channel may be closed for a moment, until the publisher task reopens it).
     pub(super) fn link(&self) -> Option<PubLink> {
-        lock(&self.publisher)
-            .clone()
-            .filter(|link| link.connection.connected())
+        lock(&self.publisher).clone().filter(PubLink::connected)
     }
 
     /// Records a failure (on any connection of this broker); true when it

@@ -303,7 +303,7 @@ fn arg(name: &str, default: u32) -> u32 {
 /// the load paths it changes (measured there only).
 const ESCAPE_HATCHES: [(&str, &[load::Path]); 2] = [
     ("amqp_direct", &[load::Path::Publish, load::Path::Query]),
-    ("amqp_native_consumer", &[load::Path::AsyncQuery]),
+    ("amqp_native_client", &[load::Path::AsyncQuery]),
 ];
 
 /// The load part (see `load`): every path, this module (by default and
@@ -470,7 +470,7 @@ fn main() {
         if *name == "rust" {
             consumers.push((
                 "rust, native 0".into(),
-                format!("{module}\nmodparam(\"kazoo\", \"amqp_native_consumer\", 0)"),
+                format!("{module}\nmodparam(\"kazoo\", \"amqp_native_client\", 0)"),
             ));
         }
     }

@@ -263,14 +263,34 @@ impl Backoff {
     }
 }
 
-/// One kind of connection: how it opens, what it serves, how it closes.
-pub(crate) trait Serve {
-    /// An open connection.
-    type Link;
-
+/// An open connection of one client (lapin's, or the module's own).
+pub(crate) trait Link: Sized {
     /// Opens the connection (within the connect and handshake timeouts);
     /// the error text never holds the password.
-    async fn open(&mut self, ctx: &ConnCtx) -> Result<Self::Link, String>;
+    async fn open(ctx: &ConnCtx) -> Result<Self, String>;
+
+    /// Closes it politely, without waiting long.
+    async fn close(self, text: &str);
+}
+
+impl Link for Arc<Connection> {
+    async fn open(ctx: &ConnCtx) -> Result<Self, String> {
+        ctx.connect().await
+    }
+
+    async fn close(self, text: &str) {
+        if self.status().connected() {
+            let close = self.as_ref().close(200, text.into());
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), close).await {
+                log::debug!("closing a broker connection: {e}");
+            }
+        }
+    }
+}
+
+/// What one kind of connection serves.
+pub(crate) trait Serve {
+    type Link: Link;
 
     /// Serves one open connection; returns why it ended, or `None` on
     /// shutdown.
@@ -280,9 +300,6 @@ pub(crate) trait Serve {
         reported: &mut Reported,
         shutdown: &mut watch::Receiver<()>,
     ) -> Option<String>;
-
-    /// Closes it politely, without waiting long.
-    async fn close(&mut self, link: Self::Link, text: &str);
 }
 
 /// A connection's life: connect, serve, and on loss report it and reconnect
@@ -296,7 +313,7 @@ pub(crate) async fn connection_loop<S: Serve>(
     let mut reported = Reported::Nothing;
     loop {
         let attempt = tokio::select! {
-            attempt = session.open(ctx) => attempt,
+            attempt = S::Link::open(ctx) => attempt,
             _ = shutdown.changed() => return,
         };
         let reason = match attempt {
@@ -306,11 +323,11 @@ pub(crate) async fn connection_loop<S: Serve>(
                 let outcome = session.serve(&mut link, &mut reported, &mut shutdown).await;
                 match outcome {
                     None => {
-                        session.close(link, "shutting down").await;
+                        link.close("shutting down").await;
                         return;
                     }
                     Some(reason) => {
-                        session.close(link, "reconnecting").await;
+                        link.close("reconnecting").await;
                         if since.elapsed() >= STABLE {
                             backoff.reset();
                         }
@@ -333,16 +350,6 @@ pub(crate) const STABLE: Duration = Duration::from_secs(10);
 /// How often a connection task checks lapin's view of its connection, on
 /// top of lapin's error events.
 pub(crate) const WATCH_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Closes a connection politely, without waiting long.
-pub(crate) async fn close(connection: &Connection, text: &str) {
-    if connection.status().connected() {
-        let close = connection.close(200, text.into());
-        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), close).await {
-            log::debug!("closing a broker connection: {e}");
-        }
-    }
-}
 
 /// The next item of a stream.
 pub(crate) async fn next<S: futures_core::Stream + Unpin>(stream: &mut S) -> Option<S::Item> {

@@ -18,8 +18,7 @@ use tokio::time::Instant;
 
 use super::acker::ChannelAcks;
 use super::connect::{
-    close, connection_loop, error_text, next, Backoff, ConnCtx, Reported, Serve, STABLE,
-    WATCH_INTERVAL,
+    connection_loop, error_text, next, Backoff, ConnCtx, Reported, Serve, STABLE, WATCH_INTERVAL,
 };
 use super::lock;
 use super::units::{DeclError, Unit, Units, BLAMED_CODES, DECLARE_TIMEOUT, REDECLARE_BACKOFF};
@@ -70,14 +69,6 @@ struct Consuming {
 
 impl Serve for Consuming {
     type Link = Arc<Connection>;
-
-    async fn open(&mut self, ctx: &ConnCtx) -> Result<Arc<Connection>, String> {
-        ctx.connect().await
-    }
-
-    async fn close(&mut self, connection: Arc<Connection>, text: &str) {
-        close(&connection, text).await;
-    }
 
     async fn serve(
         &mut self,

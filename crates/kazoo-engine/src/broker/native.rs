@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::connect::ConnCtx;
+use super::connect::{self, ConnCtx};
 use super::HANDSHAKE_TIMEOUT;
 use crate::amqp::{Conn, Event, Login};
 
@@ -64,7 +64,7 @@ impl Ended {
 
 impl Link {
     /// Connects and logs in.
-    pub(super) async fn open(ctx: &ConnCtx) -> Result<Link, String> {
+    async fn connect(ctx: &ConnCtx) -> Result<Link, String> {
         let broker = &ctx.slot.broker;
         let (host, port) = (broker.host.as_str(), broker.port);
         let connect_timeout = ctx.options.connect_timeout.max(Duration::from_millis(1));
@@ -214,7 +214,7 @@ impl Link {
     }
 
     /// Closes the connection politely, without waiting long.
-    pub(super) async fn close(mut self) {
+    async fn shut(mut self) {
         if self.gone {
             // At most the close-ok of the broker's close is left to send.
             let _ = self.flush().await;
@@ -245,5 +245,15 @@ pub(super) async fn sleep_until(at: Option<Instant>) {
         tokio::time::sleep_until(at).await;
     } else {
         std::future::pending::<()>().await;
+    }
+}
+
+impl connect::Link for Link {
+    async fn open(ctx: &ConnCtx) -> Result<Link, String> {
+        Link::connect(ctx).await
+    }
+
+    async fn close(self, _text: &str) {
+        self.shut().await;
     }
 }

@@ -102,10 +102,6 @@ struct Session<'a> {
 impl Serve for Consuming {
     type Link = Link;
 
-    async fn open(&mut self, ctx: &ConnCtx) -> Result<Link, String> {
-        Link::open(ctx).await
-    }
-
     async fn serve(
         &mut self,
         link: &mut Link,
@@ -125,10 +121,6 @@ impl Serve for Consuming {
             Ok(()) => None,
             Err(ended) => Some(ended.reason),
         }
-    }
-
-    async fn close(&mut self, link: Link, _text: &str) {
-        link.close().await;
     }
 }
 

@@ -91,10 +91,6 @@ struct Publishing {
 impl Serve for Publishing {
     type Link = Link;
 
-    async fn open(&mut self, ctx: &ConnCtx) -> Result<Link, String> {
-        Link::open(ctx).await
-    }
-
     async fn serve(
         &mut self,
         link: &mut Link,
@@ -124,10 +120,6 @@ impl Serve for Publishing {
         };
         session.fail_in_flight(|| Attempt::Lost(reason.clone()));
         outcome.err().map(|ended| ended.reason)
-    }
-
-    async fn close(&mut self, link: Link, _text: &str) {
-        link.close().await;
     }
 }
 

@@ -10,9 +10,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::watch;
 
-use super::connect::{
-    close, connection_loop, error_text, next, ConnCtx, Reported, Serve, WATCH_INTERVAL,
-};
+use super::connect::{connection_loop, error_text, next, ConnCtx, Reported, Serve, WATCH_INTERVAL};
 use super::slot::{PubChannel, PubLink};
 use super::{lock, Inner};
 
@@ -38,14 +36,6 @@ struct Publishing {
 
 impl Serve for Publishing {
     type Link = Arc<Connection>;
-
-    async fn open(&mut self, ctx: &ConnCtx) -> Result<Arc<Connection>, String> {
-        ctx.connect().await
-    }
-
-    async fn close(&mut self, connection: Arc<Connection>, text: &str) {
-        close(&connection, text).await;
-    }
 
     async fn serve(
         &mut self,

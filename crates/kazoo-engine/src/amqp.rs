@@ -1040,6 +1040,221 @@ mod tests {
         );
     }
 
+    /// The heartbeat a connection answers `connection.tune` (proposing 60 s)
+    /// with, for what it asked.
+    fn agreed_heartbeat(wanted: Option<u16>) -> (u16, u16) {
+        let mut conn = Conn::with_heartbeat(login(), wanted);
+        feed(&mut conn, &start("PLAIN"));
+        conn.clear_output();
+        let tune = method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: 2047,
+                frame_max: 131_072,
+                heartbeat: 60,
+            })),
+        );
+        feed(&mut conn, &tune);
+        match frames(conn.output()).first() {
+            Some(AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::TuneOk(ok)),
+            )) => (ok.heartbeat, conn.heartbeat()),
+            other => panic!("expected tune-ok, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn heartbeats_are_off_by_default_the_brokers_for_zero_or_as_asked() {
+        assert_eq!(agreed_heartbeat(None), (0, 0));
+        assert_eq!(agreed_heartbeat(Some(0)), (60, 60));
+        assert_eq!(agreed_heartbeat(Some(10)), (10, 10));
+    }
+
+    #[test]
+    fn consumer_methods_are_encoded_as_amq_protocol_encodes_them() {
+        let mut conn = ready(131_072);
+        let flags = QueueFlags {
+            durable: true,
+            quorum: true,
+            ..QueueFlags::default()
+        };
+        let exchange_flags = ExchangeFlags {
+            durable: true,
+            ..ExchangeFlags::default()
+        };
+        conn.qos(3, 64);
+        conn.exchange_declare(3, &"x".into(), "topic", exchange_flags);
+        conn.exchange_bind(3, &"x".into(), &"src".into(), &"a.#".into());
+        conn.queue_declare(3, &"q".into(), flags);
+        conn.queue_bind(3, &"q".into(), &"x".into(), &"a.b".into());
+        conn.consume(3, &"q".into(), false, false);
+        conn.ack(3, 7, true);
+        conn.reject(3, 9, false);
+        conn.send_heartbeat();
+        conn.close_channel(3);
+        let mut expected = method(
+            3,
+            AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+                prefetch_count: 64,
+                global: false,
+            })),
+        );
+        expected.extend(method(
+            3,
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(exchange::Declare {
+                exchange: "x".into(),
+                kind: "topic".into(),
+                passive: false,
+                durable: true,
+                auto_delete: false,
+                internal: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        ));
+        expected.extend(method(
+            3,
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(exchange::Bind {
+                destination: "x".into(),
+                source: "src".into(),
+                routing_key: "a.#".into(),
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        ));
+        let mut quorum = FieldTable::default();
+        quorum.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
+        expected.extend(method(
+            3,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                queue: "q".into(),
+                passive: false,
+                durable: true,
+                exclusive: false,
+                auto_delete: true,
+                nowait: false,
+                arguments: quorum,
+            })),
+        ));
+        expected.extend(method(
+            3,
+            AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+                queue: "q".into(),
+                exchange: "x".into(),
+                routing_key: "a.b".into(),
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        ));
+        expected.extend(method(
+            3,
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: "q".into(),
+                consumer_tag: "".into(),
+                no_local: false,
+                no_ack: false,
+                exclusive: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            })),
+        ));
+        expected.extend(method(
+            3,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: 7,
+                multiple: true,
+            })),
+        ));
+        expected.extend(method(
+            3,
+            AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject {
+                delivery_tag: 9,
+                requeue: false,
+            })),
+        ));
+        expected.extend(bytes(&AMQPFrame::Heartbeat));
+        expected.extend(method(
+            3,
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: 200,
+                reply_text: "closing".into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        ));
+        assert_eq!(conn.output(), &expected[..]);
+    }
+
+    #[test]
+    fn a_declared_queue_a_cancelled_consumer_and_a_redelivery_are_reported() {
+        let mut conn = ready(131_072);
+        let mut input = method(
+            4,
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                queue: "amq.gen-1".into(),
+                message_count: 0,
+                consumer_count: 0,
+            })),
+        );
+        for ok in [
+            AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+            AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+            AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+            AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+        ] {
+            input.extend(method(4, ok));
+        }
+        input.extend(method(
+            4,
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                consumer_tag: "c".into(),
+                delivery_tag: 12,
+                redelivered: true,
+                exchange: "x".into(),
+                routing_key: "a.b".into(),
+            })),
+        ));
+        input.extend(bytes(&AMQPFrame::Header(
+            4,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: 2,
+                properties: BasicProperties::default(),
+            },
+        )));
+        input.extend(bytes(&AMQPFrame::Body(4, b"{}".to_vec())));
+        input.extend(method(
+            4,
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                consumer_tag: "c".into(),
+                nowait: true,
+            })),
+        ));
+        assert_eq!(
+            feed(&mut conn, &input),
+            [
+                Event::QueueDeclared {
+                    channel: 4,
+                    queue: "amq.gen-1".into(),
+                },
+                Event::Delivery {
+                    channel: 4,
+                    tag: 12,
+                    redelivered: true,
+                    exchange: "x".into(),
+                    routing_key: "a.b".into(),
+                    body: b"{}".to_vec(),
+                },
+                Event::Cancelled(4),
+            ]
+        );
+        assert!(conn.output().is_empty(), "a cancel asks no reply");
+    }
+
     #[test]
     fn an_unexpected_method_is_a_protocol_error() {
         let mut conn = ready(131_072);

@@ -74,6 +74,8 @@ pub enum Event {
         channel: u16,
         reply_code: u16,
         reply_text: String,
+        exchange: String,
+        routing_key: String,
         body: Vec<u8>,
     },
     /// `basic.consume-ok`: deliveries follow on the channel.
@@ -146,6 +148,8 @@ enum ContentKind {
     Return {
         reply_code: u16,
         reply_text: String,
+        exchange: String,
+        routing_key: String,
     },
     Deliver {
         tag: u64,
@@ -321,10 +325,14 @@ impl Conn {
                 ContentKind::Return {
                     reply_code,
                     reply_text,
+                    exchange,
+                    routing_key,
                 } => Event::Returned {
                     channel: content.channel,
                     reply_code,
                     reply_text,
+                    exchange,
+                    routing_key,
                     body: content.body,
                 },
                 ContentKind::Deliver {
@@ -469,6 +477,8 @@ impl Conn {
                 ContentKind::Return {
                     reply_code: ret.reply_code,
                     reply_text: ret.reply_text.to_string(),
+                    exchange: ret.exchange.to_string(),
+                    routing_key: ret.routing_key.to_string(),
                 },
             )?,
             AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)) => self.start_content(
@@ -968,6 +978,8 @@ mod tests {
                     channel: 1,
                     reply_code: 312,
                     reply_text: "NO_ROUTE".into(),
+                    exchange: "x".into(),
+                    routing_key: "rk".into(),
                     body: b"hello".to_vec(),
                 },
                 Event::Confirm {

@@ -392,6 +392,7 @@ impl Link {
                 reply_code,
                 reply_text,
                 body,
+                ..
             } if tag != 0 => Some(Attempt::Returned {
                 reply_code,
                 reply_text,

@@ -868,7 +868,32 @@ async fn a_mandatory_publish_nobody_takes_comes_back_with_the_brokers_reason() {
         .unwrap()
         .expect("the mandatory message is in its queue");
     assert!(got.delivery.data.starts_with(b"{ \"broker\": 1"));
-    brokers.close().await;
+
+    // Many at once, bound and not, with the same bodies: each caller gets
+    // its own outcome (a return goes to a publish it could be, not to
+    // whichever confirm comes next).
+    let brokers = std::sync::Arc::new(brokers);
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..40u32 {
+        let delivered = n % 2 == 0;
+        let key = if delivered { &bound } else { &nowhere }.clone();
+        let brokers = brokers.clone();
+        tasks.spawn(async move {
+            let outcome = brokers
+                .publish_with(None, "amq.direct", &key, mandatory, body, deadline())
+                .await;
+            (delivered, outcome)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            (true, Ok(_)) | (false, Err(PublishError::Returned { .. })) => {}
+            other => panic!("a mandatory publish got another's outcome: {other:?}"),
+        }
+    }
+    if let Ok(brokers) = std::sync::Arc::try_unwrap(brokers) {
+        brokers.close().await;
+    }
     raw.delete(&[], &[&queue]).await;
     raw.close().await;
 }

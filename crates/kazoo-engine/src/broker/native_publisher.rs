@@ -13,8 +13,9 @@
 //! publishes skip it; a broker marked as not confirming
 //! ([`super::Slot::unresponsive`]) is probed with an empty message to the
 //! default exchange, and any confirm clears the mark. A `basic.return` (a
-//! `mandatory` publish no queue took) is matched to the publish in flight
-//! with the same exchange, routing key and body, and reported with its
+//! `mandatory` publish no queue took) is matched to the oldest `mandatory`
+//! publish in flight with the same exchange, routing key and body (any
+//! other would have been routed the same way), and reported with its
 //! confirm.
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,7 +128,8 @@ impl Serve for Publishing {
 struct InFlight {
     /// `None` for the probe.
     done: Option<oneshot::Sender<Attempt>>,
-    /// A `mandatory` publish: what a `basic.return` of it carries.
+    /// A `mandatory` publish: the exchange, routing key and body a
+    /// `basic.return` of it carries.
     mandatory: Option<(ShortString, ShortString, Vec<u8>)>,
     returned: Option<Returned>,
 }
@@ -287,10 +289,17 @@ impl Session<'_> {
                 channel,
                 reply_code,
                 reply_text,
+                exchange,
+                routing_key,
                 body,
             } if channel == self.channel => {
+                // Another publish with the same exchange, key and body
+                // would have been routed the same way.
                 let mine = self.in_flight.values_mut().find(|f| {
-                    f.returned.is_none() && f.mandatory.as_ref().is_some_and(|(_, _, b)| *b == body)
+                    f.returned.is_none()
+                        && f.mandatory.as_ref().is_some_and(|(e, k, b)| {
+                            e.as_str() == exchange && k.as_str() == routing_key && *b == body
+                        })
                 });
                 match mine {
                     Some(f) => {

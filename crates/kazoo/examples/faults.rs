@@ -604,6 +604,15 @@ fn disconnects(log: &str) -> usize {
     log.matches(": disconnected: ").count()
 }
 
+/// Kamailio's shared memory in use, kB (`kamcmd core.shmmem`, `real_used`).
+fn shm_used(rig: &Rig) -> Option<u64> {
+    let out = rig.kamailio.kamcmd(&["core.shmmem"]).ok()?;
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("real_used:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|bytes| bytes / 1024)
+}
+
 /// `pid -> description` from `kamcmd core.psx` (`PID:` then `DSC:` lines).
 fn process_labels(psx: &str) -> HashMap<u32, String> {
     let mut labels = HashMap::new();
@@ -1052,6 +1061,7 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
     });
     thread::sleep(warmup);
     let first = tree_usage(rig.kamailio.pid());
+    let shm_first = shm_used(&rig);
     let ops_first = rig.live.done.load(Ordering::SeqCst);
     let measured = Instant::now();
     let end = Instant::now() + length.saturating_sub(warmup);
@@ -1073,15 +1083,17 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
                 .map(|u| u.pss_kb)
                 .sum();
             eprintln!(
-                "    {:>5.0} s: {} operations, PSS {} kB (kazoo AMQP {amqp_pss} kB), {} fds",
+                "    {:>5.0} s: {} operations, PSS {} kB (kazoo AMQP {amqp_pss} kB), shm {} kB, {} fds",
                 measured.elapsed().as_secs_f64(),
                 rig.live.done.load(Ordering::SeqCst) - ops_first,
                 total_pss(&usage),
+                shm_used(&rig).map_or("?".into(), |kb| kb.to_string()),
                 fds(&usage)
             );
         }
     }
     let last = tree_usage(rig.kamailio.pid());
+    let shm_last = shm_used(&rig);
     let ops = rig.live.done.load(Ordering::SeqCst) - ops_first;
     let seconds = measured.elapsed().as_secs_f64();
     let samples = load.finish();
@@ -1136,6 +1148,12 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
         total_pss(&last),
         per_100k(total_pss(&first), total_pss(&last))
     );
+    if let (Some(a), Some(b)) = (shm_first, shm_last) {
+        println!(
+            "| Kamailio shm in use kB (`core.shmmem` real_used) | {a} → {b} ({:+.1} kB per 100k operations) |",
+            per_100k(a, b)
+        );
+    }
     println!(
         "| Kamailio open fds | {} → {} ({:+.1} per 100k operations) |",
         fds(&first),

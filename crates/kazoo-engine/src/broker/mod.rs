@@ -1,4 +1,8 @@
-//! Broker connections over lapin, behind our own interface.
+//! Broker connections, behind our own interface: on the module's own AMQP
+//! client (`native`, `native_consumer`, `native_publisher`, over
+//! [`crate::amqp`]) by default, over lapin (`consumer`, `publisher`) for
+//! `amqps://` brokers and with `native_client` off. Both serve the same
+//! units (`units`), acks (`acker`) and publish path (`publish`).
 //!
 //! [`Brokers::start`] spawns, on the current tokio runtime (a current-thread
 //! runtime is enough), one task per connection and returns at once:
@@ -19,8 +23,8 @@
 //! retry, as the C module does).
 //!
 //! Differences from the C module, on purpose:
-//! - the broker closing a connection or a channel is noticed at once (lapin
-//!   reads every frame); publishes in flight fail or are retried, never
+//! - the broker closing a connection or a channel is noticed at once (every
+//!   frame is read); publishes in flight fail or are retried, never
 //!   reported as confirmed when they were not;
 //! - a subscription whose declaration fails at channel level is retried with
 //!   back-off on its own channel; one that makes the broker close the whole
@@ -28,8 +32,8 @@
 //!   after the first time, so the rest of the connection keeps working;
 //! - reply queues are declared durable + auto_delete (C: transient +
 //!   auto_delete, which RabbitMQ 4 refuses for non-exclusive queues);
-//! - `heartbeat_secs = 0` does not disable heartbeats: lapin then uses the
-//!   broker's proposal (RabbitMQ: 60 s), so dead TCP peers are noticed.
+//! - `heartbeat_secs = 0` does not disable heartbeats: the broker's
+//!   proposal (RabbitMQ: 60 s) is taken, so dead TCP peers are noticed.
 //! - every consumer acks (`no_ack` subscriptions and reply queues too), so
 //!   that `basic.qos` bounds what the broker sends ahead of the routes;
 //! - a delivery whose routing key is not UTF-8 is rejected without requeue,

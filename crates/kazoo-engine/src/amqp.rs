@@ -477,8 +477,8 @@ impl Conn {
                 ContentKind::Return {
                     reply_code: ret.reply_code,
                     reply_text: ret.reply_text.to_string(),
-                    exchange: ret.exchange.to_string(),
-                    routing_key: ret.routing_key.to_string(),
+                    exchange: ret.exchange.into(),
+                    routing_key: ret.routing_key.into(),
                 },
             )?,
             AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)) => self.start_content(
@@ -486,8 +486,8 @@ impl Conn {
                 ContentKind::Deliver {
                     tag: deliver.delivery_tag,
                     redelivered: deliver.redelivered,
-                    exchange: deliver.exchange.to_string(),
-                    routing_key: deliver.routing_key.to_string(),
+                    exchange: deliver.exchange.into(),
+                    routing_key: deliver.routing_key.into(),
                 },
             )?,
             AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)) => {

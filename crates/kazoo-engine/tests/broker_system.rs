@@ -712,6 +712,96 @@ async fn a_silent_peer_is_given_up_and_its_socket_closed() {
     brokers.close().await;
 }
 
+/// A broker that logs in with heartbeats every second, then says nothing:
+/// the module's own client sends its heartbeats meanwhile, and gives the
+/// broker up after two intervals of silence, not at the next operation's
+/// timeout.
+#[tokio::test]
+async fn a_broker_silent_after_login_is_given_up_after_two_heartbeats() {
+    use amq_protocol::frame::{gen_frame, AMQPFrame, WriteContext};
+    use amq_protocol::protocol::{connection, AMQPClass};
+    use std::io::{Read, Write};
+    let frame = |class| {
+        gen_frame(&AMQPFrame::Method(0, AMQPClass::Connection(class)))(WriteContext::from(
+            Vec::new(),
+        ))
+        .unwrap()
+        .into_inner()
+        .0
+    };
+    let mut login = frame(connection::AMQPMethod::Start(connection::Start {
+        version_major: 0,
+        version_minor: 9,
+        server_properties: Default::default(),
+        mechanisms: "PLAIN".into(),
+        locales: "en_US".into(),
+    }));
+    login.extend(frame(connection::AMQPMethod::Tune(connection::Tune {
+        channel_max: 2047,
+        frame_max: 131_072,
+        heartbeat: 1,
+    })));
+    login.extend(frame(connection::AMQPMethod::OpenOk(connection::OpenOk {})));
+    let heartbeat: &[u8] = &[8, 0, 0, 0, 0, 0, 0, 0xCE];
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Every connection (publisher, consumer, their retries): the login at
+    // once, then silence; whether the client sent a heartbeat.
+    let heard = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peer_heard = heard.clone();
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { return };
+            let (login, heard) = (login.clone(), peer_heard.clone());
+            std::thread::spawn(move || {
+                let mut header = [0u8; 8];
+                if socket.read_exact(&mut header).is_err() || socket.write_all(&login).is_err() {
+                    return;
+                }
+                let mut received = Vec::new();
+                let mut buf = [0u8; 512];
+                while let Ok(n @ 1..) = socket.read(&mut buf) {
+                    received.extend_from_slice(&buf[..n]);
+                    if received.windows(8).any(|w| w == heartbeat) {
+                        heard.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let mut opts = options(&unique_name("kztest"));
+    opts.reply_queues = 0;
+    opts.heartbeat_secs = 0; // the broker's proposal: 1 s
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}");
+    let (brokers, mut events) = Brokers::start(vec![broker(&url, 1, "local")], vec![], opts);
+    let started = Instant::now();
+    let mut connected = false;
+    let reason = loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(Event::Connected {
+                role: Role::Consumer(0),
+                ..
+            })) => connected = true,
+            Ok(Some(Event::Disconnected {
+                role: Role::Consumer(0),
+                reason,
+                ..
+            })) => break reason,
+            Ok(Some(_)) => {}
+            other => panic!("the silent broker was not given up: {other:?}"),
+        }
+    };
+    assert!(connected, "the login went through first");
+    assert!(reason.contains("no heartbeat from the broker"), "{reason}");
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert!(
+        heard.load(std::sync::atomic::Ordering::Relaxed),
+        "the client sent no heartbeat while the broker was silent"
+    );
+    brokers.close().await;
+}
+
 /// A subscription that fails at channel level, then on its retry makes the
 /// broker close the connection: quarantined from the retry as well.
 #[tokio::test]

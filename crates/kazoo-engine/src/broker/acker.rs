@@ -88,8 +88,10 @@ pub(super) struct ChannelAcks {
     sink: Sink,
     broker_id: u32,
     pending: Mutex<Pending>,
-    /// `pending.flush_scheduled`, readable without the lock: the
-    /// connection's task looks at every channel on each wake-up.
+    /// The settlements are being sent (a lapin flush task is scheduled or
+    /// running), or the connection's task was woken for them. Changed only
+    /// under the `pending` lock; read without it by the connection's task,
+    /// which looks at every channel on each wake-up.
     scheduled: AtomicBool,
 }
 
@@ -112,9 +114,6 @@ struct Pending {
     held: BTreeSet<u64>,
     /// Settled and not sent yet.
     settled: BTreeMap<u64, Settle>,
-    /// The task that sends `settled` is scheduled or running; it stops
-    /// (and clears this) once it finds nothing more to send.
-    flush_scheduled: bool,
 }
 
 /// What one flush sends, in this order.
@@ -180,7 +179,6 @@ impl ChannelAcks {
             return Frames::default();
         }
         let mut pending = lock(&self.pending);
-        pending.flush_scheduled = false;
         self.scheduled.store(false, Ordering::Release);
         pending.take_frames()
     }
@@ -205,11 +203,9 @@ impl ChannelAcks {
         let mut pending = lock(&this.pending);
         pending.held.remove(&tag);
         pending.settled.insert(tag, how);
-        if pending.flush_scheduled {
+        if this.scheduled.swap(true, Ordering::AcqRel) {
             return;
         }
-        pending.flush_scheduled = true;
-        this.scheduled.store(true, Ordering::Release);
         drop(pending);
         match &this.sink {
             Sink::Native(due) => due.notify_one(),
@@ -231,7 +227,6 @@ impl ChannelAcks {
             let frames = {
                 let mut pending = lock(&self.pending);
                 if pending.settled.is_empty() {
-                    pending.flush_scheduled = false;
                     self.scheduled.store(false, Ordering::Release);
                     return;
                 }
@@ -277,7 +272,6 @@ mod tests {
         Pending {
             held: held.iter().copied().collect(),
             settled: settled.iter().copied().collect(),
-            flush_scheduled: true,
         }
     }
 

@@ -76,6 +76,7 @@ pub const PARAMS: &[(&str, ParamType)] = &[
     ("amqp_consumer_prefetch", ParamType::Int),
     ("amqp_direct", ParamType::Int),
     ("amqp_native_client", ParamType::Int),
+    ("amqp_worker_consume", ParamType::Int),
 ];
 
 /// A parameter value Kamailio must refuse.
@@ -329,6 +330,10 @@ pub struct Params {
     /// The AMQP process's broker connections use the module's own AMQP
     /// client (this module's; 0 = lapin, as before).
     pub amqp_native_client: bool,
+    /// Consumer workers consume the subscriptions they can from the
+    /// brokers themselves, instead of through the AMQP process (this
+    /// module's; 0 = off, the default).
+    pub amqp_worker_consume: bool,
     /// Parameters the C module reads and ignores; kept so configurations
     /// that set them still load (documented as having no effect).
     pub ignored: Vec<String>,
@@ -371,6 +376,7 @@ impl Default for Params {
             amqp_consumer_prefetch: 64,
             amqp_direct: true,
             amqp_native_client: true,
+            amqp_worker_consume: false,
             ignored: Vec::new(),
         }
     }
@@ -469,6 +475,7 @@ impl Params {
             }
             ("amqp_direct", Int(v)) => self.amqp_direct = v != 0,
             ("amqp_native_client", Int(v)) => self.amqp_native_client = v != 0,
+            ("amqp_worker_consume", Int(v)) => self.amqp_worker_consume = v != 0,
             ("amqp_consumer_ack_timeout_micro", Int(v))
             | ("amqp_interprocess_timeout_micro", Int(v))
             | ("amqp_waitframe_timeout_micro", Int(v)) => {

@@ -1,5 +1,6 @@
 //! The totals of the script's publishes and queries, which every process
-//! that publishes adds to (see [`ScriptCounters`]).
+//! that publishes adds to, and of the deliveries the consumer workers
+//! consume themselves (see [`ScriptCounters`]).
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::broker::PublishError;
@@ -26,7 +27,7 @@ pub enum QueryOutcome {
 
 impl ScriptCounters {
     /// How many counters: see the constants below.
-    pub const SLOTS: usize = 10;
+    pub const SLOTS: usize = 11;
     const PUBLISHED: usize = 0;
     const FAILED: usize = 1;
     const NO_BROKER: usize = 2;
@@ -37,6 +38,7 @@ impl ScriptCounters {
     const QUERY_ANSWERED: usize = 7;
     const QUERY_TIMED_OUT: usize = 8;
     const QUERY_FAILED: usize = 9;
+    const WORKER_CONSUMED: usize = 10;
 
     /// Counters in `slots` (zero at start).
     pub fn new(slots: &'static [AtomicU64; ScriptCounters::SLOTS]) -> ScriptCounters {
@@ -82,6 +84,16 @@ impl ScriptCounters {
             QueryOutcome::TimedOut => Self::QUERY_TIMED_OUT,
             QueryOutcome::Failed => Self::QUERY_FAILED,
         });
+    }
+
+    /// A delivery a consumer worker consumed itself (`amqp_worker_consume`)
+    /// and routed.
+    pub fn record_worker_consumed(&self) {
+        self.bump(Self::WORKER_CONSUMED);
+    }
+
+    pub fn worker_consumed(&self) -> u64 {
+        self.get(Self::WORKER_CONSUMED)
     }
 
     pub fn query_answered(&self) -> u64 {

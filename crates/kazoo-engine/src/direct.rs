@@ -145,18 +145,47 @@ struct Link {
     late_dropped: u64,
 }
 
-fn io_text(e: &io::Error) -> String {
+pub(crate) fn io_text(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::UnexpectedEof => "the broker closed the connection".into(),
         _ => e.to_string(),
     }
 }
 
-fn timed_out(e: &io::Error) -> bool {
+pub(crate) fn timed_out(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
+}
+
+/// A TCP connection to `broker` within `timeout`, set up for a blocking
+/// AMQP link: no Nagle delay, a bounded write ([`WRITE_TIMEOUT`]), TCP
+/// keepalive and `TCP_USER_TIMEOUT`, so that a peer gone without a word is
+/// noticed.
+pub(crate) fn connect_tcp(broker: &Broker, timeout: Duration) -> Result<TcpStream, String> {
+    let address = (broker.host.as_str(), broker.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", broker.host))?
+        .next()
+        .ok_or_else(|| format!("{} has no address", broker.host))?;
+    let stream = TcpStream::connect_timeout(&address, timeout)
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let socket = socket2::SockRef::from(&stream);
+    let tuned = stream
+        .set_nodelay(true)
+        .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
+        .and_then(|()| {
+            socket.set_tcp_keepalive(
+                &socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(15))
+                    .with_interval(Duration::from_secs(5))
+                    .with_retries(3),
+            )
+        })
+        .and_then(|()| socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)));
+    tuned.map_err(|e| format!("cannot set up the socket: {e}"))?;
+    Ok(stream)
 }
 
 impl Link {
@@ -167,27 +196,7 @@ impl Link {
         if remaining.is_zero() {
             return Err("no time left to connect".into());
         }
-        let address = (broker.host.as_str(), broker.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {}: {e}", broker.host))?
-            .next()
-            .ok_or_else(|| format!("{} has no address", broker.host))?;
-        let stream = TcpStream::connect_timeout(&address, options.connect_timeout.min(remaining))
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let socket = socket2::SockRef::from(&stream);
-        let tuned = stream
-            .set_nodelay(true)
-            .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
-            .and_then(|()| {
-                socket.set_tcp_keepalive(
-                    &socket2::TcpKeepalive::new()
-                        .with_time(Duration::from_secs(15))
-                        .with_interval(Duration::from_secs(5))
-                        .with_retries(3),
-                )
-            })
-            .and_then(|()| socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)));
-        tuned.map_err(|e| format!("cannot set up the socket: {e}"))?;
+        let stream = connect_tcp(broker, options.connect_timeout.min(remaining))?;
         let login = Login {
             user: broker.user.clone(),
             password: broker.password.clone(),

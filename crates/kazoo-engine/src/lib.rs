@@ -38,3 +38,4 @@ pub mod routes;
 pub mod service;
 pub mod subscription;
 pub mod task;
+pub mod worker_consume;

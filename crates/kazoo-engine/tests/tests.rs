@@ -19,3 +19,4 @@ mod properties;
 mod routes_vectors;
 mod subscription;
 mod vectors;
+mod worker_consume;

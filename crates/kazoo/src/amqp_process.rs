@@ -25,6 +25,7 @@ pub(crate) fn run(config: &'static Config, listener: UnixListener) -> ! {
             heartbeat_secs: p.amqp_heartbeats.min(u16::MAX as i32) as u16,
             connect_timeout: p.amqp_connect_timeout.duration(),
             native_client: p.amqp_native_client,
+            workers_consume: crate::worker::consume_subscriptions(config),
             tls: TlsOptions {
                 ca_cert: p.amqps_ca_cert.clone().map(Into::into),
                 cert: p.amqps_cert.clone().map(Into::into),

@@ -119,6 +119,7 @@ kamailio::module! {
         param!("amqp_consumer_prefetch", Int, params::set),
         param!("amqp_direct", Int, params::set),
         param!("amqp_native_client", Int, params::set),
+        param!("amqp_worker_consume", Int, params::set),
     ],
     pvs: [
         pv!("kzR", pvs::QUERY_RESULT),

@@ -4,7 +4,7 @@
 //! and the AMQP process hands a worker only a few deliveries ahead of its
 //! reports, so a resume never waits behind a backlog); and resumes the
 //! transactions of asynchronous queries. Reports are cumulative, every
-//! `ipc::REPORT_EVERY` deliveries and whenever no more work is waiting.
+//! `ipc::REPORT_EVERY` deliveries and whenever no more work is read.
 //!
 //! The route is the first of the C module's five candidate names that the
 //! configuration defines (`kazoo_engine::routes`); with `event_callback` set,
@@ -16,8 +16,13 @@ use kamailio::route::{self, KemiError, RouteOutcome};
 use std::time::Instant;
 
 use kamailio::tm::{self, ResumeRoute, TransactionId};
+use kazoo_engine::config::Config;
 use kazoo_engine::ipc::{self, Delivery, Request, Resume, Work, WorkerLink};
+use kazoo_engine::payload;
 use kazoo_engine::routes;
+use kazoo_engine::subscription::AckMode;
+use kazoo_engine::worker_consume::{self, WorkerConsumeOptions, WorkerConsumer, WorkerDelivery};
+use std::os::fd::AsFd;
 
 use crate::params::config;
 use crate::pvs::{EVENT_PAYLOAD, EVENT_ROUTING_KEY, QUERY_RESULT};
@@ -34,6 +39,7 @@ pub(crate) fn run(worker: u32, socket: &str) -> ! {
             kamailio::guard::guarded("kazoo:mod-init", (), || kemi_mod_init(callback, socket));
         }
     }
+    let mut consumer = own_consumer(worker);
     let mut backoff = Duration::from_millis(50);
     loop {
         let mut link = match WorkerLink::connect(socket, worker) {
@@ -51,25 +57,50 @@ pub(crate) fn run(worker: u32, socket: &str) -> ! {
         };
         // The last delivery whose route ran and was not reported yet, and
         // how many such: reports are cumulative, sent every few deliveries
-        // and whenever no more work is waiting.
+        // and before the worker waits for more.
         let mut unreported: (Option<u64>, usize) = (None, 0);
+        // Deliveries of the worker's own connections taken in a row.
+        let mut own_streak = 0;
         loop {
-            let work = match unreported {
-                // Anything already written to the link first, briefly.
-                (Some(last), _) => match link.next(Duration::from_millis(1)) {
-                    Ok(None) => {
-                        if let Err(e) = link.ack(last) {
-                            kamailio::error!(
-                                "kazoo worker {worker}: cannot report the routes it ran: {e}"
-                            );
-                            break;
-                        }
-                        unreported = (None, 0);
+            // What the AMQP process sent first (resumes), then what this
+            // worker's own broker connections brought; a link that has
+            // something to read is looked at every few of those, so that a
+            // resume does not wait behind a prefetch's worth of routes.
+            let ipc_first =
+                link.has_work() || (own_streak >= ipc::REPORT_EVERY && link.readable_now());
+            if !ipc_first {
+                if let Some(consumer) = consumer.as_mut() {
+                    if let Some(delivery) = consumer.take() {
+                        own_streak += 1;
+                        kamailio::process::refresh_config();
+                        consumed(consumer, delivery);
                         continue;
                     }
-                    other => other,
-                },
-                (None, _) => link.next(Duration::from_secs(1)),
+                }
+            }
+            own_streak = 0;
+            if let (Some(last), _) = unreported {
+                if !link.has_work() {
+                    if let Err(e) = link.ack(last) {
+                        kamailio::error!(
+                            "kazoo worker {worker}: cannot report the routes it ran: {e}"
+                        );
+                        break;
+                    }
+                    unreported = (None, 0);
+                }
+            }
+            let work = match consumer.as_mut() {
+                Some(consumer) if !ipc_first => {
+                    consumer.flush();
+                    if consumer.wait(link.as_fd(), Duration::from_secs(1)) {
+                        link.next(Duration::from_millis(10))
+                    } else {
+                        Ok(None)
+                    }
+                }
+                _ if ipc_first => link.next(Duration::from_millis(10)),
+                _ => link.next(Duration::from_secs(1)),
             };
             // Runtime cfg changes apply from the next route on.
             kamailio::process::refresh_config();
@@ -106,6 +137,90 @@ pub(crate) fn run(worker: u32, socket: &str) -> ! {
             }
         }
     }
+}
+
+/// Whether the consumer workers consume subscriptions themselves
+/// (`amqp_worker_consume`): only when every worker knows the subscriptions
+/// (recorded in `kazoo:mod-init` before the fork, not by a KEMI engine in
+/// worker 1) and the primary zone's brokers are plain `amqp://`.
+pub(crate) fn consume_subscriptions(config: &Config) -> bool {
+    let p = &config.params;
+    p.amqp_worker_consume
+        && p.event_callback.is_none()
+        && worker_consume::brokers_allow(&p.brokers, &p.amqp_primary_zone)
+}
+
+/// This worker's own consuming connections, when it consumes any
+/// subscription itself.
+fn own_consumer(worker: u32) -> Option<WorkerConsumer> {
+    let config = config();
+    if !consume_subscriptions(config) {
+        return None;
+    }
+    let subscriptions: Vec<_> = startup::subscriptions()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, sub)| worker_consume::consumed_in_workers(sub))
+        .collect();
+    if subscriptions.is_empty() {
+        return None;
+    }
+    let p = &config.params;
+    Some(WorkerConsumer::new(
+        &p.brokers,
+        subscriptions,
+        WorkerConsumeOptions {
+            primary_zone: p.amqp_primary_zone.clone(),
+            connect_timeout: p.amqp_connect_timeout.duration(),
+            prefetch: p.amqp_consumer_prefetch as u16,
+            heartbeat: p.amqp_heartbeats.clamp(0, i32::from(u16::MAX)) as u16,
+            connection_name: format!("{} consumer worker {worker}", config.node()),
+        },
+    ))
+}
+
+/// A delivery this worker consumed itself: annotated as the AMQP process
+/// annotates what it consumes, acked when taken or after its route (as its
+/// subscription says), then routed.
+fn consumed(consumer: &mut WorkerConsumer, delivery: WorkerDelivery) {
+    let Some(sub) = consumer.subscription(delivery.subscription) else {
+        return;
+    };
+    let after_route = sub.ack_mode() == AckMode::AfterRoute;
+    let (event_key, event_subkey) = (sub.event_key.clone(), sub.event_subkey.clone());
+    let received = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let zone = &config().params.amqp_primary_zone;
+    let annotated =
+        match payload::annotate_consumed(&delivery.body, zone, received, delivery.broker_id) {
+            Ok(annotated) => annotated,
+            Err(e) => {
+                kamailio::error!(
+                    "dropping a message from broker {} (routing key {:?}): {e} (rejected, not \
+                 requeued)",
+                    delivery.broker_id,
+                    delivery.routing_key
+                );
+                consumer.reject(&delivery);
+                return;
+            }
+        };
+    if !after_route {
+        consumer.settle(&delivery);
+    }
+    let routed = Delivery {
+        id: 0,
+        routing_key: Some(delivery.routing_key.as_bytes().to_vec()),
+        body: annotated.body,
+        event_key,
+        event_subkey,
+    };
+    kamailio::guard::guarded("kazoo consumer event", (), || handle(routed));
+    if after_route {
+        consumer.settle(&delivery);
+    }
+    crate::direct::counters().record_worker_consumed();
 }
 
 /// Resumes a transaction suspended by `kazoo_async_query`, with `$kzR` set

@@ -4,6 +4,8 @@
 //! routes with the C module's `$kzE` and `$kzRK`; connection events arrive;
 //! with `no_ack: 0` a message stays unacked while its route runs and is
 //! redelivered when the worker dies; bad messages never take Kamailio down.
+//! The same with the consumer workers consuming the subscriptions
+//! themselves (`amqp_worker_consume 1`).
 use crate::common;
 
 use std::collections::BTreeSet;
@@ -116,12 +118,21 @@ struct Bed {
     probe: AmqpProbe,
 }
 
+/// The module's parameter that has the consumer workers consume the
+/// subscriptions themselves.
+const WORKERS_CONSUME: &str = "modparam(\"kazoo\", \"amqp_worker_consume\", 1)";
+
 impl Bed {
     fn start(defined: &BTreeSet<String>) -> Bed {
+        Bed::start_with(defined, "")
+    }
+
+    /// With further module parameters.
+    fn start_with(defined: &BTreeSet<String>, params: &str) -> Bed {
         let names = Names::new();
         let (config, _node) = amqp_cfg(
             &system_broker_url(),
-            "loadmodule \"cfgutils.so\"",
+            &format!("loadmodule \"cfgutils.so\"\n{params}"),
             &routes_cfg(&names, defined),
         );
         let proxy = Proxy::start(&config);
@@ -157,9 +168,18 @@ impl Drop for Bed {
 
 #[test]
 fn messages_run_the_first_defined_route_with_the_c_modules_kz_e() {
+    messages_run_their_routes(false);
+}
+
+#[test]
+fn messages_consumed_by_the_workers_run_the_same_routes_with_the_same_kz_e() {
+    messages_run_their_routes(true);
+}
+
+fn messages_run_their_routes(workers_consume: bool) {
     let rows = vector_rows();
     let defined = defined_routes(&rows);
-    let bed = Bed::start(&defined);
+    let bed = Bed::start_with(&defined, if workers_consume { WORKERS_CONSUME } else { "" });
     let mut checked = 0;
     for row in &rows {
         let id = row["id"].as_str().unwrap();
@@ -269,7 +289,19 @@ fn ready(queue: &str) -> u64 {
 
 #[test]
 fn no_ack_zero_acks_after_the_route_and_redelivers_when_the_worker_dies() {
-    let bed = Bed::start(&BTreeSet::new());
+    acks_after_the_route_and_redelivers(false);
+}
+
+#[test]
+fn a_worker_consuming_itself_acks_after_the_route_and_its_death_redelivers() {
+    acks_after_the_route_and_redelivers(true);
+}
+
+fn acks_after_the_route_and_redelivers(workers_consume: bool) {
+    let bed = Bed::start_with(
+        &BTreeSet::new(),
+        if workers_consume { WORKERS_CONSUME } else { "" },
+    );
     let (exchange, queue) = (&bed.names.exchanges[4], &bed.names.queues[4]);
     bed.probe
         .publish(exchange, "slow.one", b"{\"n\": 1}")
@@ -324,7 +356,19 @@ fn no_ack_zero_acks_after_the_route_and_redelivers_when_the_worker_dies() {
 
 #[test]
 fn bad_messages_never_take_kamailio_down() {
-    let bed = Bed::start(&BTreeSet::from(["kazoo:consumer-event".to_string()]));
+    bad_messages_are_dropped(false);
+}
+
+#[test]
+fn bad_messages_consumed_by_the_workers_never_take_kamailio_down() {
+    bad_messages_are_dropped(true);
+}
+
+fn bad_messages_are_dropped(workers_consume: bool) {
+    let bed = Bed::start_with(
+        &BTreeSet::from(["kazoo:consumer-event".to_string()]),
+        if workers_consume { WORKERS_CONSUME } else { "" },
+    );
     let exchange = &bed.names.exchanges[0];
     let long_server_id = format!("{{\"Server-ID\": \"{}\"}}", "s".repeat(2000));
     let long_category = format!(
@@ -354,5 +398,87 @@ fn bad_messages_never_take_kamailio_down() {
         .log()
         .contains(&format!("consumer:\\/\\/1\\/{}", "s".repeat(2000))));
     assert!(bed.proxy.kamailio.log().contains(&"c".repeat(600)));
+    bed.proxy.assert_alive();
+}
+
+/// With `amqp_worker_consume 1` every consumer worker consumes each
+/// subscription itself (the broker spreads the deliveries), and the AMQP
+/// process does not: 8 consumers per queue (the default
+/// `amqp_consumer_workers`), one per worker's connection, not 9; its
+/// deliveries never cross the AMQP process (its `kazoo.status` counts
+/// none); and every message published runs its route once.
+#[test]
+fn each_worker_consumes_the_subscriptions_itself() {
+    let bed = Bed::start_with(
+        &BTreeSet::from(["kazoo:consumer-event".to_string()]),
+        WORKERS_CONSUME,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for queue in &bed.names.queues {
+        loop {
+            let consumers = bed.probe.queue_counts(queue).unwrap().1;
+            if consumers == 8 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{queue}: {consumers} consumers, not 8\n{}",
+                bed.proxy.kamailio.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let connections = system_rabbitmqctl(&["list_connections", "client_properties"]).unwrap();
+    let node = connections
+        .lines()
+        .filter(|l| l.contains("consumer worker"))
+        .count();
+    assert!(node >= 8, "8 workers' connections:\n{connections}");
+    let exchange = &bed.names.exchanges[0];
+    for n in 0..200 {
+        bed.probe
+            .publish(
+                exchange,
+                "spread",
+                format!("{{\"spread\": {n}}}").as_bytes(),
+            )
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = bed.proxy.kamailio.log();
+        let routed = (0..200)
+            .filter(|n| log.contains(&format!("\"spread\": {n},")))
+            .count();
+        if routed == 200 {
+            // Once each, by more than one worker.
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains("\"spread\": ")).collect();
+            assert_eq!(lines.len(), 200, "each message routed once");
+            // Kamailio's log lines start with ` <rank>(<pid>) `.
+            let pids: BTreeSet<&str> = lines
+                .iter()
+                .filter_map(|l| l.split('(').nth(1)?.split(')').next())
+                .collect();
+            assert!(pids.len() > 1, "one worker took everything: {pids:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{routed} of 200 routed:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(bed.proxy.kamcmd(&["kazoo.status"]).trim()).unwrap();
+    assert_eq!(status["consumed"]["delivered"], 0, "{status}");
+    assert!(
+        status["consumed"]["by_workers"].as_u64().unwrap() >= 200,
+        "{status}"
+    );
+    let subscriptions: serde_json::Value =
+        serde_json::from_str(bed.proxy.kamcmd(&["kazoo.subscriptions"]).trim()).unwrap();
+    let listed = subscriptions.as_array().unwrap();
+    assert_eq!(listed.len(), 5, "{subscriptions}");
+    assert!(
+        listed.iter().all(|s| s["in_workers"] == true),
+        "{subscriptions}"
+    );
     bed.proxy.assert_alive();
 }

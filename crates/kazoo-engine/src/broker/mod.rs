@@ -58,10 +58,12 @@ mod tls;
 mod units;
 
 pub use acker::Acker;
+pub(crate) use native::LAST_CHANNEL;
 pub use options::{BrokerOptions, TlsOptions, HANDSHAKE_TIMEOUT};
 pub(crate) use publish::{names, properties};
 pub use publish::{PublishError, PublishProperties, Published};
 use slot::Slot;
+pub(crate) use units::{queue_subscription, unreadable as unreadable_routing_key};
 
 use std::fmt;
 use std::sync::atomic::Ordering;

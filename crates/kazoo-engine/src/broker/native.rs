@@ -26,7 +26,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Channel numbers are not reused on a connection; past this one (far more
 /// than the units and their redeclarations need) it is reopened.
-pub(super) const LAST_CHANNEL: u16 = 2047;
+pub(crate) const LAST_CHANNEL: u16 = 2047;
 
 /// A shutdown waits this long for the broker's `close-ok`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -26,7 +26,9 @@ use tokio::time::Instant;
 use super::acker::ChannelAcks;
 use super::connect::{connection_loop, Backoff, ConnCtx, Reported, Serve, STABLE};
 use super::native::{sleep_until, Ended, Link, LAST_CHANNEL};
-use super::units::{DeclError, Unit, Units, BLAMED_CODES, DECLARE_TIMEOUT, REDECLARE_BACKOFF};
+use super::units::{
+    queue_subscription, DeclError, Unit, Units, BLAMED_CODES, DECLARE_TIMEOUT, REDECLARE_BACKOFF,
+};
 use crate::amqp::{Conn, Event};
 use crate::subscription::{ExchangeFlags, QueueFlags, Subscription};
 
@@ -302,39 +304,8 @@ impl Session<'_> {
                 let Some(sub) = self.units.subscriptions.get(index) else {
                     return Err(DeclError::Soft("no such subscription".into()));
                 };
-                let exchange = short(&sub.exchange, "the exchange name")?;
-                let queue = short(&sub.queue, "the queue name")?;
-                let mut bindings = Vec::new();
-                for binding in &sub.exchange_bindings {
-                    let source = short(&binding.source, "an exchange-bindings source")?;
-                    let keys = binding
-                        .routing
-                        .iter()
-                        .map(|key| short(key, "an exchange-bindings routing key"))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    bindings.push((binding, source, keys));
-                }
-                let keys = if sub.routing.is_empty() {
-                    vec![ShortString::default()]
-                } else {
-                    sub.routing
-                        .iter()
-                        .map(|key| short(key, "a routing key"))
-                        .collect::<Result<Vec<_>, _>>()?
-                };
-                self.open_channel(conn, channel);
-                conn.exchange_declare(channel, &exchange, &sub.exchange_type, sub.exchange_flags);
-                for (binding, source, keys) in &bindings {
-                    conn.exchange_declare(channel, source, &binding.exchange_type, binding.flags);
-                    for key in keys {
-                        conn.exchange_bind(channel, &exchange, source, key);
-                    }
-                }
-                conn.queue_declare(channel, &queue, sub.queue_flags);
-                for key in &keys {
-                    conn.queue_bind(channel, &queue, &exchange, key);
-                }
-                conn.consume(channel, &queue, false, false);
+                queue_subscription(conn, channel, sub, ctx.options.prefetch)
+                    .map_err(DeclError::Soft)?;
                 Ok(sub.queue.clone())
             }
         }

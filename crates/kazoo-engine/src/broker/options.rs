@@ -28,6 +28,10 @@ pub struct BrokerOptions {
     /// rather than lapin (`consumer`, `publisher`, which `amqps://` brokers
     /// always use).
     pub native_client: bool,
+    /// `amqp_worker_consume` (in effect): the consumer workers consume the
+    /// subscriptions [`crate::worker_consume::consumed_in_workers`] takes,
+    /// so the primary-zone brokers' consuming connections leave them out.
+    pub workers_consume: bool,
     pub tls: TlsOptions,
 }
 
@@ -43,6 +47,7 @@ impl Default for BrokerOptions {
             heartbeat_secs: 0,
             connect_timeout: Duration::from_millis(200),
             native_client: true,
+            workers_consume: false,
             tls: TlsOptions::default(),
         }
     }

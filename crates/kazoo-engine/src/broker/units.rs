@@ -16,6 +16,9 @@ use std::time::Duration;
 use super::acker::ChannelAcks;
 use super::connect::ConnCtx;
 use super::{Consumed, Event, Source};
+use amq_protocol::types::ShortString;
+
+use crate::amqp::Conn;
 use crate::subscription::Subscription;
 
 /// One unit's declaration may take this long before the connection is
@@ -66,7 +69,10 @@ impl Units {
             units.extend((0..ctx.options.reply_queues).map(|idx| Unit::Reply { idx }));
         }
         for (index, sub) in self.subscriptions.iter().enumerate() {
-            if (ctx.slot.primary || sub.federate) && !ctx.slot.is_quarantined(index) {
+            let in_workers =
+                ctx.options.workers_consume && crate::worker_consume::consumed_in_workers(sub);
+            if (ctx.slot.primary || sub.federate) && !in_workers && !ctx.slot.is_quarantined(index)
+            {
                 units.push(Unit::Subscription { index });
             }
         }
@@ -221,7 +227,7 @@ impl Units {
 /// application does: it %-encodes routing keys). Invalid UTF-8 elsewhere
 /// (the exchange name, properties, header names) does not matter: the
 /// script sees only the routing key and the body, which is bytes.
-fn unreadable(routing_key: &str) -> bool {
+pub(crate) fn unreadable(routing_key: &str) -> bool {
     routing_key.contains(char::REPLACEMENT_CHARACTER)
 }
 
@@ -229,4 +235,60 @@ fn unreadable(routing_key: &str) -> bool {
 /// escaped (U+FFFD shows as `\u{fffd}`).
 fn safe(text: &str) -> String {
     format!("\"{}\"", text.escape_default())
+}
+
+/// Queues, on the module's own AMQP core, what consuming `sub` on `channel`
+/// takes, in one go: `channel.open`, the prefetch, the exchanges and their
+/// bindings, the queue and its bindings, `basic.consume` with acks (every
+/// subscription is consumed with acks, `no_ack` ones too, so that the
+/// prefetch bounds what the broker sends ahead of the routes). A server-named
+/// queue is bound and consumed as "the last queue declared on the channel".
+/// Every name is checked before anything is queued; `Err` says which is too
+/// long.
+pub(crate) fn queue_subscription(
+    conn: &mut Conn,
+    channel: u16,
+    sub: &Subscription,
+    prefetch: u16,
+) -> Result<(), String> {
+    let short = |text: &str, what: &str| {
+        ShortString::try_new(text).map_err(|_| format!("{what} is longer than 255 bytes"))
+    };
+    let exchange = short(&sub.exchange, "the exchange name")?;
+    let queue = short(&sub.queue, "the queue name")?;
+    let mut bindings = Vec::new();
+    for binding in &sub.exchange_bindings {
+        let source = short(&binding.source, "an exchange-bindings source")?;
+        let keys = binding
+            .routing
+            .iter()
+            .map(|key| short(key, "an exchange-bindings routing key"))
+            .collect::<Result<Vec<_>, _>>()?;
+        bindings.push((binding, source, keys));
+    }
+    let keys = if sub.routing.is_empty() {
+        vec![ShortString::default()]
+    } else {
+        sub.routing
+            .iter()
+            .map(|key| short(key, "a routing key"))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    conn.open_channel(channel);
+    if prefetch > 0 {
+        conn.qos(channel, prefetch);
+    }
+    conn.exchange_declare(channel, &exchange, &sub.exchange_type, sub.exchange_flags);
+    for (binding, source, keys) in &bindings {
+        conn.exchange_declare(channel, source, &binding.exchange_type, binding.flags);
+        for key in keys {
+            conn.exchange_bind(channel, &exchange, source, key);
+        }
+    }
+    conn.queue_declare(channel, &queue, sub.queue_flags);
+    for key in &keys {
+        conn.queue_bind(channel, &queue, &exchange, key);
+    }
+    conn.consume(channel, &queue, false, false);
+    Ok(())
 }

@@ -169,26 +169,41 @@ pub fn send_once(name: &str, request: &Request, deadline: Instant) -> Result<(),
 
 /// A consumer worker's connection: deliveries in, acks out. Reads are
 /// buffered (every frame a read brings is kept, so a wait that ends
-/// mid-frame leaves the stream in sync) and its socket timeouts are set
-/// only when they change: a delivery costs no system call when it came in
-/// the same read as the one before.
+/// mid-frame leaves the stream in sync) into a buffer zeroed once, not per
+/// read, and its socket timeouts are set only when they change: a delivery
+/// costs no system call when it came in the same read as the one before.
 #[derive(Debug)]
 pub struct WorkerLink {
     stream: UnixStream,
-    /// Bytes read and not yet decoded.
+    /// `input[start..end]` was read and not yet decoded.
     input: Vec<u8>,
+    start: usize,
+    end: usize,
     read_timeout: Option<Duration>,
 }
 
-/// A worker link's read brings at most this much.
+/// A worker link's buffer, and what a read brings at most while the
+/// frames it holds are small.
 const LINK_READ: usize = 64 * 1024;
 
 /// A link's buffer grown past this by a large frame is given back once
 /// the frame is taken (one 10 MB message must not stay in every worker).
 const LINK_KEEP: usize = 4 * LINK_READ;
 
+/// The buffered frames move to the front of the buffer when less room
+/// than this is left after them.
+const LINK_MIN_READ: usize = 4096;
+
 /// How long writing a report may take.
 const LINK_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a worker polls, with its broker connections, to know that work
+/// came.
+impl std::os::fd::AsFd for WorkerLink {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
 
 impl WorkerLink {
     /// Connects and announces worker number `worker`.
@@ -201,9 +216,27 @@ impl WorkerLink {
             .map_err(IpcError::Io)?;
         Ok(WorkerLink {
             stream,
-            input: Vec::with_capacity(LINK_READ),
+            input: vec![0; LINK_READ],
+            start: 0,
+            end: 0,
             read_timeout: None,
         })
+    }
+
+    /// Whether a whole frame is already read: the next [`next`](Self::next)
+    /// returns it without a system call.
+    pub fn has_work(&self) -> bool {
+        matches!(self.buffered_frame_len(), Ok(Some(_)))
+    }
+
+    /// Whether the link has bytes to read now (a poll that does not wait).
+    pub fn readable_now(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            &self.stream,
+            rustix::event::PollFlags::IN,
+        )];
+        let now = rustix::event::Timespec::default();
+        matches!(rustix::event::poll(&mut fds, Some(&now)), Ok(1..))
     }
 
     /// The next work item, or `None` when nothing (whole) arrived within
@@ -211,15 +244,16 @@ impl WorkerLink {
     pub fn next(&mut self, wait: Duration) -> Result<Option<Work>, IpcError> {
         let deadline = Instant::now() + wait;
         loop {
-            if let Some(body) = self.take_frame()? {
-                return Work::decode(&body).map(Some).map_err(IpcError::Wire);
+            if let Some(len) = self.buffered_frame_len().map_err(IpcError::Wire)? {
+                let work = Work::decode(&self.input[self.start + 4..self.start + 4 + len]);
+                self.consumed(4 + len);
+                return work.map(Some).map_err(IpcError::Wire);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(None);
             }
-            // Re-set only when it changes by more than a millisecond: the
-            // worker alternates between two waits.
+            // Re-set only when it changes by more than a millisecond.
             if self
                 .read_timeout
                 .is_none_or(|set| set.abs_diff(left) > Duration::from_millis(1))
@@ -229,18 +263,15 @@ impl WorkerLink {
                     .map_err(IpcError::Io)?;
                 self.read_timeout = Some(left);
             }
-            let start = self.input.len();
-            self.input.resize(start + LINK_READ, 0);
-            let read = self.stream.read(&mut self.input[start..]);
-            self.input.truncate(start + *read.as_ref().unwrap_or(&0));
-            match read {
+            self.make_room();
+            match self.stream.read(&mut self.input[self.end..]) {
                 Ok(0) => {
                     return Err(IpcError::Io(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "connection closed",
                     )))
                 }
-                Ok(_) => {}
+                Ok(read) => self.end += read,
                 Err(e) if is_timeout(&e) => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(IpcError::Io(e)),
@@ -248,21 +279,48 @@ impl WorkerLink {
         }
     }
 
-    /// The body of the first whole frame buffered, removed from the buffer.
-    fn take_frame(&mut self) -> Result<Option<Vec<u8>>, IpcError> {
-        let Some(&[a, b, c, d]) = self.input.get(..4) else {
+    /// The body length of the first frame buffered, when all of it is.
+    fn buffered_frame_len(&self) -> Result<Option<usize>, WireError> {
+        let Some(&[a, b, c, d]) = self.input.get(self.start..self.start + 4) else {
             return Ok(None);
         };
-        let len = body_len([a, b, c, d]).map_err(IpcError::Wire)?;
-        let Some(body) = self.input.get(4..4 + len) else {
+        if self.start + 4 > self.end {
             return Ok(None);
-        };
-        let body = body.to_vec();
-        self.input.drain(..4 + len);
-        if self.input.capacity() > LINK_KEEP {
-            self.input.shrink_to(LINK_READ);
         }
-        Ok(Some(body))
+        let len = body_len([a, b, c, d])?;
+        Ok((self.start + 4 + len <= self.end).then_some(len))
+    }
+
+    /// Drops the first `taken` bytes buffered; an empty buffer starts over
+    /// at its beginning, and one a large frame grew is given back.
+    fn consumed(&mut self, taken: usize) {
+        self.start += taken;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+            if self.input.len() > LINK_KEEP {
+                self.input.truncate(LINK_READ);
+                self.input.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Space after `end` for the next read: what is buffered moves to the
+    /// front when little room is left, and the buffer grows (only the new
+    /// part zeroed) to hold a frame larger than it.
+    fn make_room(&mut self) {
+        if self.input.len() - self.end >= LINK_MIN_READ {
+            return;
+        }
+        self.input.copy_within(self.start..self.end, 0);
+        (self.start, self.end) = (0, self.end - self.start);
+        let frame = match self.input.get(..4) {
+            Some(&[a, b, c, d]) if self.end >= 4 => body_len([a, b, c, d]).map_or(0, |len| len + 4),
+            _ => 0,
+        };
+        let needed = frame.max(self.end + LINK_MIN_READ);
+        if needed > self.input.len() {
+            self.input.resize(needed, 0);
+        }
     }
 
     /// Tells the AMQP process that the routes of `delivery` and of every
@@ -406,6 +464,7 @@ mod tests {
             "the link keeps {} bytes",
             link.input.capacity()
         );
+        assert!(!link.has_work());
         server.join().unwrap();
     }
 

@@ -26,7 +26,7 @@ pub use wire::WireError;
 
 /// Deliveries the AMQP process writes to a worker's link ahead of the
 /// worker's reports (a resume waits behind at most these).
-pub const WORKER_WINDOW: usize = 8;
+pub const WORKER_WINDOW: usize = 32;
 
 /// A worker reports the routes it ran at least every this many deliveries,
 /// and before it waits for more ([`Request::Ack`] is cumulative).

@@ -288,7 +288,8 @@ mod tests {
     #[test]
     fn resumes_jump_the_queue_and_a_link_holds_a_window_of_deliveries() {
         let mut lanes = Lanes::new(1);
-        for id in 1..=20 {
+        let pushed = WINDOW + 12;
+        for id in 1..=pushed as u64 {
             assert!(lanes.push_delivery(0, delivery(id, 10)).is_ok());
         }
         // Nothing goes out before the worker is connected.
@@ -302,7 +303,7 @@ mod tests {
             .map(|n| n.id.unwrap())
             .collect();
         assert_eq!(ids, (1..=WINDOW as u64).collect::<Vec<_>>());
-        assert_eq!(lanes.queued(), 20 - WINDOW);
+        assert_eq!(lanes.queued(), pushed - WINDOW);
         // A resume still goes out with the window full.
         lanes.push_resume(0, resume(8));
         assert_eq!(lanes.next(0, generation).unwrap().frame, vec![8]);

@@ -128,6 +128,7 @@ async fn serve(
         startup: startup_tx,
         node_hostname: config.options.node_hostname.clone(),
         primary_zone: config.options.primary_zone.clone(),
+        workers_consume: config.options.workers_consume,
         subscriptions: OnceLock::new(),
         event_key: config.event_key.clone(),
         event_subkey: config.event_subkey.clone(),
@@ -224,6 +225,9 @@ struct Shared {
     /// Zone of the brokers every subscription is consumed from (others
     /// consume only `federate` ones): for the zone events and the status.
     primary_zone: String,
+    /// `amqp_worker_consume` in effect: the workers consume some
+    /// subscriptions themselves.
+    workers_consume: bool,
     /// Set once the start-up report (if any) added its subscriptions: the
     /// broker layer's `Source::Subscription` indexes point into it.
     subscriptions: OnceLock<Vec<Subscription>>,

@@ -20,6 +20,9 @@ pub struct Stats {
     /// Consumed messages handed to workers, dropped as unreadable, and
     /// replies nobody waited for (delivered as events).
     pub delivered: u64,
+    /// Messages the consumer workers consumed themselves and routed
+    /// (`amqp_worker_consume`), which never cross this process.
+    pub consumed_by_workers: u64,
     pub dropped: u64,
     pub unmatched_replies: u64,
     /// Deliveries returned to the broker: their worker's link broke before
@@ -136,6 +139,7 @@ impl Shared {
             published: self.script_counters.published(),
             publish_failed: self.script_counters.failed(),
             query_answered: self.script_counters.query_answered(),
+            consumed_by_workers: self.script_counters.worker_consumed(),
             query_timed_out: self.script_counters.query_timed_out(),
             query_failed: self.script_counters.query_failed(),
             query_pending: lock(&self.pending).len() as u64,
@@ -254,6 +258,7 @@ impl Shared {
                 "consumed",
                 object(vec![
                     ("delivered", Value::UInt(stats.delivered)),
+                    ("by_workers", Value::UInt(stats.consumed_by_workers)),
                     ("dropped", Value::UInt(stats.dropped)),
                     ("unmatched_replies", Value::UInt(stats.unmatched_replies)),
                     ("requeued", Value::UInt(stats.requeued)),
@@ -319,6 +324,12 @@ impl Shared {
                     ("federate", Value::Bool(sub.federate)),
                     ("no_ack", Value::Bool(sub.no_ack)),
                     ("consumed", Value::UInt(count)),
+                    (
+                        "in_workers",
+                        Value::Bool(
+                            self.workers_consume && crate::worker_consume::consumed_in_workers(sub),
+                        ),
+                    ),
                     ("brokers", Value::Array(on_brokers)),
                 ])
             })

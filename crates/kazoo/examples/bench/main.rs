@@ -473,7 +473,23 @@ fn main() {
                 "rust, native 0".into(),
                 format!("{module}\nmodparam(\"kazoo\", \"amqp_native_client\", 0)"),
             ));
+            consumers.push((
+                "rust, workers".into(),
+                format!("{module}\nmodparam(\"kazoo\", \"amqp_worker_consume\", 1)"),
+            ));
         }
+    }
+    // `--baseline PATH`: another build of this module (the one before a
+    // change), in its own column, taking turns with the others.
+    if let Some(path) = std::env::args().skip_while(|a| a != "--baseline").nth(1) {
+        consumers.push(("baseline".into(), path));
+    }
+    // `--consume-with 'rust;C'` keeps only the named columns.
+    if let Some(names) = std::env::args()
+        .skip_while(|a| a != "--consume-with")
+        .nth(1)
+    {
+        consumers.retain(|(name, _)| names.split(';').any(|n| n == name));
     }
     println!();
     print!("{:<30}", "consume: µs per message (msg/s)");

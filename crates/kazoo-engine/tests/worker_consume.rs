@@ -1,0 +1,242 @@
+//! A consumer worker's own consuming connections
+//! (`kazoo_engine::worker_consume`) against the system RabbitMQ: what they
+//! declare and consume, acks sent only when settled (in batches), what a
+//! worker held going back to the broker when it goes, a broken
+//! subscription retried without stopping the others, and a connection the
+//! broker closes opened again.
+use crate::broker_support;
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use broker_support::*;
+use kamailio_test::{system_broker_url, system_rabbitmqctl, unique_name, AmqpProbe};
+use kazoo_engine::subscription::{self, Subscription};
+use kazoo_engine::worker_consume::{
+    consumed_in_workers, WorkerConsumeOptions, WorkerConsumer, WorkerDelivery,
+};
+
+fn consumer(name: &str, subscriptions: Vec<Subscription>) -> WorkerConsumer {
+    init_log();
+    WorkerConsumer::new(
+        &[broker(&system_broker_url(), 1, "local")],
+        subscriptions.into_iter().enumerate().collect(),
+        WorkerConsumeOptions {
+            primary_zone: "local".into(),
+            connect_timeout: Duration::from_millis(500),
+            prefetch: 16,
+            heartbeat: 0,
+            connection_name: name.into(),
+        },
+    )
+}
+
+/// A durable queue on a topic exchange, acked after the route.
+fn durable(exchange: &str, queue: &str) -> Subscription {
+    let mut sub = subscription::simple(exchange, "topic", queue, "#").unwrap();
+    sub.queue_flags.durable = true;
+    sub.queue_flags.auto_delete = false;
+    sub.no_ack = false;
+    sub
+}
+
+/// Waits (polling an idle IPC stand-in) until `count` deliveries were read.
+fn take(consumer: &mut WorkerConsumer, count: usize) -> Vec<WorkerDelivery> {
+    let (ipc, _peer) = UnixStream::pair().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut taken = Vec::new();
+    while taken.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} deliveries",
+            taken.len()
+        );
+        match consumer.take() {
+            Some(delivery) => taken.push(delivery),
+            None => {
+                assert!(!consumer.wait(ipc.as_fd(), Duration::from_millis(100)));
+            }
+        }
+    }
+    taken
+}
+
+fn counts(probe: &AmqpProbe, queue: &str) -> (u32, u32) {
+    probe.queue_counts(queue).unwrap()
+}
+
+/// (ready, unacked) of `queue`, from the broker's management view.
+fn messages(queue: &str) -> (u64, u64) {
+    let out = system_rabbitmqctl(&[
+        "-q",
+        "list_queues",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ])
+    .unwrap();
+    out.lines()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split('\t').collect();
+            (fields.first() == Some(&queue)).then(|| {
+                (
+                    fields[1].parse().unwrap_or(0),
+                    fields[2].parse().unwrap_or(0),
+                )
+            })
+        })
+        .unwrap_or((0, 0))
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn which_subscriptions_the_workers_consume() {
+    let plain = subscription::simple("ex", "topic", "q", "#").unwrap();
+    assert!(consumed_in_workers(&plain));
+    let mut federated = plain.clone();
+    federated.federate = true;
+    assert!(
+        consumed_in_workers(&federated),
+        "on the primary zone's brokers"
+    );
+    let mut consistent = plain.clone();
+    consistent.consistent_worker = true;
+    let mut exclusive = plain.clone();
+    exclusive.queue_flags.exclusive = true;
+    let server_named = subscription::simple("ex", "topic", "", "#").unwrap();
+    for sub in [consistent, exclusive, server_named] {
+        assert!(!consumed_in_workers(&sub), "{sub:?}");
+    }
+}
+
+#[test]
+fn deliveries_are_acked_once_settled_and_what_a_worker_held_goes_back() {
+    let probe = AmqpProbe::connect(&system_broker_url()).unwrap();
+    let exchange = unique_name("wc-ex");
+    let queue = unique_name("wc-q");
+    let mut worker = consumer(&unique_name("wc"), vec![durable(&exchange, &queue)]);
+    let (ipc, _peer) = UnixStream::pair().unwrap();
+    // The first wait connects and declares.
+    worker.wait(ipc.as_fd(), Duration::from_millis(10));
+    assert_eq!(worker.connected(), 1);
+    assert_eq!(counts(&probe, &queue).1, 1, "one consumer");
+    for n in 0..10 {
+        probe
+            .publish(
+                &exchange,
+                &format!("rk.{n}"),
+                format!("{{\"n\": {n}}}").as_bytes(),
+            )
+            .unwrap();
+    }
+    let taken = take(&mut worker, 10);
+    let keys: Vec<&str> = taken.iter().map(|d| d.routing_key.as_str()).collect();
+    assert_eq!(keys, (0..10).map(|n| format!("rk.{n}")).collect::<Vec<_>>());
+    assert_eq!(taken[3].body, b"{\"n\": 3}");
+    assert_eq!(taken[0].subscription, 0);
+    assert_eq!(taken[0].broker_id, 1);
+    // Nothing is acked before it is settled and flushed.
+    wait_until("10 unacked", || messages(&queue) == (0, 10));
+    for delivery in &taken[..6] {
+        worker.settle(delivery);
+    }
+    wait_until("still 10 unacked before the flush", || {
+        messages(&queue) == (0, 10)
+    });
+    worker.flush();
+    wait_until("4 unacked after the flush", || messages(&queue) == (0, 4));
+    // The worker goes: the broker requeues what it held.
+    drop(worker);
+    wait_until("4 requeued", || messages(&queue) == (4, 0));
+    // Another worker gets them, flagged as redelivered.
+    let mut next = consumer(&unique_name("wc"), vec![durable(&exchange, &queue)]);
+    let again = take(&mut next, 4);
+    assert!(again.iter().all(|d| d.redelivered));
+    assert_eq!(again[0].routing_key, "rk.6");
+    for delivery in &again {
+        next.settle(delivery);
+    }
+    next.flush();
+    wait_until("all acked", || messages(&queue) == (0, 0));
+    drop(next);
+    probe.delete_queue(&queue);
+    probe.delete_exchange(&exchange);
+}
+
+#[test]
+fn a_subscription_the_broker_refuses_does_not_stop_the_others() {
+    let probe = AmqpProbe::connect(&system_broker_url()).unwrap();
+    let exchange = unique_name("wc-ex");
+    let (bad_queue, good_queue) = (unique_name("wc-bad"), unique_name("wc-good"));
+    // The queue exists durable: declaring it transient is refused (406,
+    // the channel is closed), again and again.
+    probe.declare_exchange(&exchange, "topic").unwrap();
+    probe.durable_queue(&bad_queue, &exchange, "#").unwrap();
+    let mut transient = durable(&exchange, &bad_queue);
+    transient.queue_flags.durable = false;
+    let mut worker = consumer(
+        &unique_name("wc"),
+        vec![transient, durable(&exchange, &good_queue)],
+    );
+    let (ipc, _peer) = UnixStream::pair().unwrap();
+    worker.wait(ipc.as_fd(), Duration::from_millis(10));
+    assert_eq!(worker.connected(), 1, "the connection stays");
+    probe.publish(&exchange, "rk", b"{}").unwrap();
+    // Both queues are bound to the exchange; only the good one is consumed.
+    let taken = take(&mut worker, 1);
+    assert_eq!(taken[0].subscription, 1);
+    assert_eq!(counts(&probe, &bad_queue).1, 0);
+    worker.settle(&taken[0]);
+    worker.flush();
+    drop(worker);
+    for queue in [&bad_queue, &good_queue] {
+        probe.delete_queue(queue);
+    }
+    probe.delete_exchange(&exchange);
+}
+
+#[test]
+fn a_connection_the_broker_closes_is_opened_again() {
+    let probe = AmqpProbe::connect(&system_broker_url()).unwrap();
+    let exchange = unique_name("wc-ex");
+    let queue = unique_name("wc-q");
+    let name = unique_name("wc-closed");
+    let mut worker = consumer(&name, vec![durable(&exchange, &queue)]);
+    let (ipc, _peer) = UnixStream::pair().unwrap();
+    worker.wait(ipc.as_fd(), Duration::from_millis(10));
+    assert_eq!(worker.connected(), 1);
+    let listed =
+        system_rabbitmqctl(&["-q", "list_connections", "pid", "client_properties"]).unwrap();
+    let pid = listed
+        .lines()
+        .find(|l| l.contains(&name))
+        .and_then(|l| l.split('\t').next())
+        .expect("the worker's connection is listed by its name")
+        .to_string();
+    probe.publish(&exchange, "before", b"{}").unwrap();
+    let held = take(&mut worker, 1);
+    system_rabbitmqctl(&["close_connection", &pid, "test: closed on purpose"]).unwrap();
+    // The close is read, the connection is opened again after the
+    // back-off, and the unacked delivery comes again.
+    let again = take(&mut worker, 1);
+    assert_eq!(again[0].routing_key, "before");
+    assert!(again[0].redelivered);
+    // The old delivery's ack is not sent on the new connection.
+    worker.settle(&held[0]);
+    worker.flush();
+    wait_until("still unacked", || messages(&queue) == (0, 1));
+    worker.settle(&again[0]);
+    worker.flush();
+    wait_until("acked", || messages(&queue) == (0, 0));
+    drop(worker);
+    probe.delete_queue(&queue);
+    probe.delete_exchange(&exchange);
+}

@@ -11,7 +11,9 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use broker_support::*;
-use kamailio_test::{system_broker_url, system_rabbitmqctl, unique_name, AmqpProbe};
+use kamailio_test::{
+    system_broker_url, system_queue_messages, system_rabbitmqctl, unique_name, AmqpProbe,
+};
 use kazoo_engine::subscription::{self, Subscription};
 use kazoo_engine::worker_consume::{
     consumed_in_workers, WorkerConsumeOptions, WorkerConsumer, WorkerDelivery,
@@ -66,27 +68,11 @@ fn counts(probe: &AmqpProbe, queue: &str) -> (u32, u32) {
     probe.queue_counts(queue).unwrap()
 }
 
-/// (ready, unacked) of `queue`, from the broker's management view.
+/// (ready, unacked) of `queue`, as the broker counts them.
 fn messages(queue: &str) -> (u64, u64) {
-    let out = system_rabbitmqctl(&[
-        "-q",
-        "list_queues",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    ])
-    .unwrap();
-    out.lines()
-        .find_map(|l| {
-            let fields: Vec<&str> = l.split('\t').collect();
-            (fields.first() == Some(&queue)).then(|| {
-                (
-                    fields[1].parse().unwrap_or(0),
-                    fields[2].parse().unwrap_or(0),
-                )
-            })
-        })
-        .unwrap_or((0, 0))
+    system_queue_messages(queue)
+        .unwrap()
+        .map_or((0, 0), |m| (m.ready, m.unacked))
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {

@@ -122,6 +122,15 @@ struct Bed {
 /// subscriptions themselves.
 const WORKERS_CONSUME: &str = "modparam(\"kazoo\", \"amqp_worker_consume\", 1)";
 
+/// The parameters for who consumes: the workers, or the AMQP process.
+fn consuming(workers_consume: bool) -> &'static str {
+    if workers_consume {
+        WORKERS_CONSUME
+    } else {
+        ""
+    }
+}
+
 impl Bed {
     fn start(defined: &BTreeSet<String>) -> Bed {
         Bed::start_with(defined, "")
@@ -179,7 +188,7 @@ fn messages_consumed_by_the_workers_run_the_same_routes_with_the_same_kz_e() {
 fn messages_run_their_routes(workers_consume: bool) {
     let rows = vector_rows();
     let defined = defined_routes(&rows);
-    let bed = Bed::start_with(&defined, if workers_consume { WORKERS_CONSUME } else { "" });
+    let bed = Bed::start_with(&defined, consuming(workers_consume));
     let mut checked = 0;
     for row in &rows {
         let id = row["id"].as_str().unwrap();
@@ -298,10 +307,7 @@ fn a_worker_consuming_itself_acks_after_the_route_and_its_death_redelivers() {
 }
 
 fn acks_after_the_route_and_redelivers(workers_consume: bool) {
-    let bed = Bed::start_with(
-        &BTreeSet::new(),
-        if workers_consume { WORKERS_CONSUME } else { "" },
-    );
+    let bed = Bed::start_with(&BTreeSet::new(), consuming(workers_consume));
     let (exchange, queue) = (&bed.names.exchanges[4], &bed.names.queues[4]);
     bed.probe
         .publish(exchange, "slow.one", b"{\"n\": 1}")
@@ -367,7 +373,7 @@ fn bad_messages_consumed_by_the_workers_never_take_kamailio_down() {
 fn bad_messages_are_dropped(workers_consume: bool) {
     let bed = Bed::start_with(
         &BTreeSet::from(["kazoo:consumer-event".to_string()]),
-        if workers_consume { WORKERS_CONSUME } else { "" },
+        consuming(workers_consume),
     );
     let exchange = &bed.names.exchanges[0];
     let long_server_id = format!("{{\"Server-ID\": \"{}\"}}", "s".repeat(2000));

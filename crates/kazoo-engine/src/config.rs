@@ -332,7 +332,7 @@ pub struct Params {
     pub amqp_native_client: bool,
     /// Consumer workers consume the subscriptions they can from the
     /// brokers themselves, instead of through the AMQP process (this
-    /// module's; 0 = off, the default).
+    /// module's; 0 = through the AMQP process, as before).
     pub amqp_worker_consume: bool,
     /// Parameters the C module reads and ignores; kept so configurations
     /// that set them still load (documented as having no effect).
@@ -376,7 +376,7 @@ impl Default for Params {
             amqp_consumer_prefetch: 64,
             amqp_direct: true,
             amqp_native_client: true,
-            amqp_worker_consume: false,
+            amqp_worker_consume: true,
             ignored: Vec::new(),
         }
     }

@@ -27,7 +27,7 @@ pub enum QueryOutcome {
 
 impl ScriptCounters {
     /// How many counters: see the constants below.
-    pub const SLOTS: usize = 11;
+    pub const SLOTS: usize = 13;
     const PUBLISHED: usize = 0;
     const FAILED: usize = 1;
     const NO_BROKER: usize = 2;
@@ -39,6 +39,8 @@ impl ScriptCounters {
     const QUERY_TIMED_OUT: usize = 8;
     const QUERY_FAILED: usize = 9;
     const WORKER_CONSUMED: usize = 10;
+    const WORKER_ACKED: usize = 11;
+    const WORKER_REJECTED: usize = 12;
 
     /// Counters in `slots` (zero at start).
     pub fn new(slots: &'static [AtomicU64; ScriptCounters::SLOTS]) -> ScriptCounters {
@@ -87,13 +89,32 @@ impl ScriptCounters {
     }
 
     /// A delivery a consumer worker consumed itself (`amqp_worker_consume`)
-    /// and routed.
+    /// and took for its route.
     pub fn record_worker_consumed(&self) {
         self.bump(Self::WORKER_CONSUMED);
     }
 
+    /// A delivery a consumer worker consumed itself and acked.
+    pub fn record_worker_acked(&self) {
+        self.bump(Self::WORKER_ACKED);
+    }
+
+    /// A delivery a consumer worker consumed itself and rejected (an
+    /// unreadable routing key, a payload that is not a JSON object).
+    pub fn record_worker_rejected(&self) {
+        self.bump(Self::WORKER_REJECTED);
+    }
+
     pub fn worker_consumed(&self) -> u64 {
         self.get(Self::WORKER_CONSUMED)
+    }
+
+    pub fn worker_acked(&self) -> u64 {
+        self.get(Self::WORKER_ACKED)
+    }
+
+    pub fn worker_rejected(&self) -> u64 {
+        self.get(Self::WORKER_REJECTED)
     }
 
     pub fn query_answered(&self) -> u64 {
@@ -134,5 +155,43 @@ impl ScriptCounters {
 
     pub fn failed_invalid(&self) -> u64 {
         self.get(Self::INVALID)
+    }
+}
+
+/// How many messages each subscription's consumers in the consumer workers
+/// took (`amqp_worker_consume`), by the subscription's index; in memory all
+/// processes share, like [`ScriptCounters`]. Subscriptions past the
+/// [`SubscriptionCounters::SLOTS`]th are not counted one by one (the totals
+/// still count them).
+#[derive(Clone, Copy, Debug)]
+pub struct SubscriptionCounters {
+    slots: &'static [AtomicU64; SubscriptionCounters::SLOTS],
+}
+
+impl SubscriptionCounters {
+    pub const SLOTS: usize = 64;
+
+    /// Counters in `slots` (zero at start).
+    pub fn new(slots: &'static [AtomicU64; SubscriptionCounters::SLOTS]) -> SubscriptionCounters {
+        SubscriptionCounters { slots }
+    }
+
+    /// Counters of this process only (tests, a host without shared memory).
+    pub fn private() -> SubscriptionCounters {
+        SubscriptionCounters::new(Box::leak(Box::new(std::array::from_fn(|_| {
+            AtomicU64::new(0)
+        }))))
+    }
+
+    pub fn record(&self, subscription: usize) {
+        if let Some(slot) = self.slots.get(subscription) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self, subscription: usize) -> u64 {
+        self.slots
+            .get(subscription)
+            .map_or(0, |slot| slot.load(Ordering::Relaxed))
     }
 }

@@ -39,8 +39,9 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::amqp::{Conn, Event, Login};
-use crate::broker::{queue_subscription, unreadable_routing_key, HANDSHAKE_TIMEOUT};
+use crate::broker::{log_safe, queue_subscription, unreadable_routing_key, HANDSHAKE_TIMEOUT};
 use crate::config::{Broker, Scheme};
+use crate::counters::{ScriptCounters, SubscriptionCounters};
 use crate::direct::{connect_tcp, io_text, timed_out};
 use crate::subscription::Subscription;
 
@@ -79,8 +80,11 @@ pub struct WorkerConsumeOptions {
     pub prefetch: u16,
     /// `amqp_heartbeats` (0: the broker's proposal).
     pub heartbeat: u16,
-    /// Shown by `rabbitmqctl list_connections name`.
+    /// The connection's name (client property `connection_name`).
     pub connection_name: String,
+    /// Where what the workers consume, ack and reject is counted.
+    pub counters: ScriptCounters,
+    pub per_subscription: SubscriptionCounters,
 }
 
 /// A message consumed here.
@@ -107,6 +111,20 @@ pub struct WorkerConsumer {
     options: WorkerConsumeOptions,
     /// Deliveries read and not taken yet (at most the prefetch per channel).
     ready: VecDeque<WorkerDelivery>,
+    /// (subscription index, broker id) that failed to be declared, and the
+    /// changes not yet taken by [`take_reports`](Self::take_reports).
+    failing: HashSet<(usize, u32)>,
+    reports: Vec<SubscriptionReport>,
+}
+
+/// A subscription that failed on a broker (`failure` says why), or is
+/// consumed there again (`None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriptionReport {
+    /// The subscription's index in the module's list.
+    pub index: usize,
+    pub broker_id: u32,
+    pub failure: Option<String>,
 }
 
 #[derive(Debug)]
@@ -263,6 +281,29 @@ impl WorkerConsumer {
             subscriptions,
             options,
             ready: VecDeque::new(),
+            failing: HashSet::new(),
+            reports: Vec::new(),
+        }
+    }
+
+    /// The changes of the subscriptions' states since the last call, once
+    /// per change.
+    pub fn take_reports(&mut self) -> Vec<SubscriptionReport> {
+        std::mem::take(&mut self.reports)
+    }
+
+    /// Notes how declaring subscription `index` on `broker_id` went.
+    fn note_state(&mut self, index: usize, broker_id: u32, failure: Option<String>) {
+        let changed = match &failure {
+            Some(_) => self.failing.insert((index, broker_id)),
+            None => self.failing.remove(&(index, broker_id)),
+        };
+        if changed {
+            self.reports.push(SubscriptionReport {
+                index,
+                broker_id,
+                failure,
+            });
         }
     }
 
@@ -273,7 +314,10 @@ impl WorkerConsumer {
 
     /// The next delivery read, if any.
     pub fn take(&mut self) -> Option<WorkerDelivery> {
-        self.ready.pop_front()
+        let delivery = self.ready.pop_front()?;
+        self.options.counters.record_worker_consumed();
+        self.options.per_subscription.record(delivery.subscription);
+        Some(delivery)
     }
 
     /// Whether a delivery was read and not taken.
@@ -306,6 +350,7 @@ impl WorkerConsumer {
             Some((_, tag)) => *tag = (*tag).max(delivery.tag),
             None => live.acks.push((delivery.channel, delivery.tag)),
         }
+        self.options.counters.record_worker_acked();
     }
 
     /// Rejects `delivery` without requeue (it cannot be handled).
@@ -319,6 +364,7 @@ impl WorkerConsumer {
         }
         if let Some(live) = target.live.as_mut() {
             live.conn.reject(delivery.channel, delivery.tag, false);
+            self.options.counters.record_worker_rejected();
         }
         self.write_all();
     }
@@ -438,14 +484,16 @@ impl WorkerConsumer {
                     let subscription = self.subscriptions[sub].0;
                     if unreadable_routing_key(&routing_key) {
                         log::error!(
-                            "broker {}: rejected (not requeued) a message from exchange {:?} of \
-                             subscription {}: its routing key is not UTF-8 (received as {:?})",
+                            "broker {}: rejected (not requeued) a message from exchange {} of \
+                             subscription {}: its routing key is not UTF-8 (received as {}); \
+                             the script would see another key",
                             target.broker.id,
-                            exchange,
+                            log_safe(&exchange),
                             subscription + 1,
-                            routing_key
+                            log_safe(&routing_key)
                         );
                         live.conn.reject(channel, tag, false);
+                        self.options.counters.record_worker_rejected();
                         continue;
                     }
                     self.ready.push_back(WorkerDelivery {
@@ -567,7 +615,10 @@ impl WorkerConsumer {
         let mut pending = Vec::new();
         let result = declare_on(live, subscription, self.options.prefetch, &mut pending);
         match result {
-            Ok(channel) => live.channels.push((channel, sub)),
+            Ok(channel) => {
+                live.channels.push((channel, sub));
+                self.note_state(index, broker_id, None);
+            }
             Err(DeclareError::Channel(reason)) => {
                 log::error!(
                     "broker {broker_id}: cannot consume subscription {}: {reason}; retrying in \
@@ -575,6 +626,7 @@ impl WorkerConsumer {
                     index + 1
                 );
                 live.redeclare.push((sub, Instant::now() + REDECLARE_AFTER));
+                self.note_state(index, broker_id, Some(reason));
             }
             Err(DeclareError::Blamed(reason)) => {
                 log::error!(
@@ -583,6 +635,7 @@ impl WorkerConsumer {
                     index + 1
                 );
                 target.quarantined.insert(index);
+                self.note_state(index, broker_id, Some(reason.clone()));
                 // What was read with the close goes with the connection.
                 return self.down(i, &reason);
             }

@@ -14,6 +14,7 @@ use broker_support::*;
 use kamailio_test::{
     system_broker_url, system_queue_messages, system_rabbitmqctl, unique_name, AmqpProbe,
 };
+use kazoo_engine::counters::{ScriptCounters, SubscriptionCounters};
 use kazoo_engine::subscription::{self, Subscription};
 use kazoo_engine::worker_consume::{
     consumed_in_workers, WorkerConsumeOptions, WorkerConsumer, WorkerDelivery,
@@ -30,6 +31,8 @@ fn consumer(name: &str, subscriptions: Vec<Subscription>) -> WorkerConsumer {
             prefetch: 16,
             heartbeat: 0,
             connection_name: name.into(),
+            counters: ScriptCounters::private(),
+            per_subscription: SubscriptionCounters::private(),
         },
     )
 }

@@ -40,6 +40,7 @@ pub(crate) fn run(config: &'static Config, listener: UnixListener) -> ! {
         publish_timeout: Duration::from_millis(p.amqp_publish_timeout as u64),
         startup_publishes: crate::startup::take_startup_publishes(),
         script_counters: crate::direct::counters(),
+        subscription_counters: crate::direct::subscription_counters(),
         await_startup: p
             .event_callback
             .is_some()

@@ -1,7 +1,8 @@
 //! Direct links (`amqp_direct`, on by default): `kazoo_publish` and
 //! `kazoo_query` from the calling process's own broker connections
 //! (`kazoo_engine::direct`), and the publish and query counters every
-//! process adds to.
+//! process adds to (with those of what the consumer workers consume
+//! themselves).
 //!
 //! The counters live in shared memory (allocated in `mod_init`, before the
 //! fork), so that the AMQP process's statistics and `kazoo.status` count
@@ -14,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use kazoo_engine::broker::{PublishError, PublishProperties};
-use kazoo_engine::counters::{QueryOutcome, ScriptCounters};
+use kazoo_engine::counters::{QueryOutcome, ScriptCounters, SubscriptionCounters};
 use kazoo_engine::direct::{DirectOptions, DirectPublisher};
 use kazoo_engine::ipc::{Outgoing, Request};
 use kazoo_engine::payload::{self, PublishTarget};
@@ -26,6 +27,7 @@ use crate::params::config;
 const LATE_REPLY_SEND: Duration = Duration::from_millis(100);
 
 static COUNTERS: OnceLock<ScriptCounters> = OnceLock::new();
+static SUBSCRIPTION_COUNTERS: OnceLock<SubscriptionCounters> = OnceLock::new();
 
 thread_local! {
     /// This process's links (created on first use, after the fork).
@@ -35,14 +37,21 @@ thread_local! {
 /// Allocates the shared counters (`mod_init`).
 pub(crate) fn init_counters() -> Result<(), String> {
     let slots = kamailio::mem::shm_counters::<{ ScriptCounters::SLOTS }>()?;
+    let per_subscription = kamailio::mem::shm_counters::<{ SubscriptionCounters::SLOTS }>()?;
     // A second mod_init cannot happen; keep the first.
     let _ = COUNTERS.set(ScriptCounters::new(slots));
+    let _ = SUBSCRIPTION_COUNTERS.set(SubscriptionCounters::new(per_subscription));
     Ok(())
 }
 
-/// The publish counters of all processes.
+/// The publish (and workers' consume) counters of all processes.
 pub(crate) fn counters() -> ScriptCounters {
     *COUNTERS.get_or_init(ScriptCounters::private)
+}
+
+/// What the consumer workers consumed themselves, per subscription.
+pub(crate) fn subscription_counters() -> SubscriptionCounters {
+    *SUBSCRIPTION_COUNTERS.get_or_init(SubscriptionCounters::private)
 }
 
 fn target_id(target: PublishTarget) -> Option<u32> {

@@ -56,7 +56,7 @@ const TOTALS: [Total; 21] = [
     (
         c"consumed",
         c"Consumed messages handed to the event routes",
-        |s| s.delivered,
+        |s| s.delivered + s.consumed_by_workers,
     ),
     (
         c"consumed_dropped",

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use kamailio::tm::{self, ResumeRoute, TransactionId};
 use kazoo_engine::config::Config;
-use kazoo_engine::ipc::{self, Delivery, Request, Resume, Work, WorkerLink};
+use kazoo_engine::ipc::{self, Delivery, IpcError, Request, Resume, Work, WorkerLink};
 use kazoo_engine::payload;
 use kazoo_engine::routes;
 use kazoo_engine::subscription::AckMode;
@@ -93,6 +93,12 @@ pub(crate) fn run(worker: u32, socket: &str) -> ! {
             let work = match consumer.as_mut() {
                 Some(consumer) if !ipc_first => {
                     consumer.flush();
+                    if let Err(e) = report_states(&mut link, consumer) {
+                        kamailio::error!(
+                            "kazoo worker {worker}: cannot report its subscriptions: {e}"
+                        );
+                        break;
+                    }
                     if consumer.wait(link.as_fd(), Duration::from_secs(1)) {
                         link.next(Duration::from_millis(10))
                     } else {
@@ -175,8 +181,23 @@ fn own_consumer(worker: u32) -> Option<WorkerConsumer> {
             prefetch: p.amqp_consumer_prefetch as u16,
             heartbeat: p.amqp_heartbeats.clamp(0, i32::from(u16::MAX)) as u16,
             connection_name: format!("{} consumer worker {worker}", config.node()),
+            counters: crate::direct::counters(),
+            per_subscription: crate::direct::subscription_counters(),
         },
     ))
+}
+
+/// Tells the AMQP process (for `kazoo.subscriptions`) which of the
+/// subscriptions this worker consumes failed on a broker, or work again.
+fn report_states(link: &mut WorkerLink, consumer: &mut WorkerConsumer) -> Result<(), IpcError> {
+    for report in consumer.take_reports() {
+        link.tell(&Request::SubscriptionState {
+            index: report.index as u32,
+            broker_id: report.broker_id,
+            failure: report.failure,
+        })?;
+    }
+    Ok(())
 }
 
 /// A delivery this worker consumed itself: annotated as the AMQP process
@@ -220,7 +241,6 @@ fn consumed(consumer: &mut WorkerConsumer, delivery: WorkerDelivery) {
     if after_route {
         consumer.settle(&delivery);
     }
-    crate::direct::counters().record_worker_consumed();
 }
 
 /// Resumes a transaction suspended by `kazoo_async_query`, with `$kzR` set

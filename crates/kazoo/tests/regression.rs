@@ -170,7 +170,10 @@ request_route {{
     );
     let (config, _node) = amqp_cfg(
         &system_broker_url(),
-        "modparam(\"pv\", \"shvset\", \"runs=i:0\")\nmodparam(\"kazoo\", \"amqp_consumer_workers\", 1)",
+        // The link between a worker and the AMQP process: the AMQP process
+        // consumes.
+        "modparam(\"pv\", \"shvset\", \"runs=i:0\")\nmodparam(\"kazoo\", \"amqp_consumer_workers\", 1)\n\
+         modparam(\"kazoo\", \"amqp_worker_consume\", 0)",
         &routes,
     );
     let config = config.replace("{{MODULE}}", module.to_str().unwrap());
@@ -226,13 +229,34 @@ request_route {{
 /// the backlog, long before its timeout.
 #[test]
 fn a_flood_piled_up_in_the_amqp_process_and_delayed_resumes() {
+    a_flood_waits_on_the_broker(false);
+}
+
+/// The same with the workers consuming the flood themselves: each holds
+/// at most the prefetch, and the resume still goes ahead of the backlog.
+#[test]
+fn a_flood_the_workers_consume_waits_on_the_broker_and_resumes_go_ahead() {
+    a_flood_waits_on_the_broker(true);
+}
+
+fn a_flood_waits_on_the_broker(workers_consume: bool) {
     const EVENTS: usize = 1000;
     const PREFETCH: u64 = 16;
+    const WORKERS: u64 = 2;
+    // What the module may hold unacked: the AMQP process's one consumer's
+    // prefetch, or each worker's.
+    let held_at_most = if workers_consume {
+        PREFETCH * WORKERS
+    } else {
+        PREFETCH
+    };
     let bed = crate::amqp_query_e2e::Bed::start_with(|exchange| {
         let params = format!(
             "loadmodule \"cfgutils.so\"\n\
-             modparam(\"kazoo\", \"amqp_consumer_workers\", 2)\n\
-             modparam(\"kazoo\", \"amqp_consumer_prefetch\", {PREFETCH})"
+             modparam(\"kazoo\", \"amqp_consumer_workers\", {WORKERS})\n\
+             modparam(\"kazoo\", \"amqp_consumer_prefetch\", {PREFETCH})\n\
+             modparam(\"kazoo\", \"amqp_worker_consume\", {})",
+            u8::from(workers_consume)
         );
         let routes = format!(
             "event_route[kazoo:mod-init]\n{{\n    kazoo_subscribe(\"{{'exchange': '{exchange}', \
@@ -253,7 +277,10 @@ fn a_flood_piled_up_in_the_amqp_process_and_delayed_resumes() {
         .unwrap()
         .expect("the flood queue");
     assert!(held.ready > 0, "the backlog waits on the broker: {held:?}");
-    assert!(held.unacked <= PREFETCH, "beyond the prefetch: {held:?}");
+    assert!(
+        held.unacked <= held_at_most,
+        "beyond the prefetch: {held:?}"
+    );
 
     let reply_hex = kamailio_test::hex_encode(br#"{"Msg-ID":"{{MSGID}}","Answer":"ahead"}"#);
     let payload = format!("{{'Event-Category':'q','X-Test-Reply-Hex':'{reply_hex}'}}");

@@ -63,7 +63,9 @@ pub use options::{BrokerOptions, TlsOptions, HANDSHAKE_TIMEOUT};
 pub(crate) use publish::{names, properties};
 pub use publish::{PublishError, PublishProperties, Published};
 use slot::Slot;
-pub(crate) use units::{queue_subscription, unreadable as unreadable_routing_key};
+pub(crate) use units::{
+    queue_subscription, safe as log_safe, unreadable as unreadable_routing_key,
+};
 
 use std::fmt;
 use std::sync::atomic::Ordering;

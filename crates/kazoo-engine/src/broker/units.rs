@@ -233,7 +233,7 @@ pub(crate) fn unreadable(routing_key: &str) -> bool {
 
 /// A name or key for a log line: quoted, control and non-ASCII characters
 /// escaped (U+FFFD shows as `\u{fffd}`).
-fn safe(text: &str) -> String {
+pub(crate) fn safe(text: &str) -> String {
     format!("\"{}\"", text.escape_default())
 }
 

@@ -326,15 +326,18 @@ impl WorkerLink {
     /// Tells the AMQP process that the routes of `delivery` and of every
     /// delivery before it on this link have run.
     pub fn ack(&mut self, delivery: u64) -> Result<(), IpcError> {
-        self.stream
-            .write_all(&Request::Ack { delivery }.encode(0))
-            .map_err(|e| {
-                if is_timeout(&e) {
-                    IpcError::Timeout
-                } else {
-                    IpcError::Io(e)
-                }
-            })
+        self.tell(&Request::Ack { delivery })
+    }
+
+    /// Sends a request that is not answered (a report).
+    pub fn tell(&mut self, request: &Request) -> Result<(), IpcError> {
+        self.stream.write_all(&request.encode(0)).map_err(|e| {
+            if is_timeout(&e) {
+                IpcError::Timeout
+            } else {
+                IpcError::Io(e)
+            }
+        })
     }
 }
 

@@ -90,6 +90,15 @@ pub enum Request {
     /// duplicate), annotated: it runs through the event routes, as
     /// unmatched replies consumed by the AMQP process do; not answered.
     LateReply { routing_key: Vec<u8>, body: Vec<u8> },
+    /// On a worker's link: a subscription the worker consumes itself
+    /// (`amqp_worker_consume`) failed on a broker (`failure` says why), or
+    /// is consumed there again (`None`); reported once per change, for
+    /// `kazoo.subscriptions`. Not answered.
+    SubscriptionState {
+        index: u32,
+        broker_id: u32,
+        failure: Option<String>,
+    },
     /// Worker 1: what the KEMI `kazoo:mod-init` callback declared
     /// (subscription descriptions as JSON text) and published; not answered
     /// (the AMQP process waits for it before connecting).

@@ -37,6 +37,7 @@ const REQUEST_HELLO: u8 = 5;
 const REQUEST_ACK: u8 = 6;
 const REQUEST_STARTUP_DONE: u8 = 7;
 const REQUEST_LATE_REPLY: u8 = 8;
+const REQUEST_SUBSCRIPTION_STATE: u8 = 9;
 
 // Outcome tags (answers).
 const OUTCOME_PUBLISHED: u8 = 0;
@@ -221,6 +222,7 @@ impl Request {
             Request::Ack { .. } => w.u8(REQUEST_ACK),
             Request::StartupDone { .. } => w.u8(REQUEST_STARTUP_DONE),
             Request::LateReply { .. } => w.u8(REQUEST_LATE_REPLY),
+            Request::SubscriptionState { .. } => w.u8(REQUEST_SUBSCRIPTION_STATE),
         }
         w.u64(id);
         match self {
@@ -235,6 +237,15 @@ impl Request {
             Request::Status => {}
             Request::Hello { worker } => w.u32(*worker),
             Request::Ack { delivery } => w.u64(*delivery),
+            Request::SubscriptionState {
+                index,
+                broker_id,
+                failure,
+            } => {
+                w.u32(*index);
+                w.u32(*broker_id);
+                w.opt_bytes(failure.as_deref().map(str::as_bytes));
+            }
             Request::LateReply { routing_key, body } => {
                 w.bytes(routing_key);
                 w.bytes(body);
@@ -277,6 +288,13 @@ impl Request {
             REQUEST_STATUS => Request::Status,
             REQUEST_HELLO => Request::Hello { worker: r.u32()? },
             REQUEST_ACK => Request::Ack { delivery: r.u64()? },
+            REQUEST_SUBSCRIPTION_STATE => Request::SubscriptionState {
+                index: r.u32()?,
+                broker_id: r.u32()?,
+                failure: r
+                    .opt_bytes()?
+                    .map(|reason| String::from_utf8_lossy(&reason).into_owned()),
+            },
             REQUEST_LATE_REPLY => Request::LateReply {
                 routing_key: r.bytes()?,
                 body: r.bytes()?,
@@ -440,6 +458,16 @@ pub(crate) mod tests {
             Request::Status,
             Request::Hello { worker: 3 },
             Request::Ack { delivery: 9 },
+            Request::SubscriptionState {
+                index: 2,
+                broker_id: 1,
+                failure: Some("406 PRECONDITION_FAILED".into()),
+            },
+            Request::SubscriptionState {
+                index: 2,
+                broker_id: 1,
+                failure: None,
+            },
             Request::LateReply {
                 routing_key: b"kamailio@node-<1>-targeted-52".to_vec(),
                 body: b"{ \"Msg-ID\": \"late\" }".to_vec(),

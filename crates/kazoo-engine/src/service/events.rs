@@ -120,6 +120,30 @@ pub(super) fn record_connection(
     Some((zone, before, after))
 }
 
+impl Shared {
+    /// A subscription failed on a broker (`failure` says why), or works
+    /// there again: what `kazoo.subscriptions` shows. The AMQP process's
+    /// consumers and the workers that consume themselves (over their links)
+    /// report here, each once per change; an index no subscription has is
+    /// ignored.
+    pub(super) fn subscription_state(&self, index: usize, broker_id: u32, failure: Option<String>) {
+        if self.subscriptions.get().is_none_or(|s| index >= s.len()) {
+            return;
+        }
+        let mut failures = lock(&self.subscription_failures);
+        match failure {
+            Some(reason) => {
+                failures.entry(index).or_default().insert(broker_id, reason);
+            }
+            None => {
+                if let Some(failed) = failures.get_mut(&index) {
+                    failed.remove(&broker_id);
+                }
+            }
+        }
+    }
+}
+
 pub(super) async fn broker_events(shared: Arc<Shared>, mut events: mpsc::Receiver<Event>) {
     while let Some(event) = events.recv().await {
         match event {
@@ -164,15 +188,10 @@ pub(super) async fn broker_events(shared: Arc<Shared>, mut events: mpsc::Receive
                     "subscription {} on broker {broker_id} failed: {reason}",
                     index + 1
                 );
-                lock(&shared.subscription_failures)
-                    .entry(index)
-                    .or_default()
-                    .insert(broker_id, reason);
+                shared.subscription_state(index, broker_id, Some(reason));
             }
             Event::SubscriptionWorking { index, broker_id } => {
-                if let Some(failures) = lock(&shared.subscription_failures).get_mut(&index) {
-                    failures.remove(&broker_id);
-                }
+                shared.subscription_state(index, broker_id, None);
             }
         }
     }

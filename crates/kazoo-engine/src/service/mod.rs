@@ -44,7 +44,7 @@ use crate::broker::{
     Acker, BrokerOptions, Brokers, Event, PublishError, PublishProperties, Role, Source,
 };
 use crate::config::Broker;
-use crate::counters::{QueryOutcome, ScriptCounters};
+use crate::counters::{QueryOutcome, ScriptCounters, SubscriptionCounters};
 use crate::ipc::{Answer, Delivery, Outcome, Outgoing, Request, Resume, ResumeAt, Work};
 use crate::payload::{
     annotate_consumed, connection_event, connection_notice, returned_message, PublishTarget,
@@ -85,6 +85,8 @@ pub struct ServiceConfig {
     /// Where publishes are counted (shared with the processes that publish
     /// directly).
     pub script_counters: ScriptCounters,
+    /// What the consumer workers consumed themselves, per subscription.
+    pub subscription_counters: SubscriptionCounters,
     /// Wait for worker 1's [`Request::StartupDone`] (the KEMI `kazoo:mod-init`
     /// runs there) before connecting, at most this long.
     pub await_startup: Option<Duration>,
@@ -139,6 +141,7 @@ async fn serve(
         round_robin: AtomicUsize::new(0),
         counters: Counters::default(),
         script_counters: config.script_counters,
+        subscription_counters: config.subscription_counters,
         brokers_state: Mutex::new(
             config
                 .brokers
@@ -249,6 +252,7 @@ struct Shared {
     /// Totals for [`Stats`].
     counters: Counters,
     script_counters: ScriptCounters,
+    subscription_counters: SubscriptionCounters,
     /// Each broker's connections, for the zone events and the status.
     brokers_state: Mutex<Vec<BrokerState>>,
     /// By subscription index: the brokers where it cannot be consumed, and

@@ -180,6 +180,11 @@ pub(super) async fn connection(shared: Arc<Shared>, stream: UnixStream) {
                 }
             }
             Request::LateReply { routing_key, body } => shared.late_reply(routing_key, body),
+            Request::SubscriptionState {
+                index,
+                broker_id,
+                failure,
+            } => shared.subscription_state(index as usize, broker_id, failure),
             Request::StartupDone {
                 subscriptions,
                 publishes,

@@ -156,13 +156,14 @@ impl Shared {
             publish_failed_timeout: self.script_counters.failed_timeout(),
             publish_failed_returned: self.script_counters.failed_returned(),
             publish_failed_invalid: self.script_counters.failed_invalid(),
-            acked: count(&c.acked),
+            acked: count(&c.acked) + self.script_counters.worker_acked(),
             redelivered: count(&c.redelivered),
             rejected: self
                 .brokers
                 .borrow()
                 .as_ref()
-                .map_or(0, |brokers| brokers.rejected()),
+                .map_or(0, |brokers| brokers.rejected())
+                + self.script_counters.worker_rejected(),
             worker_queued: lock(&self.lanes).queued() as u64,
             brokers,
         }
@@ -279,6 +280,8 @@ impl Shared {
     pub(super) fn subscriptions_status(&self) -> Vec<crate::json::Value> {
         use crate::json::Value;
         let (text, object) = (json_text, json_object);
+        // Taken (and let go) before the other locks.
+        let workers = lock(&self.lanes).workers();
         let brokers = lock(&self.brokers_state);
         let failures = lock(&self.subscription_failures);
         let consumed = self.subscription_consumed.get();
@@ -290,11 +293,19 @@ impl Shared {
             .enumerate()
             .map(|(index, sub)| {
                 let failed = failures.get(&index).unwrap_or(&no_failures);
+                let in_workers =
+                    self.workers_consume && crate::worker_consume::consumed_in_workers(sub);
                 let on_brokers = brokers
                     .iter()
                     .filter(|b| b.zone == self.primary_zone || sub.federate)
                     .map(|b| {
-                        let consumers = b.consumers_up.iter().filter(|up| **up).count();
+                        // On the primary zone's brokers, each worker consumes
+                        // such a subscription over its own connection.
+                        let consumers = if in_workers && b.zone == self.primary_zone {
+                            workers
+                        } else {
+                            b.consumers_up.iter().filter(|up| **up).count()
+                        };
                         let (state, reason) = match failed.get(&b.id) {
                             Some(reason) => ("failed", text(reason)),
                             None if consumers > 0 => ("consuming", Value::Null),
@@ -310,7 +321,8 @@ impl Shared {
                     .collect();
                 let count = consumed
                     .and_then(|c| c.get(index))
-                    .map_or(0, |c| c.load(Ordering::Relaxed));
+                    .map_or(0, |c| c.load(Ordering::Relaxed))
+                    + self.subscription_counters.get(index);
                 object(vec![
                     ("index", Value::UInt(index as u64 + 1)),
                     ("name", text(sub.listener_name())),

@@ -469,13 +469,17 @@ fn main() {
     for (name, module) in &modules {
         consumers.push((name.to_string(), module.clone()));
         if *name == "rust" {
+            // Through the AMQP process, on its own client and on lapin.
+            let through_amqp_process = "modparam(\"kazoo\", \"amqp_worker_consume\", 0)";
             consumers.push((
-                "rust, native 0".into(),
-                format!("{module}\nmodparam(\"kazoo\", \"amqp_native_client\", 0)"),
+                "rust, worker_consume 0".into(),
+                format!("{module}\n{through_amqp_process}"),
             ));
             consumers.push((
-                "rust, workers".into(),
-                format!("{module}\nmodparam(\"kazoo\", \"amqp_worker_consume\", 1)"),
+                "rust, native 0".into(),
+                format!(
+                    "{module}\n{through_amqp_process}\nmodparam(\"kazoo\", \"amqp_native_client\", 0)"
+                ),
             ));
         }
     }

@@ -498,7 +498,7 @@ fn main() {
     println!();
     print!("{:<30}", "consume: µs per message (msg/s)");
     for (name, _) in &consumers {
-        print!("{name:>20}");
+        print!("{name:>24}");
     }
     println!();
     for no_ack in [true, false] {
@@ -518,9 +518,9 @@ fn main() {
             runs.sort_by(|a, b| a.0.total_cmp(&b.0));
             match runs.get(runs.len() / 2) {
                 Some((micros, rate)) if runs.len() == consume_runs as usize => {
-                    print!("{:>20}", format!("{micros:.1} ({rate:.0}/s)"))
+                    print!("{:>24}", format!("{micros:.1} ({rate:.0}/s)"))
                 }
-                _ => print!("{:>20}", "failed"),
+                _ => print!("{:>24}", "failed"),
             }
         }
         println!();

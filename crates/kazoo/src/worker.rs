@@ -73,7 +73,12 @@ pub(crate) fn run(worker: u32, socket: &str) -> ! {
                     if let Some(delivery) = consumer.take() {
                         own_streak += 1;
                         kamailio::process::refresh_config();
-                        consumed(consumer, delivery);
+                        // The route is guarded on its own (a panic there
+                        // still acks, as a route that ran); this guards the
+                        // rest.
+                        kamailio::guard::guarded("kazoo consumed message", (), || {
+                            consumed(consumer, delivery)
+                        });
                         continue;
                     }
                 }

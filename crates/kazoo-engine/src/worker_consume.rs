@@ -321,7 +321,7 @@ impl WorkerConsumer {
     }
 
     /// Whether a delivery was read and not taken.
-    pub fn has_delivery(&self) -> bool {
+    fn has_delivery(&self) -> bool {
         !self.ready.is_empty()
     }
 

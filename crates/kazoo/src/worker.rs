@@ -208,7 +208,7 @@ fn report_states(link: &mut WorkerLink, consumer: &mut WorkerConsumer) -> Result
 /// A delivery this worker consumed itself: annotated as the AMQP process
 /// annotates what it consumes, acked when taken or after its route (as its
 /// subscription says), then routed.
-fn consumed(consumer: &mut WorkerConsumer, delivery: WorkerDelivery) {
+fn consumed(consumer: &mut WorkerConsumer, mut delivery: WorkerDelivery) {
     let Some(sub) = consumer.subscription(delivery.subscription) else {
         return;
     };
@@ -237,7 +237,8 @@ fn consumed(consumer: &mut WorkerConsumer, delivery: WorkerDelivery) {
     }
     let routed = Delivery {
         id: 0,
-        routing_key: Some(delivery.routing_key.as_bytes().to_vec()),
+        // Moved, not copied: the ack needs only the delivery's tag.
+        routing_key: Some(std::mem::take(&mut delivery.routing_key).into_bytes()),
         body: annotated.body,
         event_key,
         event_subkey,

@@ -77,6 +77,7 @@ pub const PARAMS: &[(&str, ParamType)] = &[
     ("amqp_direct", ParamType::Int),
     ("amqp_native_client", ParamType::Int),
     ("amqp_worker_consume", ParamType::Int),
+    ("amqp_worker_replies", ParamType::Int),
 ];
 
 /// A parameter value Kamailio must refuse.
@@ -334,6 +335,10 @@ pub struct Params {
     /// brokers themselves, instead of through the AMQP process (this
     /// module's; 0 = through the AMQP process, as before).
     pub amqp_worker_consume: bool,
+    /// A `kazoo_async_query` is published from the calling process's own
+    /// link and its reply taken by a consumer worker, which resumes the
+    /// transaction (this module's; 0 = through the AMQP process, as before).
+    pub amqp_worker_replies: bool,
     /// Parameters the C module reads and ignores; kept so configurations
     /// that set them still load (documented as having no effect).
     pub ignored: Vec<String>,
@@ -377,6 +382,7 @@ impl Default for Params {
             amqp_direct: true,
             amqp_native_client: true,
             amqp_worker_consume: true,
+            amqp_worker_replies: true,
             ignored: Vec::new(),
         }
     }
@@ -476,6 +482,7 @@ impl Params {
             ("amqp_direct", Int(v)) => self.amqp_direct = v != 0,
             ("amqp_native_client", Int(v)) => self.amqp_native_client = v != 0,
             ("amqp_worker_consume", Int(v)) => self.amqp_worker_consume = v != 0,
+            ("amqp_worker_replies", Int(v)) => self.amqp_worker_replies = v != 0,
             ("amqp_consumer_ack_timeout_micro", Int(v))
             | ("amqp_interprocess_timeout_micro", Int(v))
             | ("amqp_waitframe_timeout_micro", Int(v)) => {

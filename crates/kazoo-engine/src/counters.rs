@@ -27,7 +27,7 @@ pub enum QueryOutcome {
 
 impl ScriptCounters {
     /// How many counters: see the constants below.
-    pub const SLOTS: usize = 13;
+    pub const SLOTS: usize = 15;
     const PUBLISHED: usize = 0;
     const FAILED: usize = 1;
     const NO_BROKER: usize = 2;
@@ -41,6 +41,8 @@ impl ScriptCounters {
     const WORKER_CONSUMED: usize = 10;
     const WORKER_ACKED: usize = 11;
     const WORKER_REJECTED: usize = 12;
+    const ASYNC_ANSWERED: usize = 13;
+    const ASYNC_NOT_ANSWERED: usize = 14;
 
     /// Counters in `slots` (zero at start).
     pub fn new(slots: &'static [AtomicU64; ScriptCounters::SLOTS]) -> ScriptCounters {
@@ -103,6 +105,24 @@ impl ScriptCounters {
     /// unreadable routing key, a payload that is not a JSON object).
     pub fn record_worker_rejected(&self) {
         self.bump(Self::WORKER_REJECTED);
+    }
+
+    /// An asynchronous query whose transaction a consumer worker resumed
+    /// itself (`amqp_worker_replies`): with its reply, or not answered.
+    pub fn record_async(&self, answered: bool) {
+        self.bump(if answered {
+            Self::ASYNC_ANSWERED
+        } else {
+            Self::ASYNC_NOT_ANSWERED
+        });
+    }
+
+    pub fn async_answered(&self) -> u64 {
+        self.get(Self::ASYNC_ANSWERED)
+    }
+
+    pub fn async_not_answered(&self) -> u64 {
+        self.get(Self::ASYNC_NOT_ANSWERED)
     }
 
     pub fn worker_consumed(&self) -> u64 {

@@ -22,9 +22,13 @@
 //! - [`service`]: the AMQP process: IPC server, query correlation, dispatch
 //!   to the consumer workers.
 //! - [`task`]: spawning on the AMQP runtime without losing a panic.
+//! - [`worker_consume`]: a consumer worker's own consuming connections.
+//! - [`async_queries`]: the asynchronous queries waiting for a reply that a
+//!   consumer worker takes itself, in memory every process shares.
 #![forbid(unsafe_code)]
 
 pub mod amqp;
+pub mod async_queries;
 pub mod broker;
 pub mod config;
 pub mod counters;

@@ -292,6 +292,14 @@ pub fn reply_queue(node_hostname: &str, broker_id: u32, channel_idx: u32) -> Str
     format!("kamailio@{node_hostname}-<{broker_id}-{channel_idx}>")
 }
 
+/// The `Server-ID` of asynchronous queries whose replies the consumer workers take
+/// (`amqp_worker_replies`), also the name of the queue they share on every primary-zone broker
+/// and its binding to [`TARGETED_EXCHANGE`]: `kamailio@<node>-<async>-targeted`. One per
+/// Kamailio (node names are unique, as the other reply queues' names already need).
+pub fn async_server_id(node_hostname: &str) -> String {
+    format!("kamailio@{node_hostname}-<async>-targeted")
+}
+
 /// Parses the AMQP headers argument of `kazoo_publish` / `kazoo_query` (`k1=v1;k2=v2`) as the C
 /// module's `strtok` does: pairs split on `;`, each pair split on `=`, where empty pieces do
 /// not count (so `k==v` is `k`=`v` and a leading `=` is eaten), the value is the second piece

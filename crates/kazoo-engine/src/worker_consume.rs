@@ -43,7 +43,8 @@ use crate::broker::{log_safe, queue_subscription, unreadable_routing_key, HANDSH
 use crate::config::{Broker, Scheme};
 use crate::counters::{ScriptCounters, SubscriptionCounters};
 use crate::direct::{connect_tcp, io_text, timed_out};
-use crate::subscription::Subscription;
+use crate::payload;
+use crate::subscription::{ExchangeFlags, QueueFlags, Subscription};
 
 /// A subscription's declaration may take this long.
 const DECLARE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -60,6 +61,47 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Whether workers consume `sub` themselves (see the module's comment).
 pub fn consumed_in_workers(sub: &Subscription) -> bool {
     !sub.consistent_worker && !sub.queue.is_empty() && !sub.queue_flags.exclusive
+}
+
+/// The index that stands for the queue of asynchronous queries' replies
+/// ([`async_replies`]) among the subscriptions a worker consumes.
+pub const ASYNC_REPLIES: usize = usize::MAX;
+
+/// The queue the workers take asynchronous queries' replies from
+/// (`amqp_worker_replies`), on every primary-zone broker: named and bound
+/// to `targeted` by [`payload::async_server_id`], shared by the workers;
+/// durable (a transient queue that is not exclusive is deprecated in
+/// RabbitMQ 4) and deleted with its last consumer.
+pub fn async_replies(node_hostname: &str) -> Subscription {
+    let name = payload::async_server_id(node_hostname);
+    Subscription {
+        exchange: payload::TARGETED_EXCHANGE.into(),
+        exchange_type: "direct".into(),
+        exchange_flags: ExchangeFlags::default(),
+        queue: name.clone(),
+        queue_flags: QueueFlags {
+            durable: true,
+            ..QueueFlags::default()
+        },
+        routing: vec![name],
+        exchange_bindings: Vec::new(),
+        no_ack: false,
+        wait_for_consumer_ack: false,
+        event_key: None,
+        event_subkey: None,
+        federate: false,
+        consistent_worker: false,
+        consistent_worker_key: None,
+        name: None,
+    }
+}
+
+/// How logs name subscription `index` (of the module's list, from 0).
+fn described(index: usize) -> String {
+    match index {
+        ASYNC_REPLIES => "the asynchronous queries' reply queue".into(),
+        _ => format!("subscription {}", index + 1),
+    }
 }
 
 /// Whether workers can consume from the primary zone's brokers at all:
@@ -485,11 +527,11 @@ impl WorkerConsumer {
                     if unreadable_routing_key(&routing_key) {
                         log::error!(
                             "broker {}: rejected (not requeued) a message from exchange {} of \
-                             subscription {}: its routing key is not UTF-8 (received as {}); \
+                             {}: its routing key is not UTF-8 (received as {}); \
                              the script would see another key",
                             target.broker.id,
                             log_safe(&exchange),
-                            subscription + 1,
+                            described(subscription),
                             log_safe(&routing_key)
                         );
                         live.conn.reject(channel, tag, false);
@@ -621,18 +663,18 @@ impl WorkerConsumer {
             }
             Err(DeclareError::Channel(reason)) => {
                 log::error!(
-                    "broker {broker_id}: cannot consume subscription {}: {reason}; retrying in \
+                    "broker {broker_id}: cannot consume {}: {reason}; retrying in \
                      {REDECLARE_AFTER:?}",
-                    index + 1
+                    described(index)
                 );
                 live.redeclare.push((sub, Instant::now() + REDECLARE_AFTER));
                 self.note_state(index, broker_id, Some(reason));
             }
             Err(DeclareError::Blamed(reason)) => {
                 log::error!(
-                    "broker {broker_id}: subscription {} made the broker close the connection \
+                    "broker {broker_id}: {} made the broker close the connection \
                      ({reason}): not consumed from this broker again",
-                    index + 1
+                    described(index)
                 );
                 target.quarantined.insert(index);
                 self.note_state(index, broker_id, Some(reason.clone()));
@@ -680,9 +722,9 @@ fn stopped(
     };
     let (_, sub) = live.channels.remove(at);
     log::error!(
-        "broker {broker_id}: subscription {} stopped consuming ({why}); declaring it again in \
+        "broker {broker_id}: {} stopped consuming ({why}); declaring it again in \
          {REDECLARE_AFTER:?}",
-        subscriptions[sub].0 + 1,
+        described(subscriptions[sub].0),
     );
     live.acks.retain(|(ch, _)| *ch != channel);
     live.redeclare.push((sub, Instant::now() + REDECLARE_AFTER));

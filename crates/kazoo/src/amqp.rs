@@ -4,8 +4,9 @@
 //!
 //! The calling process prepares the payload (the C module's rules, see
 //! `kazoo_engine::payload`) and publishes it on its own broker link
-//! ([`crate::direct`]) or hands it to the AMQP process, waiting for the
-//! answer with a bound: a publish returns 1 only once the broker has
+//! ([`crate::direct`]; an asynchronous query's reply is then taken by a
+//! consumer worker, see [`crate::worker`]) or hands it to the AMQP process,
+//! waiting for the answer with a bound: a publish returns 1 only once the broker has
 //! confirmed it; a query returns 1 with the reply in `$kzR`. Every failure is
 //! -1 with a log line saying why; 0 (which silently stops the script) is
 //! never returned.
@@ -435,6 +436,15 @@ fn async_query_values(
     )?;
     let suspended = tm::suspend(msg).map_err(|e| AmqpError::Failed(e.to_string()))?;
     let id = suspended.id();
+    let resumption = direct::Resumption {
+        hash: id.hash,
+        label: id.label,
+        ok_route: &ok_route,
+        err_route: &err_route,
+    };
+    if direct::async_query(&outgoing, resumption, timeout) {
+        return Ok(suspended);
+    }
     let request = Request::AsyncQuery {
         outgoing,
         resume: ResumeAt {

@@ -10,15 +10,24 @@
 //! process on its first use, on its host thread only. A reply a query read
 //! but did not wait for goes to the AMQP process, which runs it through the
 //! event routes.
+//!
+//! With `amqp_worker_replies`, a `kazoo_async_query` is published here too,
+//! with the `Server-ID` of the queue the consumer workers take replies
+//! from, after it was put in the table of waiting queries
+//! (`kazoo_engine::async_queries`, also in shared memory): the worker that
+//! reads the reply, or finds the query past its deadline, resumes it.
 use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use kazoo_engine::async_queries::{self, AsyncQueries, Waiting};
 use kazoo_engine::broker::{PublishError, PublishProperties};
+use kazoo_engine::config::Config;
 use kazoo_engine::counters::{QueryOutcome, ScriptCounters, SubscriptionCounters};
 use kazoo_engine::direct::{DirectOptions, DirectPublisher};
 use kazoo_engine::ipc::{Outgoing, Request};
 use kazoo_engine::payload::{self, PublishTarget};
+use kazoo_engine::worker_consume;
 
 use crate::ipc_client;
 use crate::params::config;
@@ -28,20 +37,42 @@ const LATE_REPLY_SEND: Duration = Duration::from_millis(100);
 
 static COUNTERS: OnceLock<ScriptCounters> = OnceLock::new();
 static SUBSCRIPTION_COUNTERS: OnceLock<SubscriptionCounters> = OnceLock::new();
+static ASYNC_QUERIES: OnceLock<AsyncQueries> = OnceLock::new();
 
 thread_local! {
     /// This process's links (created on first use, after the fork).
     static PUBLISHER: RefCell<Option<DirectPublisher>> = const { RefCell::new(None) };
 }
 
-/// Allocates the shared counters (`mod_init`).
-pub(crate) fn init_counters() -> Result<(), String> {
+/// Allocates the shared counters and, when the workers take the replies of
+/// asynchronous queries, the table of those waiting (`mod_init`).
+pub(crate) fn init_shared(config: &Config) -> Result<(), String> {
     let slots = kamailio::mem::shm_counters::<{ ScriptCounters::SLOTS }>()?;
     let per_subscription = kamailio::mem::shm_counters::<{ SubscriptionCounters::SLOTS }>()?;
     // A second mod_init cannot happen; keep the first.
     let _ = COUNTERS.set(ScriptCounters::new(slots));
     let _ = SUBSCRIPTION_COUNTERS.set(SubscriptionCounters::new(per_subscription));
+    if worker_replies(config) {
+        let table = kamailio::mem::shm_counters::<{ async_queries::WORDS }>()?;
+        let _ = ASYNC_QUERIES.set(AsyncQueries::new(table));
+    }
     Ok(())
+}
+
+/// Whether the consumer workers take the replies of asynchronous queries
+/// published here (`amqp_worker_replies`): with the direct links, and when
+/// the workers can consume from every primary-zone broker (plain
+/// `amqp://`).
+pub(crate) fn worker_replies(config: &Config) -> bool {
+    let p = &config.params;
+    p.amqp_worker_replies
+        && p.amqp_direct
+        && worker_consume::brokers_allow(&p.brokers, &p.amqp_primary_zone)
+}
+
+/// The table of asynchronous queries the workers resume, when they do.
+pub(crate) fn async_queries() -> Option<AsyncQueries> {
+    ASYNC_QUERIES.get().copied()
 }
 
 /// The publish (and workers' consume) counters of all processes.
@@ -173,4 +204,77 @@ pub(crate) fn query(
         Err(_) => QueryOutcome::Failed,
     });
     Some(result)
+}
+
+/// What an asynchronous query resumes.
+pub(crate) struct Resumption<'a> {
+    pub(crate) hash: u32,
+    pub(crate) label: u32,
+    pub(crate) ok_route: &'a str,
+    pub(crate) err_route: &'a str,
+}
+
+/// Publishes an asynchronous query here for a consumer worker to resume
+/// (see the module's comment): `true` once the broker confirmed it (or a
+/// worker already took it); `false`: it must go through the AMQP process
+/// (the workers do not take replies, the link does not cover it, the table
+/// has no room for it, or it could not be published here: the AMQP process
+/// tries, and resumes it in the error route if it cannot either).
+pub(crate) fn async_query(
+    outgoing: &Outgoing,
+    resumption: Resumption<'_>,
+    timeout: Duration,
+) -> bool {
+    let Some(queries) = async_queries() else {
+        return false;
+    };
+    let config = config();
+    let now = Instant::now();
+    let waiting = Waiting {
+        msg_id: outgoing.payload.msg_id(),
+        hash: resumption.hash,
+        label: resumption.label,
+        ok_route: resumption.ok_route,
+        err_route: resumption.err_route,
+        deadline_ms: async_queries::now_ms() + timeout.as_millis() as u64,
+        timeout_ms: outgoing.timeout_ms,
+    };
+    // The SIP worker waits for the confirm, never longer than for a publish.
+    let publish_wait = timeout.min(Duration::from_millis(
+        config.params.amqp_publish_timeout.max(0) as u64,
+    ));
+    let published = with_publisher(outgoing, |publisher| {
+        // Put in before it is published: the reply may come before the confirm.
+        let ticket = queries.insert(&waiting)?;
+        let how = PublishProperties {
+            headers: &outgoing.headers,
+            mandatory: false,
+            needs_replies: false,
+        };
+        let exchange = String::from_utf8_lossy(&outgoing.exchange);
+        let routing_key = String::from_utf8_lossy(&outgoing.routing_key);
+        let server_id = payload::async_server_id(&config.node_hostname);
+        let published = publisher.publish(
+            None,
+            &exchange,
+            &routing_key,
+            how,
+            |_, _| outgoing.payload.body(&server_id),
+            now + publish_wait,
+        );
+        Some((ticket, published))
+    })
+    .flatten();
+    match published {
+        Some((_, Ok(_))) => true,
+        Some((ticket, Err(e))) => {
+            if !queries.cancel(ticket) {
+                // A worker took it meanwhile (a reply, or its deadline).
+                return true;
+            }
+            kamailio::debug!("asynchronous query not published on this process's link: {e}");
+            false
+        }
+        None => false,
+    }
 }

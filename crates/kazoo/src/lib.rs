@@ -120,6 +120,7 @@ kamailio::module! {
         param!("amqp_direct", Int, params::set),
         param!("amqp_native_client", Int, params::set),
         param!("amqp_worker_consume", Int, params::set),
+        param!("amqp_worker_replies", Int, params::set),
     ],
     pvs: [
         pv!("kzR", pvs::QUERY_RESULT),

@@ -46,7 +46,7 @@ pub(crate) fn mod_init() -> Result<(), String> {
         kamailio::warn!("{e}: kazoo_async_query and kazoo_query_async will return -1");
     }
     stats::register(&config)?;
-    direct::init_counters()?;
+    direct::init_shared(&config)?;
     kamailio::process::register(process_count(&config))?;
     // Before any fork, so every process (and `kazoo:mod-init`) has it.
     pvs::NODE_NAME.set(Some(config.node().into_bytes()));

@@ -16,7 +16,9 @@ use kamailio::route::{self, KemiError, RouteOutcome};
 use std::time::Instant;
 
 use kamailio::tm::{self, ResumeRoute, TransactionId};
+use kazoo_engine::async_queries;
 use kazoo_engine::config::Config;
+use kazoo_engine::counters::QueryOutcome;
 use kazoo_engine::ipc::{self, Delivery, IpcError, Request, Resume, Work, WorkerLink};
 use kazoo_engine::payload;
 use kazoo_engine::routes;
@@ -62,6 +64,7 @@ pub(crate) fn run(worker: u32, socket: &str) -> ! {
         // Deliveries of the worker's own connections taken in a row.
         let mut own_streak = 0;
         loop {
+            expire_queries();
             // What the AMQP process sent first (resumes), then what this
             // worker's own broker connections brought; a link that has
             // something to read is looked at every few of those, so that a
@@ -104,7 +107,7 @@ pub(crate) fn run(worker: u32, socket: &str) -> ! {
                         );
                         break;
                     }
-                    if consumer.wait(link.as_fd(), Duration::from_secs(1)) {
+                    if consumer.wait(link.as_fd(), wait_at_most()) {
                         link.next(Duration::from_millis(10))
                     } else {
                         Ok(None)
@@ -162,17 +165,24 @@ pub(crate) fn consume_subscriptions(config: &Config) -> bool {
 }
 
 /// This worker's own consuming connections, when it consumes any
-/// subscription itself.
+/// subscription itself or takes the replies of asynchronous queries.
 fn own_consumer(worker: u32) -> Option<WorkerConsumer> {
     let config = config();
-    if !consume_subscriptions(config) {
-        return None;
+    let mut subscriptions: Vec<_> = if consume_subscriptions(config) {
+        startup::subscriptions()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, sub)| worker_consume::consumed_in_workers(sub))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if crate::direct::async_queries().is_some() {
+        subscriptions.push((
+            worker_consume::ASYNC_REPLIES,
+            worker_consume::async_replies(&config.node_hostname),
+        ));
     }
-    let subscriptions: Vec<_> = startup::subscriptions()
-        .into_iter()
-        .enumerate()
-        .filter(|(_, sub)| worker_consume::consumed_in_workers(sub))
-        .collect();
     if subscriptions.is_empty() {
         return None;
     }
@@ -196,6 +206,10 @@ fn own_consumer(worker: u32) -> Option<WorkerConsumer> {
 /// subscriptions this worker consumes failed on a broker, or work again.
 fn report_states(link: &mut WorkerLink, consumer: &mut WorkerConsumer) -> Result<(), IpcError> {
     for report in consumer.take_reports() {
+        // Not a subscription of the script's: its failures are logged.
+        if report.index == worker_consume::ASYNC_REPLIES {
+            continue;
+        }
         link.tell(&Request::SubscriptionState {
             index: report.index as u32,
             broker_id: report.broker_id,
@@ -209,6 +223,9 @@ fn report_states(link: &mut WorkerLink, consumer: &mut WorkerConsumer) -> Result
 /// annotates what it consumes, acked when taken or after its route (as its
 /// subscription says), then routed.
 fn consumed(consumer: &mut WorkerConsumer, mut delivery: WorkerDelivery) {
+    if delivery.subscription == worker_consume::ASYNC_REPLIES {
+        return async_reply(consumer, delivery);
+    }
     let Some(sub) = consumer.subscription(delivery.subscription) else {
         return;
     };
@@ -248,6 +265,104 @@ fn consumed(consumer: &mut WorkerConsumer, mut delivery: WorkerDelivery) {
         consumer.settle(&delivery);
     }
 }
+
+/// A reply on the queue of asynchronous queries' replies: resumes the query
+/// waiting for it; one nobody waits for (late, duplicate, unknown
+/// `Msg-ID`) runs the event routes, as the C module runs such replies.
+fn async_reply(consumer: &mut WorkerConsumer, mut delivery: WorkerDelivery) {
+    consumer.settle(&delivery);
+    let received = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let zone = &config().params.amqp_primary_zone;
+    let annotated =
+        match payload::annotate_consumed(&delivery.body, zone, received, delivery.broker_id) {
+            Ok(annotated) => annotated,
+            Err(e) => {
+                kamailio::error!(
+                    "dropping a reply from broker {} (routing key {:?}): {e}",
+                    delivery.broker_id,
+                    delivery.routing_key
+                );
+                return;
+            }
+        };
+    let waiting = match (crate::direct::async_queries(), annotated.msg_id.as_deref()) {
+        (Some(queries), Some(msg_id)) => queries.take_reply(msg_id),
+        _ => None,
+    };
+    let Some(query) = waiting else {
+        let late = Delivery {
+            id: 0,
+            routing_key: Some(std::mem::take(&mut delivery.routing_key).into_bytes()),
+            body: annotated.body,
+            event_key: None,
+            event_subkey: None,
+        };
+        return kamailio::guard::guarded("kazoo consumer event", (), || handle(late));
+    };
+    let counters = crate::direct::counters();
+    counters.record_query(QueryOutcome::Answered);
+    counters.record_async(true);
+    resume_query(Resume {
+        hash: query.hash,
+        label: query.label,
+        answered: true,
+        route: query.ok_route,
+        reply: Some(annotated.body),
+    });
+}
+
+/// Resumes, in their error route, the asynchronous queries past their
+/// deadline, when it is this worker's turn to look (one worker every
+/// few milliseconds while queries wait).
+fn expire_queries() {
+    let Some(queries) = crate::direct::async_queries() else {
+        return;
+    };
+    let now = async_queries::now_ms();
+    if !queries.sweep_due(now) {
+        return;
+    }
+    let counters = crate::direct::counters();
+    for query in queries.take_expired(now) {
+        kamailio::info!(
+            "asynchronous query not answered (no reply within {} ms): resuming in \
+             failure_route[{}]",
+            query.timeout_ms,
+            query.err_route
+        );
+        counters.record_query(QueryOutcome::TimedOut);
+        counters.record_async(false);
+        kamailio::guard::guarded("kazoo asynchronous query", (), || {
+            resume_query(Resume {
+                hash: query.hash,
+                label: query.label,
+                answered: false,
+                route: query.err_route,
+                reply: None,
+            })
+        });
+    }
+}
+
+/// How long a worker that consumes itself may wait: while asynchronous
+/// queries wait for their reply, until the next look for expired ones;
+/// else not so long that a first query's deadline would go by unnoticed.
+fn wait_at_most() -> Duration {
+    match crate::direct::async_queries() {
+        Some(queries) if queries.in_flight() > 0 => {
+            Duration::from_millis(async_queries::SWEEP_EVERY_MS)
+        }
+        Some(_) => IDLE_WAIT_WITH_QUERIES,
+        None => Duration::from_secs(1),
+    }
+}
+
+/// A worker's longest wait when it resumes asynchronous queries: a query
+/// made while every worker waits is looked at no later than this after its
+/// deadline.
+const IDLE_WAIT_WITH_QUERIES: Duration = Duration::from_millis(100);
 
 /// Resumes a transaction suspended by `kazoo_async_query`, with `$kzR` set
 /// to the reply (or `$null`).

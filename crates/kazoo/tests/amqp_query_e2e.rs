@@ -443,3 +443,108 @@ fn a_query_from_an_event_route_works() {
     assert!(bed.proxy.kamailio.log().contains("\"Answer\": \"inner\""));
     bed.proxy.assert_alive();
 }
+
+/// The consumer workers' shared reply queue (`amqp_worker_replies`).
+fn async_queue(bed: &Bed) -> String {
+    format!("kamailio@{}-<async>-targeted", bed.node)
+}
+
+/// `kazoo.status` as JSON.
+fn status(bed: &Bed) -> serde_json::Value {
+    serde_json::from_str(bed.proxy.kamcmd(&["kazoo.status"]).trim()).unwrap()
+}
+
+#[test]
+fn consumer_workers_take_async_replies_and_resume_the_queries() {
+    // The default: published from the SIP worker's own link with the
+    // workers' Server-ID; each of 8 consumer workers consumes the queue.
+    let bed = Bed::start();
+    let queue = async_queue(&bed);
+    bed.proxy.wait_consumed(&bed.probe, std::slice::from_ref(&queue));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bed.probe.queue_counts(&queue).unwrap().1 < 8 {
+        assert!(Instant::now() < deadline, "not every worker consumes {queue}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(bed.probe.queue_counts(&queue).unwrap().1, 8);
+    let reply_hex = kamailio_test::hex_encode(br#"{"Msg-ID":"{{MSGID}}","Answer":"w"}"#);
+    let payload = format!("{{'Event-Category':'q','X-Test-Reply-Hex':'{reply_hex}'}}");
+    let seen_before = bed.responder.requests().len();
+    for _ in 0..20 {
+        let reply = bed.query("async", "q.workers", &payload, "", None);
+        assert_eq!((reply.code, reply.reason.as_str()), (200, "ASYNC OK"));
+    }
+    let requests = bed.responder.requests();
+    assert_eq!(requests.len() - seen_before, 20);
+    for request in &requests[seen_before..] {
+        let json: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(json["Server-ID"], queue.as_str(), "{}", request.text());
+    }
+    // Nobody answers: the error route, after the query's own timeout.
+    let started = Instant::now();
+    let reply = bed.query(
+        "async",
+        "q.nobody",
+        "{'Event-Category':'q','X-Test-Mode':'none'}",
+        "",
+        Some(300),
+    );
+    let elapsed = started.elapsed();
+    assert_eq!((reply.code, reply.reason.as_str()), (503, "ASYNC ERR"));
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed <= Duration::from_millis(600),
+        "a 300 ms timeout took {elapsed:?}"
+    );
+    let status = status(&bed);
+    assert_eq!(status["async_query"]["answered"], 20, "{status}");
+    assert_eq!(status["async_query"]["not_answered"], 1, "{status}");
+    assert_eq!(status["query"]["answered"], 20, "{status}");
+    assert_eq!(status["query"]["timed_out"], 1, "{status}");
+    // None went through the AMQP process's reply queues.
+    assert_eq!(status["query"]["pending"], 0, "{status}");
+    bed.proxy.assert_alive();
+}
+
+#[test]
+fn a_second_reply_to_an_async_query_runs_the_event_routes() {
+    // As the C module does with a reply nobody waits for.
+    let bed = Bed::start();
+    bed.proxy
+        .wait_consumed(&bed.probe, std::slice::from_ref(&async_queue(&bed)));
+    let reply_hex =
+        kamailio_test::hex_encode(br#"{"Msg-ID":"{{MSGID}}","Event-Category":"twice"}"#);
+    let payload =
+        format!("{{'Event-Category':'q','X-Test-Mode':'twice','X-Test-Reply-Hex':'{reply_hex}'}}");
+    let reply = bed.query("async", "q.twice", &payload, "", None);
+    assert_eq!((reply.code, reply.reason.as_str()), (200, "ASYNC OK"));
+    let msg_id = msg_id_of(&bed.responder.requests().last().unwrap().body);
+    assert!(
+        bed.proxy.kamailio.wait_for_log(
+            &format!("EVENT-AFTER rk={}", async_queue(&bed)),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        bed.proxy.kamailio.log()
+    );
+    assert!(bed.proxy.kamailio.log().contains(&msg_id));
+}
+
+#[test]
+fn without_worker_replies_async_queries_go_through_the_amqp_process() {
+    let bed = Bed::start_with(|_| {
+        (
+            "modparam(\"kazoo\", \"amqp_worker_replies\", 0)".into(),
+            String::new(),
+        )
+    });
+    let reply_hex = kamailio_test::hex_encode(br#"{"Msg-ID":"{{MSGID}}","Answer":"p"}"#);
+    let payload = format!("{{'Event-Category':'q','X-Test-Reply-Hex':'{reply_hex}'}}");
+    let reply = bed.query("async", "q.process", &payload, "", None);
+    assert_eq!((reply.code, reply.reason.as_str()), (200, "ASYNC OK"));
+    let request = bed.responder.requests().last().unwrap().text();
+    assert!(
+        request.contains(&format!("kamailio@{}-<1>-targeted-", bed.node)),
+        "{request}"
+    );
+    assert!(bed.probe.queue_counts(&async_queue(&bed)).is_err());
+}

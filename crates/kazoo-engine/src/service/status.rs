@@ -143,8 +143,9 @@ impl Shared {
             query_timed_out: self.script_counters.query_timed_out(),
             query_failed: self.script_counters.query_failed(),
             query_pending: lock(&self.pending).len() as u64,
-            async_answered: count(&c.async_answered),
-            async_not_answered: count(&c.async_not_answered),
+            async_answered: count(&c.async_answered) + self.script_counters.async_answered(),
+            async_not_answered: count(&c.async_not_answered)
+                + self.script_counters.async_not_answered(),
             delivered: count(&c.delivered),
             dropped: count(&c.dropped),
             unmatched_replies: count(&c.unmatched_replies),

@@ -32,6 +32,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use amq_protocol::types::ShortString;
+use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::amqp::{Conn, Event, Login, ProtocolError};
 use crate::broker::{self, PublishError, PublishProperties, Published, HANDSHAKE_TIMEOUT};
@@ -44,6 +45,10 @@ const CHANNEL: u16 = 1;
 /// The channel queries go on (without confirms: the reply is the
 /// confirmation) and their replies come back on.
 const REPLY_CHANNEL: u16 = 2;
+/// The channel asynchronous queries go on, without confirms and without
+/// waiting: a consumer worker takes the reply, which is the confirmation
+/// (no reply in time resumes the query in its error route).
+const ASYNC_CHANNEL: u16 = 3;
 /// What one `read` may take.
 const READ_CHUNK: usize = 16 * 1024;
 /// A write into a full socket buffer (the broker stopped reading) waits at
@@ -125,7 +130,7 @@ impl Attempt {
 struct Link {
     stream: TcpStream,
     conn: Conn,
-    input: Vec<u8>,
+    input: Input,
     events: Vec<Event>,
     /// The channel is open (or its opening is queued) in confirm mode.
     confirming: bool,
@@ -139,10 +144,37 @@ struct Link {
     read_timeout: Option<Duration>,
     /// This process's reply queue is consumed on [`REPLY_CHANNEL`].
     replies: bool,
+    /// [`ASYNC_CHANNEL`] is open (or its opening is queued).
+    async_open: bool,
     /// Replies read that no query waits for (routing key, body as sent).
     late: Vec<(String, Vec<u8>)>,
     /// Late replies dropped because `late` was full.
     late_dropped: u64,
+}
+
+/// What a connection read and did not parse yet, read through a buffer
+/// zeroed once: a read copies the bytes that came instead of zeroing a
+/// whole chunk of `unparsed` each time.
+pub(crate) struct Input {
+    pub(crate) unparsed: Vec<u8>,
+    chunk: Box<[u8]>,
+}
+
+impl Input {
+    pub(crate) fn new(chunk: usize) -> Input {
+        Input {
+            unparsed: Vec::with_capacity(chunk),
+            chunk: vec![0; chunk].into_boxed_slice(),
+        }
+    }
+
+    /// One `read` (at most a chunk), appended to `unparsed`; 0 at the end
+    /// of the stream.
+    pub(crate) fn read_from(&mut self, stream: &mut impl Read) -> io::Result<usize> {
+        let read = stream.read(&mut self.chunk)?;
+        self.unparsed.extend_from_slice(&self.chunk[..read]);
+        Ok(read)
+    }
 }
 
 pub(crate) fn io_text(e: &io::Error) -> String {
@@ -206,7 +238,7 @@ impl Link {
         let mut link = Link {
             stream,
             conn: Conn::new(login),
-            input: Vec::with_capacity(READ_CHUNK),
+            input: Input::new(READ_CHUNK),
             events: Vec::new(),
             confirming: false,
             next_tag: 1,
@@ -214,6 +246,7 @@ impl Link {
             unconfirmed: None,
             read_timeout: None,
             replies: false,
+            async_open: false,
             late: Vec::new(),
             late_dropped: 0,
         };
@@ -313,18 +346,14 @@ impl Link {
     }
 
     fn read_some(&mut self) -> io::Result<()> {
-        let start = self.input.len();
-        self.input.resize(start + READ_CHUNK, 0);
-        let read = self.stream.read(&mut self.input[start..]);
-        self.input.truncate(start + *read.as_ref().unwrap_or(&0));
-        match read? {
+        match self.input.read_from(&mut self.stream)? {
             0 => Err(io::ErrorKind::UnexpectedEof.into()),
             _ => self.parse().map_err(io::Error::other),
         }
     }
 
     fn parse(&mut self) -> Result<(), ProtocolError> {
-        self.conn.receive(&mut self.input, &mut self.events)?;
+        self.conn.receive(&mut self.input.unparsed, &mut self.events)?;
         // Close-oks the broker's closes asked for; a failure shows on the
         // next read.
         let _ = self.flush();
@@ -427,6 +456,12 @@ impl Link {
                     self.confirming = false;
                     self.unconfirmed = None;
                     tag != 0
+                } else if channel == ASYNC_CHANNEL {
+                    // What was published there since is lost: its queries
+                    // time out.
+                    log::warn!("an asynchronous query was refused: {code} {text}");
+                    self.async_open = false;
+                    false
                 } else {
                     self.replies = false;
                     waiting == Waiting::Reply
@@ -445,6 +480,38 @@ impl Link {
                 None
             }
             _ => None,
+        }
+    }
+
+    /// Publishes on [`ASYNC_CHANNEL`] without waiting; first reads, without
+    /// waiting either, what the broker sent since the last operation (a
+    /// close of that channel, which is then opened again with this write).
+    fn send(
+        &mut self,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        properties: &amq_protocol::protocol::BasicProperties,
+        body: &[u8],
+    ) -> Attempt {
+        let mut fd = [PollFd::new(&self.stream, PollFlags::IN)];
+        let arrived = matches!(
+            rustix::event::poll(&mut fd, Some(&Timespec::default())),
+            Ok(n) if n > 0
+        );
+        if arrived {
+            if let Err(reason) = self.catch_up() {
+                return Attempt::Lost(reason);
+            }
+        }
+        if !self.async_open {
+            self.conn.open_channel(ASYNC_CHANNEL);
+            self.async_open = true;
+        }
+        self.conn
+            .publish(ASYNC_CHANNEL, exchange, routing_key, false, properties, body);
+        match self.flush() {
+            Ok(()) => Attempt::Confirmed,
+            Err(e) => Attempt::Lost(io_text(&e)),
         }
     }
 
@@ -805,6 +872,31 @@ impl DirectPublisher {
             }
         })?;
         Ok(Published { broker_id, idx })
+    }
+
+    /// Publishes an asynchronous query on the primary-zone brokers in order,
+    /// without waiting for anything (see [`ASYNC_CHANNEL`]): `Ok` once it is
+    /// written; `body_for(broker_id)` builds the body once the broker is
+    /// chosen. Connecting waits, at most until `deadline`.
+    pub fn send_query(
+        &mut self,
+        exchange: &str,
+        routing_key: &str,
+        headers: &[(Vec<u8>, Vec<u8>)],
+        body_for: impl Fn(u32) -> Vec<u8>,
+        deadline: Instant,
+    ) -> Result<u32, PublishError> {
+        let (exchange, routing_key) = broker::names(exchange, routing_key)?;
+        let properties = broker::properties(headers)?;
+        let candidates = self.candidates(None)?;
+        let (broker_id, _) = self.attempt(&candidates, deadline, |t| {
+            let body = body_for(t.broker.id);
+            match t.link.as_mut() {
+                Some(link) => link.send(&exchange, &routing_key, &properties, &body),
+                None => Attempt::Lost("no link".into()),
+            }
+        })?;
+        Ok(broker_id)
     }
 
     /// A synchronous query on the primary-zone brokers in order: published

@@ -31,7 +31,7 @@
 //! after a back-off on a new channel; one that makes the broker close the
 //! connection is not declared on that broker again (logged).
 use std::collections::{HashSet, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ use crate::amqp::{Conn, Event, Login};
 use crate::broker::{log_safe, queue_subscription, unreadable_routing_key, HANDSHAKE_TIMEOUT};
 use crate::config::{Broker, Scheme};
 use crate::counters::{ScriptCounters, SubscriptionCounters};
-use crate::direct::{connect_tcp, io_text, timed_out};
+use crate::direct::{connect_tcp, io_text, timed_out, Input};
 use crate::payload;
 use crate::subscription::{ExchangeFlags, QueueFlags, Subscription};
 
@@ -187,7 +187,7 @@ struct Target {
 struct Live {
     stream: TcpStream,
     conn: Conn,
-    input: Vec<u8>,
+    input: Input,
     events: Vec<Event>,
     /// The channel of each subscription consumed now (index into
     /// `WorkerConsumer::subscriptions`), and those to declare again.
@@ -243,16 +243,12 @@ impl Live {
     /// One read (blocking up to the socket's timeout) and its frames into
     /// `events`.
     fn read(&mut self) -> io::Result<()> {
-        let start = self.input.len();
-        self.input.resize(start + READ_CHUNK, 0);
-        let read = self.stream.read(&mut self.input[start..]);
-        self.input.truncate(start + *read.as_ref().unwrap_or(&0));
-        if read? == 0 {
+        if self.input.read_from(&mut self.stream)? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         self.last_read = Instant::now();
         self.conn
-            .receive(&mut self.input, &mut self.events)
+            .receive(&mut self.input.unparsed, &mut self.events)
             .map_err(io::Error::other)?;
         // Close-oks the broker's closes asked for.
         self.write()
@@ -744,7 +740,7 @@ fn open(broker: &Broker, options: &WorkerConsumeOptions) -> Result<Live, String>
     let mut live = Live {
         stream,
         conn: Conn::with_heartbeat(login, Some(options.heartbeat)),
-        input: Vec::with_capacity(READ_CHUNK),
+        input: Input::new(READ_CHUNK),
         events: Vec::new(),
         channels: Vec::new(),
         redeclare: Vec::new(),

@@ -215,11 +215,13 @@ pub(crate) struct Resumption<'a> {
 }
 
 /// Publishes an asynchronous query here for a consumer worker to resume
-/// (see the module's comment): `true` once the broker confirmed it (or a
-/// worker already took it); `false`: it must go through the AMQP process
-/// (the workers do not take replies, the link does not cover it, the table
-/// has no room for it, or it could not be published here: the AMQP process
-/// tries, and resumes it in the error route if it cannot either).
+/// (see the module's comment): `true` once it is written to the broker
+/// (without waiting for a confirm: the reply is one, and without a reply
+/// in time the query resumes in its error route), or when a worker took
+/// it already; `false`: it must go through the AMQP process (the workers
+/// do not take replies, the link does not cover it, the table has no room
+/// for it, or it could not be written here: the AMQP process tries, and
+/// resumes it in the error route if it cannot either).
 pub(crate) fn async_query(
     outgoing: &Outgoing,
     resumption: Resumption<'_>,
@@ -239,30 +241,24 @@ pub(crate) fn async_query(
         deadline_ms: async_queries::now_ms() + timeout.as_millis() as u64,
         timeout_ms: outgoing.timeout_ms,
     };
-    // The SIP worker waits for the confirm, never longer than for a publish.
+    // Connecting takes no longer than a publish may.
     let publish_wait = timeout.min(Duration::from_millis(
         config.params.amqp_publish_timeout.max(0) as u64,
     ));
     let published = with_publisher(outgoing, |publisher| {
-        // Put in before it is published: the reply may come before the confirm.
+        // Put in before it is published: the reply may come at once.
         let ticket = queries.insert(&waiting)?;
-        let how = PublishProperties {
-            headers: &outgoing.headers,
-            mandatory: false,
-            needs_replies: false,
-        };
         let exchange = String::from_utf8_lossy(&outgoing.exchange);
         let routing_key = String::from_utf8_lossy(&outgoing.routing_key);
         let server_id = payload::async_server_id(&config.node_hostname);
-        let published = publisher.publish(
-            None,
+        let sent = publisher.send_query(
             &exchange,
             &routing_key,
-            how,
-            |_, _| outgoing.payload.body(&server_id),
+            &outgoing.headers,
+            |_| outgoing.payload.body(&server_id),
             now + publish_wait,
         );
-        Some((ticket, published))
+        Some((ticket, sent))
     })
     .flatten();
     match published {

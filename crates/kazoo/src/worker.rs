@@ -107,7 +107,7 @@ pub(crate) fn run(worker: u32, socket: &str) -> ! {
                         );
                         break;
                     }
-                    if consumer.wait(link.as_fd(), wait_at_most()) {
+                    if consumer.wait(link.as_fd(), wait_at_most(worker)) {
                         link.next(Duration::from_millis(10))
                     } else {
                         Ok(None)
@@ -346,23 +346,26 @@ fn expire_queries() {
     }
 }
 
-/// How long a worker that consumes itself may wait: while asynchronous
-/// queries wait for their reply, until the next look for expired ones;
-/// else not so long that a first query's deadline would go by unnoticed.
-fn wait_at_most() -> Duration {
+/// How long a worker that consumes itself may wait. While asynchronous
+/// queries wait for their reply, worker 1 looks for expired ones every
+/// [`async_queries::SWEEP_EVERY_MS`] and the others (who look whenever
+/// they wake and it is due, so one busy with a long route is covered)
+/// every [`SWEEP_BACKUP`]: a query's error route runs a few milliseconds
+/// after its deadline, or at worst [`SWEEP_BACKUP`] after it (a query made
+/// while every worker waits, or while worker 1 runs a long route).
+fn wait_at_most(worker: u32) -> Duration {
     match crate::direct::async_queries() {
-        Some(queries) if queries.in_flight() > 0 => {
+        Some(queries) if worker == 1 && queries.in_flight() > 0 => {
             Duration::from_millis(async_queries::SWEEP_EVERY_MS)
         }
-        Some(_) => IDLE_WAIT_WITH_QUERIES,
+        Some(_) => SWEEP_BACKUP,
         None => Duration::from_secs(1),
     }
 }
 
-/// A worker's longest wait when it resumes asynchronous queries: a query
-/// made while every worker waits is looked at no later than this after its
-/// deadline.
-const IDLE_WAIT_WITH_QUERIES: Duration = Duration::from_millis(100);
+/// The longest wait of a worker when the workers resume asynchronous
+/// queries (see [`wait_at_most`]).
+const SWEEP_BACKUP: Duration = Duration::from_millis(100);
 
 /// Resumes a transaction suspended by `kazoo_async_query`, with `$kzR` set
 /// to the reply (or `$null`).

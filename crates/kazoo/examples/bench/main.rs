@@ -299,11 +299,16 @@ fn arg(name: &str, default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-/// This module's escape hatches to its previous paths: the parameter, and
-/// the load paths it changes (measured there only).
-const ESCAPE_HATCHES: [(&str, &[load::Path]); 2] = [
-    ("amqp_direct", &[load::Path::Publish, load::Path::Query]),
-    ("amqp_native_client", &[load::Path::AsyncQuery]),
+/// This module's escape hatches to its previous paths: the parameters set
+/// to 0 (each on top of the ones before it on the same path), and the load
+/// paths they change (measured there only).
+const ESCAPE_HATCHES: [(&[&str], &[load::Path]); 3] = [
+    (&["amqp_direct"], &[load::Path::Publish, load::Path::Query]),
+    (&["amqp_worker_replies"], &[load::Path::AsyncQuery]),
+    (
+        &["amqp_worker_replies", "amqp_native_client"],
+        &[load::Path::AsyncQuery],
+    ),
 ];
 
 /// The load part (see `load`): every path, this module (by default and
@@ -323,10 +328,15 @@ fn load_table(modules: &[(&str, String)]) {
         let global = global_part(module, 4);
         if *name == "rust" {
             variants.push((name.to_string(), global.clone(), None));
-            for (param, paths) in ESCAPE_HATCHES {
+            for (params, paths) in ESCAPE_HATCHES {
+                let label: Vec<String> = params.iter().map(|p| format!("{p} 0")).collect();
+                let set: String = params
+                    .iter()
+                    .map(|p| format!("\nmodparam(\"kazoo\", \"{p}\", 0)"))
+                    .collect();
                 variants.push((
-                    format!("{name}, {param} 0"),
-                    format!("{global}\nmodparam(\"kazoo\", \"{param}\", 0)"),
+                    format!("{name}, {}", label.join(", ")),
+                    format!("{global}{set}"),
                     Some(paths),
                 ));
             }

@@ -353,7 +353,8 @@ impl Link {
     }
 
     fn parse(&mut self) -> Result<(), ProtocolError> {
-        self.conn.receive(&mut self.input.unparsed, &mut self.events)?;
+        self.conn
+            .receive(&mut self.input.unparsed, &mut self.events)?;
         // Close-oks the broker's closes asked for; a failure shows on the
         // next read.
         let _ = self.flush();
@@ -507,8 +508,14 @@ impl Link {
             self.conn.open_channel(ASYNC_CHANNEL);
             self.async_open = true;
         }
-        self.conn
-            .publish(ASYNC_CHANNEL, exchange, routing_key, false, properties, body);
+        self.conn.publish(
+            ASYNC_CHANNEL,
+            exchange,
+            routing_key,
+            false,
+            properties,
+            body,
+        );
         match self.flush() {
             Ok(()) => Attempt::Confirmed,
             Err(e) => Attempt::Lost(io_text(&e)),

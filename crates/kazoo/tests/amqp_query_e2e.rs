@@ -460,10 +460,14 @@ fn consumer_workers_take_async_replies_and_resume_the_queries() {
     // workers' Server-ID; each of 8 consumer workers consumes the queue.
     let bed = Bed::start();
     let queue = async_queue(&bed);
-    bed.proxy.wait_consumed(&bed.probe, std::slice::from_ref(&queue));
+    bed.proxy
+        .wait_consumed(&bed.probe, std::slice::from_ref(&queue));
     let deadline = Instant::now() + Duration::from_secs(10);
     while bed.probe.queue_counts(&queue).unwrap().1 < 8 {
-        assert!(Instant::now() < deadline, "not every worker consumes {queue}");
+        assert!(
+            Instant::now() < deadline,
+            "not every worker consumes {queue}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(bed.probe.queue_counts(&queue).unwrap().1, 8);

@@ -3,7 +3,9 @@
 //! `read` in the SIP worker instead of a round trip through the AMQP
 //! process and its AMQP client's I/O thread; a `kazoo_query` is published
 //! there too and its reply read from the process's own reply queue
-//! ([`DirectPublisher::query`]).
+//! ([`DirectPublisher::query`]); a `kazoo_async_query` is only written
+//! there ([`DirectPublisher::send_query`]), for a consumer worker to take
+//! its reply.
 //!
 //! [`DirectPublisher::publish`] keeps the guarantees of the AMQP process's
 //! [`crate::broker::Brokers::publish_with`]: it returns `Ok` only for the

@@ -153,6 +153,9 @@ pub struct WorkerConsumer {
     options: WorkerConsumeOptions,
     /// Deliveries read and not taken yet (at most the prefetch per channel).
     ready: VecDeque<WorkerDelivery>,
+    /// Replies to asynchronous queries read and not taken yet: taken before
+    /// `ready` (a suspended transaction waits for them).
+    replies: VecDeque<WorkerDelivery>,
     /// (subscription index, broker id) that failed to be declared, and the
     /// changes not yet taken by [`take_reports`](Self::take_reports).
     failing: HashSet<(usize, u32)>,
@@ -319,6 +322,7 @@ impl WorkerConsumer {
             subscriptions,
             options,
             ready: VecDeque::new(),
+            replies: VecDeque::new(),
             failing: HashSet::new(),
             reports: Vec::new(),
         }
@@ -352,7 +356,10 @@ impl WorkerConsumer {
 
     /// The next delivery read, if any.
     pub fn take(&mut self) -> Option<WorkerDelivery> {
-        let delivery = self.ready.pop_front()?;
+        let delivery = match self.replies.pop_front() {
+            Some(reply) => reply,
+            None => self.ready.pop_front()?,
+        };
         self.options.counters.record_worker_consumed();
         self.options.per_subscription.record(delivery.subscription);
         Some(delivery)
@@ -360,7 +367,7 @@ impl WorkerConsumer {
 
     /// Whether a delivery was read and not taken.
     fn has_delivery(&self) -> bool {
-        !self.ready.is_empty()
+        !self.ready.is_empty() || !self.replies.is_empty()
     }
 
     /// The subscription a delivery came from.
@@ -427,6 +434,30 @@ impl WorkerConsumer {
             };
             if let Some(e) = failed {
                 self.down(i, &io_text(&e));
+            }
+        }
+    }
+
+    /// Reads, without waiting, what the connections have now: called every
+    /// few deliveries taken in a row, so that a reply to an asynchronous
+    /// query (taken first) does not wait behind the deliveries already read.
+    pub fn read_now(&mut self) {
+        let mut fds = Vec::new();
+        let mut polled = Vec::new();
+        for (i, target) in self.links.iter().enumerate() {
+            if let Some(live) = &target.live {
+                fds.push(PollFd::new(&live.stream, PollFlags::IN));
+                polled.push(i);
+            }
+        }
+        let readable: Vec<bool> = match rustix::event::poll(&mut fds, Some(&Timespec::default())) {
+            Ok(n) if n > 0 => fds.iter().map(|fd| !fd.revents().is_empty()).collect(),
+            _ => return,
+        };
+        drop(fds);
+        for (readable, i) in readable.into_iter().zip(polled) {
+            if readable {
+                self.receive(i);
             }
         }
     }
@@ -534,7 +565,12 @@ impl WorkerConsumer {
                         self.options.counters.record_worker_rejected();
                         continue;
                     }
-                    self.ready.push_back(WorkerDelivery {
+                    let queue = if subscription == ASYNC_REPLIES {
+                        &mut self.replies
+                    } else {
+                        &mut self.ready
+                    };
+                    queue.push_back(WorkerDelivery {
                         subscription,
                         broker_id: target.broker.id,
                         routing_key,
@@ -688,8 +724,10 @@ impl WorkerConsumer {
     fn down(&mut self, i: usize, reason: &str) {
         let target = &mut self.links[i];
         let was_up = target.live.take().is_some();
-        self.ready
-            .retain(|d| !(d.link == i && d.generation == target.generation));
+        let generation = target.generation;
+        let of_link = |d: &WorkerDelivery| d.link == i && d.generation == generation;
+        self.ready.retain(|d| !of_link(d));
+        self.replies.retain(|d| !of_link(d));
         if was_up || !target.logged_down {
             log::error!(
                 "broker {} ({}): consuming connection down: {reason}; retrying in {:?}",

@@ -15,16 +15,23 @@ use kamailio_test::{
     system_broker_url, system_queue_messages, system_rabbitmqctl, unique_name, AmqpProbe,
 };
 use kazoo_engine::counters::{ScriptCounters, SubscriptionCounters};
+use kazoo_engine::payload;
 use kazoo_engine::subscription::{self, Subscription};
 use kazoo_engine::worker_consume::{
-    consumed_in_workers, WorkerConsumeOptions, WorkerConsumer, WorkerDelivery,
+    async_replies, consumed_in_workers, WorkerConsumeOptions, WorkerConsumer, WorkerDelivery,
+    ASYNC_REPLIES,
 };
 
 fn consumer(name: &str, subscriptions: Vec<Subscription>) -> WorkerConsumer {
+    consumer_of(name, subscriptions.into_iter().enumerate().collect())
+}
+
+/// [`consumer`] of subscriptions with their index.
+fn consumer_of(name: &str, subscriptions: Vec<(usize, Subscription)>) -> WorkerConsumer {
     init_log();
     WorkerConsumer::new(
         &[broker(&system_broker_url(), 1, "local")],
-        subscriptions.into_iter().enumerate().collect(),
+        subscriptions,
         WorkerConsumeOptions {
             primary_zone: "local".into(),
             connect_timeout: Duration::from_millis(500),
@@ -228,4 +235,54 @@ fn a_connection_the_broker_closes_is_opened_again() {
     drop(worker);
     probe.delete_queue(&queue);
     probe.delete_exchange(&exchange);
+}
+
+#[test]
+fn a_reply_to_an_async_query_goes_ahead_of_the_events_read() {
+    // 16 events are read (the prefetch) before the reply is published;
+    // once the worker reads again (every few routes), the reply is taken
+    // next, ahead of the 12 events left.
+    let probe = AmqpProbe::connect(&system_broker_url()).unwrap();
+    let exchange = unique_name("wc-ex");
+    let queue = unique_name("wc-q");
+    let node = unique_name("wc-node");
+    let mut worker = consumer_of(
+        &unique_name("wc"),
+        vec![
+            (0, durable(&exchange, &queue)),
+            (ASYNC_REPLIES, async_replies(&node)),
+        ],
+    );
+    let (ipc, _peer) = UnixStream::pair().unwrap();
+    worker.wait(ipc.as_fd(), Duration::from_millis(10));
+    let replies = payload::async_server_id(&node);
+    assert_eq!(counts(&probe, &replies).1, 1, "the reply queue is consumed");
+    for n in 0..40 {
+        probe
+            .publish(&exchange, &format!("ev.{n}"), br#"{"E":1}"#)
+            .unwrap();
+    }
+    let first = take(&mut worker, 4);
+    assert!(first.iter().all(|d| d.subscription == 0));
+    probe
+        .publish(payload::TARGETED_EXCHANGE, &replies, br#"{"Msg-ID":"m"}"#)
+        .unwrap();
+    // Not read yet: the events read before come first.
+    let next = worker.take().unwrap();
+    assert_eq!(next.subscription, 0);
+    wait_until("the reply sent to the worker", || {
+        messages(&replies) == (0, 1)
+    });
+    worker.read_now();
+    let reply = worker.take().unwrap();
+    assert_eq!(reply.subscription, ASYNC_REPLIES, "{reply:?}");
+    assert_eq!(reply.body, br#"{"Msg-ID":"m"}"#);
+    worker.settle(&reply);
+    for delivery in first.iter().chain([&next]) {
+        worker.settle(delivery);
+    }
+    // The events left are still there, after it.
+    let rest = take(&mut worker, 11);
+    assert!(rest.iter().all(|d| d.subscription == 0));
+    probe.delete_queue(&queue);
 }

@@ -41,6 +41,7 @@ pub(crate) fn run(config: &'static Config, listener: UnixListener) -> ! {
         startup_publishes: crate::startup::take_startup_publishes(),
         script_counters: crate::direct::counters(),
         subscription_counters: crate::direct::subscription_counters(),
+        async_queries: crate::direct::async_queries(),
         await_startup: p
             .event_callback
             .is_some()

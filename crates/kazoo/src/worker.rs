@@ -6,6 +6,13 @@
 //! transactions of asynchronous queries. Reports are cumulative, every
 //! `ipc::REPORT_EVERY` deliveries and whenever no more work is read.
 //!
+//! With `amqp_worker_consume` and `amqp_worker_replies` the worker also
+//! consumes from the brokers itself (`kazoo_engine::worker_consume`): the
+//! subscriptions any worker may take, and the queue of asynchronous
+//! queries' replies, whose queries it takes from the shared table
+//! (`kazoo_engine::async_queries`) to resume them; it also resumes, in
+//! their error route, the queries past their deadline.
+//!
 //! The route is the first of the C module's five candidate names that the
 //! configuration defines (`kazoo_engine::routes`); with `event_callback` set,
 //! the KEMI function gets every delivery as `kazoo:consumer-event`.
@@ -75,6 +82,10 @@ pub(crate) fn run(worker: u32, socket: &str) -> ! {
                 if let Some(consumer) = consumer.as_mut() {
                     if let Some(delivery) = consumer.take() {
                         own_streak += 1;
+                        // A reply to an asynchronous query goes first, once read.
+                        if own_streak % ipc::REPORT_EVERY == 0 {
+                            consumer.read_now();
+                        }
                         kamailio::process::refresh_config();
                         // The route is guarded on its own (a panic there
                         // still acks, as a route that ran); this guards the

@@ -40,6 +40,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::async_queries::AsyncQueries;
 use crate::broker::{
     Acker, BrokerOptions, Brokers, Event, PublishError, PublishProperties, Role, Source,
 };
@@ -87,6 +88,9 @@ pub struct ServiceConfig {
     pub script_counters: ScriptCounters,
     /// What the consumer workers consumed themselves, per subscription.
     pub subscription_counters: SubscriptionCounters,
+    /// The asynchronous queries the consumer workers resume themselves
+    /// (`amqp_worker_replies`), for the status.
+    pub async_queries: Option<AsyncQueries>,
     /// Wait for worker 1's [`Request::StartupDone`] (the KEMI `kazoo:mod-init`
     /// runs there) before connecting, at most this long.
     pub await_startup: Option<Duration>,
@@ -142,6 +146,7 @@ async fn serve(
         counters: Counters::default(),
         script_counters: config.script_counters,
         subscription_counters: config.subscription_counters,
+        async_queries: config.async_queries,
         brokers_state: Mutex::new(
             config
                 .brokers
@@ -253,6 +258,7 @@ struct Shared {
     counters: Counters,
     script_counters: ScriptCounters,
     subscription_counters: SubscriptionCounters,
+    async_queries: Option<AsyncQueries>,
     /// Each broker's connections, for the zone events and the status.
     brokers_state: Mutex<Vec<BrokerState>>,
     /// By subscription index: the brokers where it cannot be consumed, and

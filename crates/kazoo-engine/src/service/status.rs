@@ -17,6 +17,9 @@ pub struct Stats {
     /// Asynchronous queries resumed with a reply, and without one.
     pub async_answered: u64,
     pub async_not_answered: u64,
+    /// Asynchronous queries waiting for the reply a consumer worker takes
+    /// (`amqp_worker_replies`).
+    pub async_waiting: u64,
     /// Consumed messages handed to workers, dropped as unreadable, and
     /// replies nobody waited for (delivered as events).
     pub delivered: u64,
@@ -146,6 +149,7 @@ impl Shared {
             async_answered: count(&c.async_answered) + self.script_counters.async_answered(),
             async_not_answered: count(&c.async_not_answered)
                 + self.script_counters.async_not_answered(),
+            async_waiting: self.async_queries.map_or(0, |q| q.in_flight()),
             delivered: count(&c.delivered),
             dropped: count(&c.dropped),
             unmatched_replies: count(&c.unmatched_replies),
@@ -250,6 +254,7 @@ impl Shared {
                 object(vec![
                     ("answered", Value::UInt(stats.async_answered)),
                     ("not_answered", Value::UInt(stats.async_not_answered)),
+                    ("waiting", Value::UInt(stats.async_waiting)),
                 ]),
             ),
             (

@@ -1,6 +1,9 @@
 //! The fault suite: Kamailio with this module and a private RabbitMQ node
-//! under steady SIP load (publishes and queries from several threads), with
-//! one fault injected at a time; or a soak run of mixed traffic.
+//! under steady SIP load (publishes and queries, synchronous and
+//! asynchronous in turn, from several threads), with one fault injected at
+//! a time; or a soak run of mixed traffic. An asynchronous query counts as
+//! a query: answered when resumed in its `ok` route, failed when resumed in
+//! its error route, unanswered when its transaction never got a reply.
 //!
 //! ```text
 //! scripts/faults                    # every fault, 15 s each
@@ -93,8 +96,28 @@ event_route[kazoo:consumer-event]
     }
 }
 
+onreply_route[FAULTS_ASYNC_OK]
+{
+    append_to_reply("X-RC: 1\r\n");
+    t_reply("200", "OK");
+}
+
+failure_route[FAULTS_ASYNC_ERR]
+{
+    append_to_reply("X-RC: -1\r\n");
+    t_reply("200", "OK");
+}
+
 request_route {
     if (is_method("OPTIONS")) { sl_send_reply("200", "OK"); exit; }
+    if ($rU == "async") {
+        $var(kz_timeout) = @TIMEOUT@;
+        kazoo_async_query("amq.topic", "faultsq.@RUN@.$hdr(X-Seq)", "{'Event-Category':'faults','Event-Name':'async','Seq':'$hdr(X-Seq)'}", "FAULTS_ASYNC_OK", "FAULTS_ASYNC_ERR");
+        # Only reached when nothing was suspended.
+        append_to_reply("X-RC: -1\r\n");
+        sl_send_reply("200", "OK");
+        exit;
+    }
     if ($rU == "query") {
         $var(kz_timeout) = @TIMEOUT@;
         kazoo_query("amq.topic", "faultsq.@RUN@.$hdr(X-Seq)", "{'Event-Category':'faults','Event-Name':'query','Seq':'$hdr(X-Seq)'}");
@@ -275,10 +298,15 @@ fn load_thread(port: u16, query: bool, interval: Duration, live: &Live) -> Vec<S
     let Ok(client) = SipClient::new() else {
         return Vec::new();
     };
-    let user = if query { "query" } else { "publish" };
     let mut samples = Vec::new();
     while live.running() {
         let seq = live.seq.fetch_add(1, Ordering::SeqCst);
+        // The querying thread takes turns: synchronous, then asynchronous.
+        let user = match (query, seq % 2) {
+            (false, _) => "publish",
+            (true, 0) => "query",
+            (true, _) => "async",
+        };
         let seq_text = seq.to_string();
         let started = Instant::now();
         let reply = client.send_request(

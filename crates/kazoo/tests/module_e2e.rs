@@ -66,6 +66,7 @@ modparam("kazoo", "amqp_consumer_prefetch", 32)
 modparam("kazoo", "amqp_direct", 1)
 modparam("kazoo", "amqp_native_client", 1)
 modparam("kazoo", "amqp_worker_consume", 1)
+modparam("kazoo", "amqp_worker_replies", 1)
 "#;
 
 /// Every function with every argument count, the pseudo-variables, the

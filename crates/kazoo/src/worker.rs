@@ -27,7 +27,7 @@ use kazoo_engine::async_queries;
 use kazoo_engine::config::Config;
 use kazoo_engine::counters::QueryOutcome;
 use kazoo_engine::ipc::{self, Delivery, IpcError, Request, Resume, Work, WorkerLink};
-use kazoo_engine::payload;
+use kazoo_engine::payload::{self, Annotated};
 use kazoo_engine::routes;
 use kazoo_engine::subscription::AckMode;
 use kazoo_engine::worker_consume::{self, WorkerConsumeOptions, WorkerConsumer, WorkerDelivery};
@@ -242,24 +242,10 @@ fn consumed(consumer: &mut WorkerConsumer, mut delivery: WorkerDelivery) {
     };
     let after_route = sub.ack_mode() == AckMode::AfterRoute;
     let (event_key, event_subkey) = (sub.event_key.clone(), sub.event_subkey.clone());
-    let received = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let zone = &config().params.amqp_primary_zone;
-    let annotated =
-        match payload::annotate_consumed(&delivery.body, zone, received, delivery.broker_id) {
-            Ok(annotated) => annotated,
-            Err(e) => {
-                kamailio::error!(
-                    "dropping a message from broker {} (routing key {:?}): {e} (rejected, not \
-                 requeued)",
-                    delivery.broker_id,
-                    delivery.routing_key
-                );
-                consumer.reject(&delivery);
-                return;
-            }
-        };
+    let Some(annotated) = annotated(&delivery, "a message", " (rejected, not requeued)") else {
+        consumer.reject(&delivery);
+        return;
+    };
     if !after_route {
         consumer.settle(&delivery);
     }
@@ -277,27 +263,33 @@ fn consumed(consumer: &mut WorkerConsumer, mut delivery: WorkerDelivery) {
     }
 }
 
+/// `delivery`'s payload annotated as the AMQP process annotates what it
+/// consumes; `None` (logged, naming `what`, then `outcome`) when it is not
+/// a JSON object.
+fn annotated(delivery: &WorkerDelivery, what: &str, outcome: &str) -> Option<Annotated> {
+    let received = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let zone = &config().params.amqp_primary_zone;
+    payload::annotate_consumed(&delivery.body, zone, received, delivery.broker_id)
+        .map_err(|e| {
+            kamailio::error!(
+                "dropping {what} from broker {} (routing key {:?}): {e}{outcome}",
+                delivery.broker_id,
+                delivery.routing_key
+            )
+        })
+        .ok()
+}
+
 /// A reply on the queue of asynchronous queries' replies: resumes the query
 /// waiting for it; one nobody waits for (late, duplicate, unknown
 /// `Msg-ID`) runs the event routes, as the C module runs such replies.
 fn async_reply(consumer: &mut WorkerConsumer, mut delivery: WorkerDelivery) {
     consumer.settle(&delivery);
-    let received = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let zone = &config().params.amqp_primary_zone;
-    let annotated =
-        match payload::annotate_consumed(&delivery.body, zone, received, delivery.broker_id) {
-            Ok(annotated) => annotated,
-            Err(e) => {
-                kamailio::error!(
-                    "dropping a reply from broker {} (routing key {:?}): {e}",
-                    delivery.broker_id,
-                    delivery.routing_key
-                );
-                return;
-            }
-        };
+    let Some(annotated) = annotated(&delivery, "a reply", "") else {
+        return;
+    };
     let waiting = match (crate::direct::async_queries(), annotated.msg_id.as_deref()) {
         (Some(queries), Some(msg_id)) => queries.take_reply(msg_id),
         _ => None,

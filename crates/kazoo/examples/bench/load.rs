@@ -32,17 +32,27 @@ const SIP_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) enum Path {
     /// The SIP request and its reply alone: what every other path includes.
     Nothing,
+    /// The request answered statefully (a tm transaction, no operation):
+    /// what an asynchronous query pays tm at least, with either module.
+    Stateful,
     Publish,
     Query,
     AsyncQuery,
 }
 
 impl Path {
-    pub(crate) const ALL: [Path; 4] = [Path::Nothing, Path::Publish, Path::Query, Path::AsyncQuery];
+    pub(crate) const ALL: [Path; 5] = [
+        Path::Nothing,
+        Path::Stateful,
+        Path::Publish,
+        Path::Query,
+        Path::AsyncQuery,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Path::Nothing => "SIP only (no operation)",
+            Path::Stateful => "SIP in a tm transaction (no operation)",
             Path::Publish => "kazoo_publish",
             Path::Query => "kazoo_query",
             Path::AsyncQuery => "kazoo_async_query",
@@ -53,6 +63,7 @@ impl Path {
     pub(crate) fn user(self) -> &'static str {
         match self {
             Path::Nothing => "nothing",
+            Path::Stateful => "stateful",
             Path::Publish => "publish",
             Path::Query => "query",
             Path::AsyncQuery => "async",
@@ -97,6 +108,10 @@ request_route {{
     }} else if ($rU == "query") {{
         kazoo_query("amq.topic", "benchq.{run}.query", "$var(p)");
         $var(rc) = $rc;
+    }} else if ($rU == "stateful") {{
+        t_newtran();
+        t_reply("200", "OK");
+        exit;
     }} else if ($rU == "async") {{
         kazoo_async_query("amq.topic", "benchq.{run}.async", "$var(p)", "KZ_OK", "KZ_ERR");
         sl_send_reply("500", "Not suspended");

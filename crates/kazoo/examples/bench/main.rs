@@ -344,7 +344,8 @@ fn load_table(modules: &[(&str, String)]) {
             variants.push((name.to_string(), global, None));
         }
     }
-    // `--paths publish,query`: only these (nothing, publish, query, async).
+    // `--paths publish,query`: only these (nothing, stateful, publish, query,
+    // async).
     let only: Option<String> = std::env::args().skip_while(|a| a != "--paths").nth(1);
     let span = Duration::from_secs(seconds.into());
     for (title, pace) in [

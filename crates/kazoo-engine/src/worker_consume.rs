@@ -44,7 +44,7 @@ use crate::config::{Broker, Scheme};
 use crate::counters::{ScriptCounters, SubscriptionCounters};
 use crate::direct::{connect_tcp, io_text, timed_out, Input};
 use crate::payload;
-use crate::subscription::{ExchangeFlags, QueueFlags, Subscription};
+use crate::subscription::{self, Subscription, SubscriptionError};
 
 /// A subscription's declaration may take this long.
 const DECLARE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -71,29 +71,15 @@ pub const ASYNC_REPLIES: usize = usize::MAX;
 /// (`amqp_worker_replies`), on every primary-zone broker: named and bound
 /// to `targeted` by [`payload::async_server_id`], shared by the workers;
 /// durable (a transient queue that is not exclusive is deprecated in
-/// RabbitMQ 4) and deleted with its last consumer.
-pub fn async_replies(node_hostname: &str) -> Subscription {
+/// RabbitMQ 4) and deleted with its last consumer. `Err` when the node's
+/// name makes it longer than AMQP allows.
+pub fn async_replies(node_hostname: &str) -> Result<Subscription, SubscriptionError> {
     let name = payload::async_server_id(node_hostname);
-    Subscription {
-        exchange: payload::TARGETED_EXCHANGE.into(),
-        exchange_type: "direct".into(),
-        exchange_flags: ExchangeFlags::default(),
-        queue: name.clone(),
-        queue_flags: QueueFlags {
-            durable: true,
-            ..QueueFlags::default()
-        },
-        routing: vec![name],
-        exchange_bindings: Vec::new(),
-        no_ack: false,
-        wait_for_consumer_ack: false,
-        event_key: None,
-        event_subkey: None,
-        federate: false,
-        consistent_worker: false,
-        consistent_worker_key: None,
-        name: None,
-    }
+    let mut sub = subscription::simple(payload::TARGETED_EXCHANGE, "direct", &name, &name)?;
+    sub.queue_flags.durable = true;
+    sub.no_ack = false;
+    sub.wait_for_consumer_ack = false;
+    Ok(sub)
 }
 
 /// How logs name subscription `index` (of the module's list, from 0).

@@ -250,7 +250,7 @@ fn a_reply_to_an_async_query_goes_ahead_of_the_events_read() {
         &unique_name("wc"),
         vec![
             (0, durable(&exchange, &queue)),
-            (ASYNC_REPLIES, async_replies(&node)),
+            (ASYNC_REPLIES, async_replies(&node).unwrap()),
         ],
     );
     let (ipc, _peer) = UnixStream::pair().unwrap();

@@ -60,14 +60,16 @@ pub(crate) fn init_shared(config: &Config) -> Result<(), String> {
 }
 
 /// Whether the consumer workers take the replies of asynchronous queries
-/// published here (`amqp_worker_replies`): with the direct links, and when
+/// published here (`amqp_worker_replies`): with the direct links, when
 /// the workers can consume from every primary-zone broker (plain
-/// `amqp://`).
+/// `amqp://`), and when the node's name leaves their queue's name within
+/// AMQP's 255 bytes.
 pub(crate) fn worker_replies(config: &Config) -> bool {
     let p = &config.params;
     p.amqp_worker_replies
         && p.amqp_direct
         && worker_consume::brokers_allow(&p.brokers, &p.amqp_primary_zone)
+        && worker_consume::async_replies(&config.node_hostname).is_ok()
 }
 
 /// The table of asynchronous queries the workers resume, when they do.

@@ -189,10 +189,11 @@ fn own_consumer(worker: u32) -> Option<WorkerConsumer> {
         Vec::new()
     };
     if crate::direct::async_queries().is_some() {
-        subscriptions.push((
-            worker_consume::ASYNC_REPLIES,
-            worker_consume::async_replies(&config.node_hostname),
-        ));
+        match worker_consume::async_replies(&config.node_hostname) {
+            Ok(replies) => subscriptions.push((worker_consume::ASYNC_REPLIES, replies)),
+            // Checked in mod_init (`direct::worker_replies`): cannot happen.
+            Err(e) => kamailio::error!("kazoo worker {worker}: no reply queue: {e}"),
+        }
     }
     if subscriptions.is_empty() {
         return None;

@@ -125,7 +125,7 @@ pub(crate) fn run(worker: u32, socket: &str) -> ! {
                     }
                 }
                 _ if ipc_first => link.next(Duration::from_millis(10)),
-                _ => link.next(Duration::from_secs(1)),
+                _ => link.next(IDLE_WAIT),
             };
             // Runtime cfg changes apply from the next route on.
             kamailio::process::refresh_config();
@@ -354,22 +354,27 @@ fn expire_queries() {
 /// queries wait for their reply, worker 1 looks for expired ones every
 /// [`async_queries::SWEEP_EVERY_MS`] and the others (who look whenever
 /// they wake and it is due, so one busy with a long route is covered)
-/// every [`SWEEP_BACKUP`]: a query's error route runs a few milliseconds
-/// after its deadline, or at worst [`SWEEP_BACKUP`] after it (a query made
-/// while every worker waits, or while worker 1 runs a long route).
+/// every [`SWEEP_BACKUP`]; while none waits, worker 1 wakes every
+/// [`SWEEP_BACKUP`] to notice the first, the others every second. A
+/// query's error route runs a few milliseconds after its deadline, or at
+/// worst [`SWEEP_BACKUP`] after it (a query made while every worker
+/// waits, or while worker 1 runs a long route).
 fn wait_at_most(worker: u32) -> Duration {
-    match crate::direct::async_queries() {
-        Some(queries) if worker == 1 && queries.in_flight() > 0 => {
-            Duration::from_millis(async_queries::SWEEP_EVERY_MS)
-        }
-        Some(_) => SWEEP_BACKUP,
-        None => Duration::from_secs(1),
+    let waiting = match crate::direct::async_queries() {
+        Some(queries) => queries.in_flight() > 0,
+        None => return IDLE_WAIT,
+    };
+    match (worker == 1, waiting) {
+        (true, true) => Duration::from_millis(async_queries::SWEEP_EVERY_MS),
+        (true, false) | (false, true) => SWEEP_BACKUP,
+        (false, false) => IDLE_WAIT,
     }
 }
 
-/// The longest wait of a worker when the workers resume asynchronous
-/// queries (see [`wait_at_most`]).
+/// See [`wait_at_most`].
 const SWEEP_BACKUP: Duration = Duration::from_millis(100);
+/// The longest wait of a worker with nothing to look for.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// Resumes a transaction suspended by `kazoo_async_query`, with `$kzR` set
 /// to the reply (or `$null`).

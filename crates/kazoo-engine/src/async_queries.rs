@@ -100,16 +100,6 @@ impl AsyncQueries {
         AsyncQueries { words }
     }
 
-    /// A table of this process only (tests).
-    pub fn private() -> AsyncQueries {
-        let words: Vec<AtomicU64> = (0..WORDS).map(|_| AtomicU64::new(0)).collect();
-        let words: Box<[AtomicU64; WORDS]> = match words.into_boxed_slice().try_into() {
-            Ok(words) => words,
-            Err(_) => unreachable!("the vector has WORDS elements"),
-        };
-        AsyncQueries::new(Box::leak(words))
-    }
-
     fn word(&self, slot: usize, word: usize) -> &AtomicU64 {
         &self.words[HEADER_WORDS + slot * SLOT_WORDS + word]
     }
@@ -293,6 +283,15 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl AsyncQueries {
+        /// A table of this process only.
+        fn private() -> AsyncQueries {
+            let words: Vec<AtomicU64> = (0..WORDS).map(|_| AtomicU64::new(0)).collect();
+            let words: Box<[AtomicU64; WORDS]> = words.into_boxed_slice().try_into().unwrap();
+            AsyncQueries::new(Box::leak(words))
+        }
+    }
 
     fn query(msg_id: &str, deadline_ms: u64) -> Waiting<'_> {
         Waiting {

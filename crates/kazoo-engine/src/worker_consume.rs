@@ -342,10 +342,11 @@ impl WorkerConsumer {
 
     /// The next delivery read, if any.
     pub fn take(&mut self) -> Option<WorkerDelivery> {
-        let delivery = match self.replies.pop_front() {
-            Some(reply) => reply,
-            None => self.ready.pop_front()?,
-        };
+        if let Some(reply) = self.replies.pop_front() {
+            // Not an event: resumes a query (counted as answered).
+            return Some(reply);
+        }
+        let delivery = self.ready.pop_front()?;
         self.options.counters.record_worker_consumed();
         self.options.per_subscription.record(delivery.subscription);
         Some(delivery)
@@ -428,24 +429,7 @@ impl WorkerConsumer {
     /// few deliveries taken in a row, so that a reply to an asynchronous
     /// query (taken first) does not wait behind the deliveries already read.
     pub fn read_now(&mut self) {
-        let mut fds = Vec::new();
-        let mut polled = Vec::new();
-        for (i, target) in self.links.iter().enumerate() {
-            if let Some(live) = &target.live {
-                fds.push(PollFd::new(&live.stream, PollFlags::IN));
-                polled.push(i);
-            }
-        }
-        let readable: Vec<bool> = match rustix::event::poll(&mut fds, Some(&Timespec::default())) {
-            Ok(n) if n > 0 => fds.iter().map(|fd| !fd.revents().is_empty()).collect(),
-            _ => return,
-        };
-        drop(fds);
-        for (readable, i) in readable.into_iter().zip(polled) {
-            if readable {
-                self.receive(i);
-            }
-        }
+        self.poll_and_receive(None, Duration::ZERO);
     }
 
     /// Connects what is due, keeps the heartbeats, then waits until `ipc`
@@ -471,7 +455,18 @@ impl WorkerConsumer {
                 }
             }
         }
-        let mut fds = vec![PollFd::from_borrowed_fd(ipc, PollFlags::IN)];
+        self.poll_and_receive(Some(ipc), until.saturating_duration_since(now))
+    }
+
+    /// Polls the open connections (and `ipc`, when given) for at most
+    /// `timeout` and reads what the readable connections have. `true`:
+    /// `ipc` is readable (or closed).
+    fn poll_and_receive(&mut self, ipc: Option<BorrowedFd<'_>>, timeout: Duration) -> bool {
+        let mut fds: Vec<PollFd<'_>> = ipc
+            .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
+            .into_iter()
+            .collect();
+        let first_link = fds.len();
         let mut polled = Vec::new();
         for (i, target) in self.links.iter().enumerate() {
             if let Some(live) = &target.live {
@@ -479,21 +474,20 @@ impl WorkerConsumer {
                 polled.push(i);
             }
         }
-        let left = until.saturating_duration_since(now);
-        // A timeout that does not fit a timespec cannot happen (at most `timeout`).
-        let timespec = Timespec::try_from(left).unwrap_or_default();
+        // A timeout that does not fit a timespec cannot happen (at most the caller's).
+        let timespec = Timespec::try_from(timeout).unwrap_or_default();
         let ready: Vec<bool> = match rustix::event::poll(&mut fds, Some(&timespec)) {
             Ok(_) => fds.iter().map(|fd| !fd.revents().is_empty()).collect(),
             // A signal: the caller comes back.
             Err(_) => vec![false; fds.len()],
         };
         drop(fds);
-        for (readable, i) in ready.iter().skip(1).zip(polled) {
+        for (readable, i) in ready[first_link..].iter().zip(polled) {
             if *readable {
                 self.receive(i);
             }
         }
-        ready[0]
+        first_link > 0 && ready[0]
     }
 
     /// Reads what connection `i` has (it polled readable) and handles it.

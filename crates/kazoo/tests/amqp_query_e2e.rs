@@ -504,8 +504,11 @@ fn consumer_workers_take_async_replies_and_resume_the_queries() {
     assert_eq!(status["async_query"]["not_answered"], 1, "{status}");
     assert_eq!(status["query"]["answered"], 20, "{status}");
     assert_eq!(status["query"]["timed_out"], 1, "{status}");
-    // None went through the AMQP process's reply queues.
+    // None went through the AMQP process's reply queues, and replies are
+    // not counted as consumed events.
     assert_eq!(status["query"]["pending"], 0, "{status}");
+    assert_eq!(status["consumed"]["by_workers"], 0, "{status}");
+    assert_eq!(status["consumed"]["delivered"], 0, "{status}");
     bed.proxy.assert_alive();
 }
 

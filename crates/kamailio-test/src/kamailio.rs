@@ -2,6 +2,7 @@
 //! and readiness, log access, shutdown, `kamailio -c`, and locating the built
 //! kazoo module.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -233,6 +234,34 @@ impl Kamailio {
                 .args(args),
             KAMCMD_TIMEOUT,
         )
+    }
+
+    /// Shared memory in use, kB (`kamcmd core.shmmem`, `real_used`; the
+    /// config must load `ctl` as for [`Kamailio::kamcmd`]).
+    pub fn shm_used_kb(&self) -> Option<u64> {
+        let out = self.kamcmd(&["core.shmmem"]).ok()?;
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("real_used:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|bytes| bytes / 1024)
+    }
+
+    /// Every Kamailio process's description by pid (`kamcmd core.psx`:
+    /// `PID:` then `DSC:` lines); empty if the command failed.
+    pub fn process_labels(&self) -> HashMap<u32, String> {
+        let mut labels = HashMap::new();
+        let Ok(psx) = self.kamcmd(&["core.psx"]) else {
+            return labels;
+        };
+        let mut pid = None;
+        for line in psx.lines().map(str::trim) {
+            if let Some(value) = line.strip_prefix("PID:") {
+                pid = value.trim().parse().ok();
+            } else if let (Some(value), Some(p)) = (line.strip_prefix("DSC:"), pid.take()) {
+                labels.insert(p, value.trim().to_owned());
+            }
+        }
+        labels
     }
 
     fn wait_ready(&self, timeout: Duration) -> Result<(), HarnessError> {

@@ -15,6 +15,11 @@
 //! query that does not fit (the table is full, or a name is longer than a
 //! slot holds) is left to the AMQP process, which has no such limit.
 //!
+//! A query's slot is the first free one from where its `Msg-ID`'s hash
+//! points; the table remembers the farthest any query went from there, so
+//! that looking a `Msg-ID` up (a reply, or a query whose `Msg-ID` already
+//! waits, which is refused) reads only that far, not the whole table.
+//!
 //! Deadlines are on the system's monotonic clock ([`now_ms`]), which every
 //! process reads alike.
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,10 +30,12 @@ pub const CAPACITY: usize = 2048;
 pub const NAME_BYTES: usize = 64;
 const NAME_WORDS: usize = NAME_BYTES / 8;
 
-/// Words of the table's header: queries waiting, the next sweep's time.
-const HEADER_WORDS: usize = 2;
+/// Words of the table's header: queries waiting, the next sweep's time,
+/// the farthest a query's slot was from where its hash points.
+const HEADER_WORDS: usize = 3;
 const IN_FLIGHT: usize = 0;
 const NEXT_SWEEP: usize = 1;
+const FARTHEST: usize = 2;
 
 /// A slot's words.
 const STATE: usize = 0;
@@ -81,6 +88,16 @@ pub struct Taken {
     pub timeout_ms: u32,
 }
 
+/// Why [`AsyncQueries::insert`] did not take a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotInserted {
+    /// Every slot is taken, or a name is longer than [`NAME_BYTES`].
+    DoesNotFit,
+    /// A query with the same `Msg-ID` waits: its reply could not tell them
+    /// apart.
+    Duplicate,
+}
+
 /// Where [`AsyncQueries::insert`] put a query, to take it back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ticket {
@@ -109,14 +126,28 @@ impl AsyncQueries {
         self.words[IN_FLIGHT].load(Ordering::Relaxed)
     }
 
-    /// Puts `query` in a free slot; `None` when it does not fit (every slot
-    /// is taken, or a name is longer than [`NAME_BYTES`]).
-    pub fn insert(&self, query: &Waiting<'_>) -> Option<Ticket> {
+    /// The slots a `Msg-ID` whose hash is `hash` may be in, nearest first.
+    fn probe(&self, hash: u64) -> impl Iterator<Item = usize> {
+        let start = (hash % CAPACITY as u64) as usize;
+        let farthest = (self.words[FARTHEST].load(Ordering::SeqCst) as usize).min(CAPACITY - 1);
+        (0..=farthest).map(move |n| (start + n) % CAPACITY)
+    }
+
+    /// Puts `query` in a free slot, unless it does not fit or a query with
+    /// its `Msg-ID` already waits (two processes putting in the same
+    /// `Msg-ID` at the same moment may both get in).
+    pub fn insert(&self, query: &Waiting<'_>) -> Result<Ticket, NotInserted> {
         let names = [query.msg_id, query.ok_route, query.err_route];
         if names.iter().any(|name| name.len() > NAME_BYTES) {
-            return None;
+            return Err(NotInserted::DoesNotFit);
         }
         let hash = hash(query.msg_id);
+        if self
+            .probe(hash)
+            .any(|slot| self.holds(slot, hash, query.msg_id))
+        {
+            return Err(NotInserted::Duplicate);
+        }
         let start = (hash % CAPACITY as u64) as usize;
         for n in 0..CAPACITY {
             let slot = (start + n) % CAPACITY;
@@ -148,14 +179,32 @@ impl AsyncQueries {
                 self.write_name(slot, at, name.as_bytes());
             }
             self.words[IN_FLIGHT].fetch_add(1, Ordering::Relaxed);
+            // Before the query shows as waiting: a lookup that sees it
+            // also reads this far.
+            self.words[FARTHEST].fetch_max(n as u64, Ordering::SeqCst);
             let waiting = (filling & !STATE_BITS) | WAITING;
             state.store(waiting, Ordering::Release);
-            return Some(Ticket {
+            return Ok(Ticket {
                 slot,
                 word: waiting,
             });
         }
-        None
+        Err(NotInserted::DoesNotFit)
+    }
+
+    /// Whether `slot` holds a waiting query for `msg_id` (whose hash is
+    /// `hash`), read without taking it.
+    fn holds(&self, slot: usize, hash: u64, msg_id: &str) -> bool {
+        let state = self.word(slot, STATE);
+        let current = state.load(Ordering::Acquire);
+        if current & STATE_BITS != WAITING || self.word(slot, HASH).load(Ordering::Relaxed) != hash
+        {
+            return false;
+        }
+        let length = (self.word(slot, LENGTHS).load(Ordering::Relaxed) >> 16 & 0xff) as usize;
+        let same = length == msg_id.len() && self.read_name(slot, MSG_ID, length) == msg_id;
+        // Read while it waited, not while another query filled the slot.
+        same && state.load(Ordering::Acquire) == current
     }
 
     /// Takes back the query `ticket` put in (its publish failed): `false`
@@ -167,9 +216,7 @@ impl AsyncQueries {
     /// Takes the query whose `Msg-ID` is `msg_id`, if one waits.
     pub fn take_reply(&self, msg_id: &str) -> Option<Taken> {
         let hash = hash(msg_id);
-        let start = (hash % CAPACITY as u64) as usize;
-        for n in 0..CAPACITY {
-            let slot = (start + n) % CAPACITY;
+        for slot in self.probe(hash) {
             let current = self.word(slot, STATE).load(Ordering::Acquire);
             if current & STATE_BITS != WAITING
                 || self.word(slot, HASH).load(Ordering::Relaxed) != hash
@@ -363,18 +410,53 @@ mod tests {
     fn what_does_not_fit_is_refused() {
         let table = AsyncQueries::private();
         let long = "x".repeat(NAME_BYTES + 1);
-        assert_eq!(table.insert(&query(&long, 1)), None);
+        assert_eq!(table.insert(&query(&long, 1)), Err(NotInserted::DoesNotFit));
         let names: Vec<String> = (0..CAPACITY).map(|i| format!("q{i}")).collect();
         for name in &names {
-            assert!(table.insert(&query(name, 1)).is_some());
+            assert!(table.insert(&query(name, 1)).is_ok());
         }
-        assert_eq!(table.insert(&query("one more", 1)), None);
+        assert_eq!(
+            table.insert(&query("one more", 1)),
+            Err(NotInserted::DoesNotFit)
+        );
         assert_eq!(table.in_flight(), CAPACITY as u64);
         // Longest names round-trip whole.
         let full = "m".repeat(NAME_BYTES);
         assert_eq!(table.take_reply("q5").unwrap().msg_id, "q5");
         table.insert(&query(&full, 1)).unwrap();
         assert_eq!(table.take_reply(&full).unwrap().msg_id, full);
+    }
+
+    #[test]
+    fn a_msg_id_that_already_waits_is_refused_until_its_query_is_taken() {
+        let table = AsyncQueries::private();
+        table.insert(&query("a", 100)).unwrap();
+        assert_eq!(table.insert(&query("a", 200)), Err(NotInserted::Duplicate));
+        assert_eq!(table.in_flight(), 1);
+        table.take_reply("a").unwrap();
+        table.insert(&query("a", 200)).unwrap();
+    }
+
+    #[test]
+    fn queries_placed_far_from_their_hash_are_found() {
+        // Nearly full: many queries sit far from where their hash points.
+        let table = AsyncQueries::private();
+        let names: Vec<String> = (0..CAPACITY - 8).map(|i| format!("far{i}")).collect();
+        for name in &names {
+            table.insert(&query(name, 1)).unwrap();
+        }
+        assert!(table.words[FARTHEST].load(Ordering::Relaxed) > 8);
+        for name in &names {
+            assert_eq!(
+                table.insert(&query(name, 1)),
+                Err(NotInserted::Duplicate),
+                "{name}"
+            );
+        }
+        for name in &names {
+            assert_eq!(table.take_reply(name).map(|t| t.msg_id), Some(name.clone()));
+        }
+        assert_eq!(table.in_flight(), 0);
     }
 
     #[test]

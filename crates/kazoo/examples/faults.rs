@@ -436,10 +436,7 @@ impl Rig {
             .replace("@RUN@", &run)
             .replace("@MODPARAMS@", &modparams);
         let kamailio = Kamailio::start(&config).map_err(|e| format!("kamailio: {e}"))?;
-        let labels = kamailio
-            .kamcmd(&["core.psx"])
-            .map(|out| process_labels(&out))
-            .unwrap_or_default();
+        let labels = kamailio.process_labels();
         let mode = Arc::new(AtomicU8::new(ANSWER));
         let backend = Backend::connect(&node.url(), &run, &mode, settings.timeout());
         let live = Arc::new(Live {
@@ -631,29 +628,6 @@ impl Rig {
 /// Broker connections the module reported lost, in its log so far.
 fn disconnects(log: &str) -> usize {
     log.matches(": disconnected: ").count()
-}
-
-/// Kamailio's shared memory in use, kB (`kamcmd core.shmmem`, `real_used`).
-fn shm_used(rig: &Rig) -> Option<u64> {
-    let out = rig.kamailio.kamcmd(&["core.shmmem"]).ok()?;
-    out.lines()
-        .find_map(|l| l.trim().strip_prefix("real_used:"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|bytes| bytes / 1024)
-}
-
-/// `pid -> description` from `kamcmd core.psx` (`PID:` then `DSC:` lines).
-fn process_labels(psx: &str) -> HashMap<u32, String> {
-    let mut labels = HashMap::new();
-    let mut pid = None;
-    for line in psx.lines().map(str::trim) {
-        if let Some(value) = line.strip_prefix("PID:") {
-            pid = value.trim().parse().ok();
-        } else if let (Some(value), Some(p)) = (line.strip_prefix("DSC:"), pid.take()) {
-            labels.insert(p, value.trim().to_owned());
-        }
-    }
-    labels
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1090,7 +1064,7 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
     });
     thread::sleep(warmup);
     let first = tree_usage(rig.kamailio.pid());
-    let shm_first = shm_used(&rig);
+    let shm_first = rig.kamailio.shm_used_kb();
     let ops_first = rig.live.done.load(Ordering::SeqCst);
     let measured = Instant::now();
     let end = Instant::now() + length.saturating_sub(warmup);
@@ -1116,13 +1090,13 @@ fn soak(mut rig: Rig, length: Duration) -> bool {
                 measured.elapsed().as_secs_f64(),
                 rig.live.done.load(Ordering::SeqCst) - ops_first,
                 total_pss(&usage),
-                shm_used(&rig).map_or("?".into(), |kb| kb.to_string()),
+                rig.kamailio.shm_used_kb().map_or("?".into(), |kb| kb.to_string()),
                 fds(&usage)
             );
         }
     }
     let last = tree_usage(rig.kamailio.pid());
-    let shm_last = shm_used(&rig);
+    let shm_last = rig.kamailio.shm_used_kb();
     let ops = rig.live.done.load(Ordering::SeqCst) - ops_first;
     let seconds = measured.elapsed().as_secs_f64();
     let samples = load.finish();

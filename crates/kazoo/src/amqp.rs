@@ -442,8 +442,16 @@ fn async_query_values(
         ok_route: &ok_route,
         err_route: &err_route,
     };
-    if direct::async_query(&outgoing, resumption, timeout) {
-        return Ok(suspended);
+    match direct::async_query(&outgoing, resumption, timeout) {
+        direct::AsyncSent::Sent => return Ok(suspended),
+        direct::AsyncSent::NotHere => {}
+        direct::AsyncSent::Duplicate => {
+            tm::cancel_suspend(suspended);
+            return Err(AmqpError::Failed(format!(
+                "a query with Msg-ID {} is already waiting for its reply",
+                outgoing.payload.msg_id()
+            )));
+        }
     }
     let request = Request::AsyncQuery {
         outgoing,

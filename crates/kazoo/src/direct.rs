@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use kazoo_engine::async_queries::{self, AsyncQueries, Waiting};
+use kazoo_engine::async_queries::{self, AsyncQueries, NotInserted, Waiting};
 use kazoo_engine::broker::{PublishError, PublishProperties};
 use kazoo_engine::config::Config;
 use kazoo_engine::counters::{QueryOutcome, ScriptCounters, SubscriptionCounters};
@@ -216,21 +216,31 @@ pub(crate) struct Resumption<'a> {
     pub(crate) err_route: &'a str,
 }
 
+/// What became of an asynchronous query handed to [`async_query`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AsyncSent {
+    /// Written to the broker (without waiting for a confirm: the reply is
+    /// one, and without a reply in time the query resumes in its error
+    /// route), or a worker took it already.
+    Sent,
+    /// It must go through the AMQP process: the workers do not take
+    /// replies, the link does not cover it, the table has no room for it,
+    /// or it could not be written here (the AMQP process tries, and resumes
+    /// it in the error route if it cannot either).
+    NotHere,
+    /// Refused: a query with its `Msg-ID` already waits for its reply.
+    Duplicate,
+}
+
 /// Publishes an asynchronous query here for a consumer worker to resume
-/// (see the module's comment): `true` once it is written to the broker
-/// (without waiting for a confirm: the reply is one, and without a reply
-/// in time the query resumes in its error route), or when a worker took
-/// it already; `false`: it must go through the AMQP process (the workers
-/// do not take replies, the link does not cover it, the table has no room
-/// for it, or it could not be written here: the AMQP process tries, and
-/// resumes it in the error route if it cannot either).
+/// (see the module's comment).
 pub(crate) fn async_query(
     outgoing: &Outgoing,
     resumption: Resumption<'_>,
     timeout: Duration,
-) -> bool {
+) -> AsyncSent {
     let Some(queries) = async_queries() else {
-        return false;
+        return AsyncSent::NotHere;
     };
     let config = config();
     let now = Instant::now();
@@ -249,7 +259,11 @@ pub(crate) fn async_query(
     ));
     let published = with_publisher(outgoing, |publisher| {
         // Put in before it is published: the reply may come at once.
-        let ticket = queries.insert(&waiting)?;
+        let ticket = match queries.insert(&waiting) {
+            Ok(ticket) => ticket,
+            Err(NotInserted::Duplicate) => return Some(Err(AsyncSent::Duplicate)),
+            Err(NotInserted::DoesNotFit) => return None,
+        };
         let exchange = String::from_utf8_lossy(&outgoing.exchange);
         let routing_key = String::from_utf8_lossy(&outgoing.routing_key);
         let server_id = payload::async_server_id(&config.node_hostname);
@@ -260,19 +274,20 @@ pub(crate) fn async_query(
             |_| outgoing.payload.body(&server_id),
             now + publish_wait,
         );
-        Some((ticket, sent))
+        Some(Ok((ticket, sent)))
     })
     .flatten();
     match published {
-        Some((_, Ok(_))) => true,
-        Some((ticket, Err(e))) => {
+        Some(Ok((_, Ok(_)))) => AsyncSent::Sent,
+        Some(Ok((ticket, Err(e)))) => {
             if !queries.cancel(ticket) {
                 // A worker took it meanwhile (a reply, or its deadline).
-                return true;
+                return AsyncSent::Sent;
             }
             kamailio::debug!("asynchronous query not published on this process's link: {e}");
-            false
+            AsyncSent::NotHere
         }
-        None => false,
+        Some(Err(refused)) => refused,
+        None => AsyncSent::NotHere,
     }
 }

@@ -157,6 +157,20 @@ impl Bed {
         headers: &str,
         timeout_ms: Option<u64>,
     ) -> kamailio_test::SipReply {
+        self.query_from(&self.proxy.client, form, rk, payload, headers, timeout_ms)
+    }
+
+    /// [`Bed::query`] from `client` (one client waits for one reply at a
+    /// time).
+    fn query_from(
+        &self,
+        client: &kamailio_test::SipClient,
+        form: &str,
+        rk: &str,
+        payload: &str,
+        headers: &str,
+        timeout_ms: Option<u64>,
+    ) -> kamailio_test::SipReply {
         let hex = |s: &str| kamailio_test::hex_encode(s.as_bytes());
         let (a, b, c, d) = (hex(&self.exchange), hex(rk), hex(payload), hex(headers));
         let timeout = timeout_ms.map(|t| t.to_string()).unwrap_or_default();
@@ -164,8 +178,7 @@ impl Bed {
         if timeout_ms.is_some() {
             h.push(("X-Timeout", &timeout));
         }
-        self.proxy
-            .client
+        client
             .send_request(
                 self.proxy.kamailio.port(),
                 "MESSAGE",
@@ -534,6 +547,48 @@ fn a_second_reply_to_an_async_query_runs_the_event_routes() {
         bed.proxy.kamailio.log()
     );
     assert!(bed.proxy.kamailio.log().contains(&msg_id));
+}
+
+#[test]
+fn an_async_query_whose_msg_id_already_waits_is_refused_at_once() {
+    // A reply could not tell the two apart: the second fails at the call
+    // (-1, nothing suspended) and the first still gets its reply.
+    let bed = Bed::start();
+    bed.proxy
+        .wait_consumed(&bed.probe, std::slice::from_ref(&async_queue(&bed)));
+    let reply_hex = kamailio_test::hex_encode(br#"{"Msg-ID":"{{MSGID}}","Answer":"first"}"#);
+    let payload = format!(
+        "{{'Event-Category':'q','Msg-ID':'dup-{}','X-Test-Mode':'late','X-Test-Delay':1.5,'X-Test-Reply-Hex':'{reply_hex}'}}",
+        bed.node
+    );
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| bed.query("async", "q.dup", &payload, "", Some(5000)));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while status(&bed)["async_query"]["waiting"] != 1 {
+            assert!(Instant::now() < deadline, "the first query never waited");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let started = Instant::now();
+        let client = kamailio_test::SipClient::new().unwrap();
+        let second = bed.query_from(&client, "async", "q.dup", &payload, "", Some(5000));
+        assert_eq!(
+            (second.code, second.reason.as_str(), second.header("X-RC")),
+            (500, "Not suspended", Some("-1"))
+        );
+        assert!(started.elapsed() < Duration::from_millis(500));
+        let first = first.join().unwrap();
+        assert_eq!((first.code, first.reason.as_str()), (200, "ASYNC OK"));
+    });
+    // Only the first was published.
+    let published = bed
+        .responder
+        .requests()
+        .iter()
+        .filter(|r| r.text().contains(&format!("dup-{}", bed.node)))
+        .count();
+    assert_eq!(published, 1);
+    assert_eq!(status(&bed)["async_query"]["waiting"], 0);
+    bed.proxy.assert_alive();
 }
 
 #[test]

@@ -11,7 +11,7 @@
 //! request, and the PSS of every Kamailio process before and after. Query
 //! paths are answered by a responder on the benchmark's own broker
 //! connection; publishes go to a routing key no queue is bound to.
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -86,7 +86,7 @@ pub(crate) struct LoadResult {
     pub(crate) died: bool,
 }
 
-fn config(global: &str, run: &str) -> String {
+pub(crate) fn config(global: &str, run: &str) -> String {
     format!(
         r#"{global}
 loadmodule "textops.so"
@@ -139,6 +139,7 @@ fn client(
     interval: Option<Duration>,
     first: Instant,
     running: &AtomicBool,
+    sent: &AtomicU64,
 ) -> (Vec<Duration>, u64) {
     let Ok(client) = SipClient::new() else {
         return (Vec::new(), 0);
@@ -159,6 +160,7 @@ fn client(
             Ok(reply) if reply.code == 200 => took.push(started.elapsed()),
             _ => failed += 1,
         }
+        sent.fetch_add(1, Ordering::Relaxed);
     }
     (took, failed)
 }
@@ -172,26 +174,50 @@ pub(crate) struct Pace {
     pub(crate) rate: Option<u32>,
 }
 
-/// Runs the clients for `span`; their latencies and failures.
-fn drive(port: u16, path: Path, pace: Pace, span: Duration) -> (Vec<Duration>, u64) {
+/// How long the clients run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Until {
+    /// For this long.
+    Elapsed(Duration),
+    /// Until this many requests have been answered or have failed, or
+    /// Kamailio stopped (checked every 100 ms).
+    Sent(u64),
+}
+
+/// Runs the clients until `until`; their latencies and failures.
+pub(crate) fn drive(
+    kamailio: &Kamailio,
+    path: Path,
+    pace: Pace,
+    until: Until,
+) -> (Vec<Duration>, u64) {
+    let port = kamailio.port();
     let running = Arc::new(AtomicBool::new(true));
+    let sent = Arc::new(AtomicU64::new(0));
     let interval = pace
         .rate
         .map(|rate| Duration::from_secs_f64(f64::from(pace.clients) / f64::from(rate.max(1))));
     let start = Instant::now();
     let threads: Vec<_> = (0..pace.clients)
         .map(|n| {
-            let running = running.clone();
+            let (running, sent) = (running.clone(), sent.clone());
             // Paced clients take turns: client n starts n/clients of an
             // interval late, so that requests come evenly, not in bursts.
             let first = start
                 + interval.map_or(Duration::ZERO, |i| {
                     i.mul_f64(f64::from(n) / f64::from(pace.clients))
                 });
-            thread::spawn(move || client(port, path, interval, first, &running))
+            thread::spawn(move || client(port, path, interval, first, &running, &sent))
         })
         .collect();
-    thread::sleep(span);
+    match until {
+        Until::Elapsed(span) => thread::sleep(span),
+        Until::Sent(requests) => {
+            while sent.load(Ordering::Relaxed) < requests && kamailio.is_running() {
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
     running.store(false, Ordering::Relaxed);
     let mut all = Vec::new();
     let mut failed = 0;
@@ -204,7 +230,7 @@ fn drive(port: u16, path: Path, pace: Pace, span: Duration) -> (Vec<Duration>, u
     (all, failed)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -214,13 +240,13 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 /// The Kazoo side: a responder answering every query sent to
 /// `benchq.<run>.*` on `amq.topic` at once.
-struct Backend {
+pub(crate) struct Backend {
     // Declared first: it stops before its probe's runtime goes.
     _responder: Responder,
     _probe: AmqpProbe,
 }
 
-fn backend(run: &str) -> Result<Backend, String> {
+pub(crate) fn backend(run: &str) -> Result<Backend, String> {
     let probe = AmqpProbe::connect(&system_broker_url()).map_err(|e| e.to_string())?;
     let responder = probe
         .responder("amq.topic", &format!("benchq.{run}.#"), |request| {
@@ -251,12 +277,17 @@ pub(crate) fn measure(
     let kamailio = Kamailio::start(&config(global, &run)).map_err(|e| e.to_string())?;
     // Connections settle, then a short warm-up (direct links open, caches).
     thread::sleep(Duration::from_secs(2));
-    drive(kamailio.port(), path, pace, Duration::from_secs(1));
+    drive(
+        &kamailio,
+        path,
+        pace,
+        Until::Elapsed(Duration::from_secs(1)),
+    );
     let pss_before = pss(kamailio.pid());
     let cpu_before = tree_cpu_ticks(kamailio.pid());
     let switches_before = tree_context_switches(kamailio.pid());
     let started = Instant::now();
-    let (mut took, failed) = drive(kamailio.port(), path, pace, span);
+    let (mut took, failed) = drive(&kamailio, path, pace, Until::Elapsed(span));
     let wall = started.elapsed();
     let cpu = tree_cpu_ticks(kamailio.pid()).saturating_sub(cpu_before);
     let switches = tree_context_switches(kamailio.pid()).saturating_sub(switches_before);

@@ -33,6 +33,10 @@
 //! request from concurrent clients, as fast as they go and then at a fixed
 //! rate: rate, failures, latency, CPU and context switches per request, PSS
 //! (see `load.rs`).
+//!
+//! Memory (`--memory N`, default 1 000 000, 0 to skip; `--memory-only` runs
+//! just this): the PSS of every Kamailio process and the shared memory in
+//! use before and after N operations (see `memory.rs`).
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -42,6 +46,7 @@ use kamailio_test::{
 };
 
 mod load;
+mod memory;
 
 const C_MODULE: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/kazoo.so";
 
@@ -402,6 +407,20 @@ fn load_table(modules: &[(&str, String)]) {
     );
 }
 
+/// The memory part (see `memory`): `--memory N` operations (default
+/// 1 000 000, 0 to skip) on each module in turn.
+fn memory_table(modules: &[(&str, String)]) {
+    let operations = arg("--memory", 1_000_000);
+    if operations == 0 {
+        return;
+    }
+    let globals: Vec<(&str, String)> = modules
+        .iter()
+        .map(|(name, module)| (*name, global_part(module, 4)))
+        .collect();
+    memory::memory_table(&globals, operations.into(), arg("--clients", 32));
+}
+
 fn main() {
     let requests = arg("--requests", 400);
     let ops = arg("--ops", 200);
@@ -419,6 +438,10 @@ fn main() {
     }
     if std::env::args().any(|a| a == "--load-only") {
         load_table(&modules);
+        return;
+    }
+    if std::env::args().any(|a| a == "--memory-only") {
+        memory_table(&modules);
         return;
     }
     let total_ops = f64::from(requests) * f64::from(ops);
@@ -473,6 +496,7 @@ fn main() {
     );
 
     load_table(&modules);
+    memory_table(&modules);
 
     let messages = arg("--consume", 20_000);
     let consume_runs = arg("--consume-runs", 3).max(1);

@@ -2,8 +2,9 @@
 //! (`kazoo_engine::worker_consume`) against the system RabbitMQ: what they
 //! declare and consume, acks sent only when settled (in batches), what a
 //! worker held going back to the broker when it goes, a broken
-//! subscription retried without stopping the others, and a connection the
-//! broker closes opened again.
+//! subscription retried without stopping the others, a connection the
+//! broker closes opened again, and heartbeats (an idle connection kept, a
+//! frozen broker given up).
 use crate::broker_support;
 
 use std::os::fd::AsFd;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use broker_support::*;
 use kamailio_test::{
     system_broker_url, system_queue_messages, system_rabbitmqctl, unique_name, AmqpProbe,
+    RabbitNode,
 };
 use kazoo_engine::counters::{ScriptCounters, SubscriptionCounters};
 use kazoo_engine::payload;
@@ -197,6 +199,82 @@ fn a_subscription_the_broker_refuses_does_not_stop_the_others() {
         probe.delete_queue(queue);
     }
     probe.delete_exchange(&exchange);
+}
+
+/// The erlang pid of the connection named `name`, as `rabbitmqctl` on
+/// `node` lists it (`list_connections pid client_properties`).
+fn connection_pid(node: &RabbitNode, name: &str) -> Option<String> {
+    let listed = node
+        .rabbitmqctl(&["-q", "list_connections", "pid", "client_properties"])
+        .ok()?;
+    listed
+        .lines()
+        .find(|l| l.contains(name))
+        .and_then(|l| l.split('\t').next())
+        .map(str::to_string)
+}
+
+#[test]
+fn heartbeats_keep_an_idle_connection_and_give_up_a_frozen_broker() {
+    // A private node: it is frozen (SIGSTOP) below.
+    let node = RabbitNode::start().expect("private node");
+    init_log();
+    let name = unique_name("wc-heartbeat");
+    let sub =
+        subscription::simple(&unique_name("wc-ex"), "topic", &unique_name("wc-q"), "#").unwrap();
+    let mut worker = WorkerConsumer::new(
+        &[broker(&node.url(), 1, "local")],
+        vec![(0, sub)],
+        WorkerConsumeOptions {
+            primary_zone: "local".into(),
+            connect_timeout: Duration::from_millis(500),
+            prefetch: 16,
+            heartbeat: 1,
+            connection_name: name.clone(),
+            counters: ScriptCounters::private(),
+            per_subscription: SubscriptionCounters::private(),
+        },
+    );
+    let (ipc, _peer) = UnixStream::pair().unwrap();
+    let mut wait_for = |what: &str, limit: Duration, done: &dyn Fn(&WorkerConsumer) -> bool| {
+        let deadline = Instant::now() + limit;
+        while !done(&worker) {
+            assert!(Instant::now() < deadline, "{what} within {limit:?}");
+            worker.wait(ipc.as_fd(), Duration::from_millis(100));
+        }
+    };
+    wait_for("connected", Duration::from_secs(10), &|w| {
+        w.connected() == 1
+    });
+    let pid = connection_pid(&node, &name).expect("the worker's connection is listed");
+    // Idle for three times what the broker waits for a heartbeat (two
+    // intervals): the same connection is still open.
+    let idle_until = Instant::now() + Duration::from_secs(6);
+    wait_for("idle", Duration::from_secs(7), &|w| {
+        assert_eq!(w.connected(), 1, "the idle connection went down");
+        Instant::now() >= idle_until
+    });
+    assert_eq!(
+        connection_pid(&node, &name),
+        Some(pid),
+        "it was opened again"
+    );
+    // Frozen, the broker's sockets stay open but nothing comes: given up
+    // after two intervals of silence.
+    node.freeze().unwrap();
+    let frozen = Instant::now();
+    wait_for("the silent broker given up", Duration::from_secs(5), &|w| {
+        w.connected() == 0
+    });
+    assert!(
+        frozen.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        frozen.elapsed()
+    );
+    node.thaw().unwrap();
+    wait_for("connected again", Duration::from_secs(30), &|w| {
+        w.connected() == 1
+    });
 }
 
 #[test]

@@ -143,7 +143,7 @@ pub struct WorkerConsumer {
     /// `ready` (a suspended transaction waits for them).
     replies: VecDeque<WorkerDelivery>,
     /// (subscription index, broker id) that failed to be declared, and the
-    /// changes not yet taken by [`take_reports`](Self::take_reports).
+    /// changes not yet sent by [`send_reports`](Self::send_reports).
     failing: HashSet<(usize, u32)>,
     reports: Vec<SubscriptionReport>,
 }
@@ -314,10 +314,19 @@ impl WorkerConsumer {
         }
     }
 
-    /// The changes of the subscriptions' states since the last call, once
-    /// per change.
-    pub fn take_reports(&mut self) -> Vec<SubscriptionReport> {
-        std::mem::take(&mut self.reports)
+    /// Hands `send` the changes of the subscriptions' states not sent yet,
+    /// oldest first. One that `send` fails is kept with those after it, to
+    /// be sent at the next call (the worker's link to the AMQP process was
+    /// lost: it is opened again, the consumer stays).
+    pub fn send_reports<E>(
+        &mut self,
+        mut send: impl FnMut(&SubscriptionReport) -> Result<(), E>,
+    ) -> Result<(), E> {
+        while let Some(report) = self.reports.first() {
+            send(report)?;
+            self.reports.remove(0);
+        }
+        Ok(())
     }
 
     /// Notes how declaring subscription `index` on `broker_id` went.
@@ -327,6 +336,10 @@ impl WorkerConsumer {
             None => self.failing.remove(&(index, broker_id)),
         };
         if changed {
+            // Only the latest state of each is worth sending: at most one
+            // report per subscription and broker waits.
+            self.reports
+                .retain(|r| (r.index, r.broker_id) != (index, broker_id));
             self.reports.push(SubscriptionReport {
                 index,
                 broker_id,

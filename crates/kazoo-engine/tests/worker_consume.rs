@@ -2,7 +2,8 @@
 //! (`kazoo_engine::worker_consume`) against the system RabbitMQ: what they
 //! declare and consume, acks sent only when settled (in batches), what a
 //! worker held going back to the broker when it goes, a broken
-//! subscription retried without stopping the others, a connection the
+//! subscription retried without stopping the others (its failure reported
+//! until it could be sent), a connection the
 //! broker closes opened again, and heartbeats (an idle connection kept, a
 //! frozen broker given up).
 use crate::broker_support;
@@ -194,6 +195,23 @@ fn a_subscription_the_broker_refuses_does_not_stop_the_others() {
     assert_eq!(counts(&probe, &bad_queue).1, 0);
     worker.settle(&taken[0]);
     worker.flush();
+    // Its failure is reported once, and kept until it could be sent (the
+    // link to the AMQP process was lost meanwhile).
+    let lost: Result<(), &str> = worker.send_reports(|_| Err("link lost"));
+    assert_eq!(lost, Err("link lost"));
+    let mut sent = Vec::new();
+    worker
+        .send_reports(|report| {
+            sent.push(report.clone());
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!((sent[0].index, sent[0].broker_id), (0, 1));
+    assert!(sent[0].failure.is_some());
+    worker
+        .send_reports(|report| Err(format!("sent again: {report:?}")))
+        .unwrap();
     drop(worker);
     for queue in [&bad_queue, &good_queue] {
         probe.delete_queue(queue);

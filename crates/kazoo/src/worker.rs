@@ -217,18 +217,17 @@ fn own_consumer(worker: u32) -> Option<WorkerConsumer> {
 /// Tells the AMQP process (for `kazoo.subscriptions`) which of the
 /// subscriptions this worker consumes failed on a broker, or work again.
 fn report_states(link: &mut WorkerLink, consumer: &mut WorkerConsumer) -> Result<(), IpcError> {
-    for report in consumer.take_reports() {
+    consumer.send_reports(|report| {
         // Not a subscription of the script's: its failures are logged.
         if report.index == worker_consume::ASYNC_REPLIES {
-            continue;
+            return Ok(());
         }
         link.tell(&Request::SubscriptionState {
             index: report.index as u32,
             broker_id: report.broker_id,
-            failure: report.failure,
-        })?;
-    }
-    Ok(())
+            failure: report.failure.clone(),
+        })
+    })
 }
 
 /// A delivery this worker consumed itself: annotated as the AMQP process
